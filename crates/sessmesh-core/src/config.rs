@@ -1,0 +1,98 @@
+//! The settings the core's state machines share.
+
+use crate::Error;
+
+/// Cluster-wide data settings. Every member must agree on `partition_count` and
+/// `replication_factor`; membership refuses a peer that does not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Number of partitions keys hash into: a power of two from 1 to 65,536.
+    /// Fixed for the life of a cluster. More partitions spread load more evenly
+    /// (see [`crate::partition`]) at the cost of more digest rounds.
+    pub partition_count: u32,
+    /// How many members hold a copy of each partition, at least 1.
+    pub replication_factor: usize,
+    /// A remote stamp further ahead of local time than this is refused, so one
+    /// peer with a runaway clock cannot win every conflict. Milliseconds.
+    pub max_clock_drift_ms: u64,
+    /// How long past its covered deadline a tombstone is kept, and how long a
+    /// deleted-field marker is kept. It bounds how long a replica may be cut off
+    /// and still be repaired without resurrecting deleted data, like Cassandra's
+    /// `gc_grace_seconds`. Milliseconds.
+    pub tombstone_grace_ms: u64,
+    /// The largest message accepted from a peer, in bytes; a length prefix over
+    /// it is refused before any buffer is allocated.
+    pub max_frame_bytes: usize,
+}
+
+impl Config {
+    /// The largest partition count.
+    pub const MAX_PARTITIONS: u32 = 1 << 16;
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            partition_count: 256,
+            replication_factor: 3,
+            max_clock_drift_ms: 500,
+            tombstone_grace_ms: 60 * 60 * 1000,
+            max_frame_bytes: 16 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Checks every setting.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the first setting that is wrong and why.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |setting: &'static str, reason: String| Err(Error::InvalidConfig { setting, reason });
+        if !self.partition_count.is_power_of_two() || self.partition_count > Self::MAX_PARTITIONS {
+            return invalid(
+                "partition_count",
+                format!("{} is not a power of two from 1 to {}", self.partition_count, Self::MAX_PARTITIONS),
+            );
+        }
+        if self.replication_factor == 0 {
+            return invalid("replication_factor", "must be at least 1".into());
+        }
+        if self.max_clock_drift_ms == 0 {
+            return invalid("max_clock_drift_ms", "must be above 0, or no peer's write would be accepted".into());
+        }
+        if self.max_frame_bytes < 1024 {
+            return invalid("max_frame_bytes", format!("{} is below the 1024-byte minimum", self.max_frame_bytes));
+        }
+        if self.max_frame_bytes > u32::MAX as usize {
+            return invalid("max_frame_bytes", format!("{} does not fit a 32-bit length prefix", self.max_frame_bytes));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_the_reason() {
+        let cases = [
+            (Config { partition_count: 100, ..Config::default() }, "partition_count", "100 is not a power of two"),
+            (Config { partition_count: 1 << 17, ..Config::default() }, "partition_count", "131072"),
+            (Config { replication_factor: 0, ..Config::default() }, "replication_factor", "at least 1"),
+            (Config { max_clock_drift_ms: 0, ..Config::default() }, "max_clock_drift_ms", "above 0"),
+            (Config { max_frame_bytes: 10, ..Config::default() }, "max_frame_bytes", "below"),
+        ];
+        for (config, setting, reason) in cases {
+            let err = config.validate().expect_err(setting);
+            let text = err.to_string();
+            assert!(text.contains(setting) && text.contains(reason), "{text}");
+        }
+    }
+}
