@@ -170,10 +170,11 @@ impl Store {
     /// Merges a replica's state of `key` (from replication, read repair, a
     /// hint or anti-entropy). Returns whether the stored state changed.
     ///
-    /// A stored session whose deadline has passed is expired first (at the
+    /// A stored session whose deadline has passed is expired first (as of the
     /// later of `now_ms` and the incoming newest stamp), so incoming writes
-    /// from after the deadline start a new session instead of reviving it.
-    /// A result that is a collectable tombstone is not kept.
+    /// from after the deadline start a new session instead of reviving it;
+    /// the result is expired too if due at `now_ms`. A result that is a
+    /// collectable tombstone is not kept.
     ///
     /// # Errors
     /// [`Error::KeyTooLong`]; nothing is stored then.
@@ -184,21 +185,26 @@ impl Store {
         let grace_ms = self.tombstone_grace_ms;
         let hash = key_hash(key);
         let partition = &mut self.partitions[partition_of(hash, self.partition_count).0 as usize];
-        let expire_at_ms = now_ms.max(incoming.newest_stamp().wall_ms());
         let found = partition.entries.find_entry(slot_hash(hash), |packed| packed::key_of(packed) == key);
-        match found {
-            Ok(mut slot) => {
+        let (old_fingerprint, mut session) = match &found {
+            Ok(slot) => {
                 let old = Packed::parse(slot.get());
-                let mut session = old.to_session();
-                session.expire_if_due(expire_at_ms);
-                session.merge(incoming);
-                let old_fingerprint = old.fingerprint();
-                if session.is_tombstone() && session.collectable_at_ms(grace_ms) <= now_ms {
-                    slot.remove();
-                    partition.digest.remove(hash, old_fingerprint);
-                    self.len -= 1;
-                    return Ok(true);
-                }
+                (Some(old.fingerprint()), old.to_session())
+            }
+            Err(_) => (None, Session::default()),
+        };
+        session.expire_if_due(now_ms.max(incoming.newest_stamp().wall_ms()));
+        session.merge(incoming);
+        session.expire_if_due(now_ms);
+        let keep = !(session.is_tombstone() && session.collectable_at_ms(grace_ms) <= now_ms);
+        match (found, old_fingerprint) {
+            (Ok(slot), Some(old_fingerprint)) if !keep => {
+                slot.remove();
+                partition.digest.remove(hash, old_fingerprint);
+                self.len -= 1;
+                Ok(true)
+            }
+            (Ok(mut slot), Some(old_fingerprint)) => {
                 let new = packed::encode(key, &session);
                 if new == *slot.get() {
                     return Ok(false);
@@ -208,19 +214,14 @@ impl Store {
                 *slot.get_mut() = new;
                 Ok(true)
             }
-            Err(vacant) => {
-                let mut session = Session::default();
-                session.merge(incoming);
-                session.expire_if_due(expire_at_ms);
-                if session.is_tombstone() && session.collectable_at_ms(grace_ms) <= now_ms {
-                    return Ok(false);
-                }
+            (Err(vacant), _) if keep => {
                 let new = packed::encode(key, &session);
                 partition.digest.add(hash, Packed::parse(&new).fingerprint());
                 vacant.into_table().insert_unique(slot_hash(hash), new, |p| packed_slot_hash(p));
                 self.len += 1;
                 Ok(true)
             }
+            _ => Ok(false),
         }
     }
 
@@ -359,5 +360,223 @@ impl<'a> StoredEntry<'a> {
     /// The entry as replicas exchange it.
     pub fn to_entry(&self) -> Entry {
         Entry { key: Bytes::copy_from_slice(self.packed.key), session: self.session() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::testing::{arb_write, stamp};
+
+    const GRACE_MS: u64 = 10_000;
+
+    fn store() -> Store {
+        Store::new(&Config { partition_count: 16, tombstone_grace_ms: GRACE_MS, ..Config::default() })
+    }
+
+    fn value(v: &'static str) -> Vec<(Bytes, Bytes)> {
+        vec![(Bytes::new(), Bytes::from_static(v.as_bytes()))]
+    }
+
+    fn expiring_at(ms: u64) -> Expiry {
+        Expiry { expires_at_ms: Some(ms), max_idle_ms: None }
+    }
+
+    /// The digest a store would have if it were built from scratch.
+    fn recomputed_digest(store: &Store, partition: PartitionId) -> PartitionDigest {
+        let mut digest = PartitionDigest::default();
+        for entry in store.entries(partition) {
+            digest.add(entry.key_hash(), entry.fingerprint());
+        }
+        digest
+    }
+
+    #[test]
+    fn reads_see_writes_and_absent_keys_are_absent() {
+        let mut s = store();
+        assert!(s.put(b"k", value("v"), Expiry::default(), stamp(1, 1), 1).unwrap());
+        let got = s.get(b"k", 2).expect("visible");
+        assert_eq!(got.key(), b"k");
+        assert_eq!(got.fields().collect::<Vec<_>>(), vec![(&b""[..], &b"v"[..])]);
+        assert!(s.get(b"other", 2).is_none());
+        assert_eq!(s.len(), 1);
+        assert!(!s.put(b"k", value("v"), Expiry::default(), stamp(1, 1), 3).unwrap(), "a duplicate changes nothing");
+    }
+
+    #[test]
+    fn refuses_an_oversized_key_and_stores_nothing() {
+        let mut s = store();
+        let key = vec![b'k'; MAX_KEY_LEN + 1];
+        let err = s.put(&key, value("v"), Expiry::default(), stamp(1, 1), 1).unwrap_err();
+        assert_eq!(err, Error::KeyTooLong { len: 513, max: 512 });
+        assert!(s.is_empty());
+        assert!(s.put(&key[..MAX_KEY_LEN], value("v"), Expiry::default(), stamp(1, 1), 1).unwrap());
+    }
+
+    #[test]
+    fn an_expired_session_is_invisible_at_once_and_reclaimed_by_a_sweep() {
+        let mut s = store();
+        s.put(b"k", value("v"), expiring_at(1_000), stamp(10, 1), 10).unwrap();
+        assert!(s.get(b"k", 999).is_some());
+        assert!(s.get(b"k", 1_000).is_none(), "invisible the moment its deadline comes, before any sweep");
+        let p = s.partition_of(b"k");
+        let stats = s.sweep(p, 1_000);
+        assert_eq!(stats.expired, 1);
+        assert_eq!(s.len(), 1, "kept as a tombstone through the grace period");
+        assert_eq!(s.sweep(p, 1_000 + GRACE_MS).collected, 1);
+        assert!(s.is_empty());
+        assert_eq!(*s.digest(p), PartitionDigest::default());
+    }
+
+    #[test]
+    fn a_deleted_session_cannot_come_back_within_the_window_and_tombstones_do_not_pile_up() {
+        const DEADLINE: u64 = 50_000;
+        let mut s = store();
+        let mut stale = store();
+        // The session, with a deadline, reaches both replicas; the stale one also
+        // takes a late field write. Then the session is deleted (logout) at 1,000.
+        for replica in [&mut s, &mut stale] {
+            replica.put(b"k", value("v"), expiring_at(DEADLINE), stamp(100, 1), 100).unwrap();
+        }
+        stale.put_field(b"k", Bytes::from_static(b"cart"), Bytes::from_static(b"1"), stamp(900, 2), 900).unwrap();
+        s.delete(b"k", stamp(1_000, 1), 1_000).unwrap();
+        let p = s.partition_of(b"k");
+        let stale_state = stale.session(b"k").unwrap();
+
+        // Throughout the window (until the covered deadline plus grace), the stale
+        // state merges in without bringing the session back, sweeps or not.
+        for now in [1_001, 20_000, DEADLINE - 1, DEADLINE, DEADLINE + GRACE_MS - 1] {
+            s.sweep(p, now);
+            s.merge_remote(b"k", stale_state.clone(), now).unwrap();
+            assert!(s.get(b"k", now).is_none(), "resurrected at {now}");
+            assert_eq!(s.len(), 1, "the tombstone is kept at {now}");
+        }
+        // After it, the tombstone goes, and the stale state cannot revive the
+        // session either: it has expired by its own deadline.
+        assert_eq!(s.sweep(p, DEADLINE + GRACE_MS).collected, 1);
+        assert!(s.is_empty());
+        s.merge_remote(b"k", stale_state, DEADLINE + GRACE_MS).unwrap();
+        assert!(s.get(b"k", DEADLINE + GRACE_MS).is_none());
+        assert!(s.is_empty(), "an expired stale state is not even stored");
+
+        // Many logouts leave no tombstones behind once their window has passed.
+        for i in 0..1_000u64 {
+            let key = i.to_le_bytes();
+            s.put(&key, value("v"), expiring_at(DEADLINE), stamp(100, 1), 100).unwrap();
+            s.delete(&key, stamp(200 + i, 1), 200 + i).unwrap();
+        }
+        assert_eq!(s.len(), 1_000);
+        let now = DEADLINE + GRACE_MS;
+        let collected: usize = (0..s.partition_count()).map(|p| s.sweep(PartitionId(p), now).collected).sum();
+        assert_eq!(collected, 1_000);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn deleted_field_markers_are_dropped_after_the_grace_period() {
+        let mut s = store();
+        s.put(b"k", value("v"), Expiry::default(), stamp(1, 1), 1).unwrap();
+        s.delete_field(b"k", Bytes::from_static(b"gone"), stamp(2, 1), 2).unwrap();
+        let p = s.partition_of(b"k");
+        assert_eq!(s.sweep(p, 2 + GRACE_MS - 1).field_tombstones_dropped, 0);
+        assert_eq!(s.sweep(p, 2 + GRACE_MS + 1).field_tombstones_dropped, 1);
+        assert_eq!(s.session(b"k").unwrap().registers().len(), 1);
+        assert_eq!(s.digest(p), &recomputed_digest(&s, p));
+    }
+
+    #[test]
+    fn entries_by_hash_finds_exactly_the_listed_keys() {
+        let mut s = store();
+        for i in 0..200u32 {
+            s.put(&i.to_le_bytes(), value("v"), Expiry::default(), stamp(1, 1), 1).unwrap();
+        }
+        let key = 7u32.to_le_bytes();
+        let p = s.partition_of(&key);
+        let found = s.entries_by_hash(p, &[key_hash(&key), 12345]);
+        assert_eq!(found.len(), 1);
+        assert_eq!(&found[0].key[..], &key);
+        assert_eq!(found[0].session, s.session(&key).unwrap());
+    }
+
+    fn arb_op() -> impl Strategy<Value = (u8, Option<Write>, u64, u64)> {
+        // (key, write or sweep, ms, node)
+        (0u8..6, prop::option::weighted(0.9, arb_write()), 0u64..60_000, 1u64..4)
+    }
+
+    proptest! {
+        /// The incrementally kept digest always equals one rebuilt from scratch.
+        #[test]
+        fn digests_stay_exact(ops in prop::collection::vec(arb_op(), 0..60)) {
+            let mut s = store();
+            for (i, (key, write, ms, node)) in ops.into_iter().enumerate() {
+                let key = [key];
+                match write {
+                    Some(write) => {
+                        s.apply(&key, &write, stamp(ms, node * 1_000 + i as u64), ms).unwrap();
+                    }
+                    None => {
+                        s.sweep(s.partition_of(&key), ms);
+                    }
+                }
+            }
+            for p in 0..s.partition_count() {
+                prop_assert_eq!(s.digest(PartitionId(p)), &recomputed_digest(&s, PartitionId(p)));
+            }
+        }
+
+        /// Two stores that take the same writes in opposite orders hold the
+        /// same sessions and digests: at once when no deadline passes, and
+        /// after anti-entropy rounds when deadlines do.
+        #[test]
+        fn stores_converge_whatever_the_order(
+            writes in prop::collection::vec((0u8..4, arb_write(), 0u64..60_000), 0..30),
+            expiry in any::<bool>(),
+        ) {
+            let stamped: Vec<_> = writes.into_iter().enumerate()
+                .map(|(i, (key, w, ms))| {
+                    let w = match w {
+                        Write::Put { fields, .. } if !expiry => Write::Put { fields, expiry: Expiry::default() },
+                        Write::ExpireAt { .. } | Write::MaxIdle { .. } if !expiry => Write::Touch,
+                        w => w,
+                    };
+                    ([key], w, stamp(ms, i as u64 + 1), ms)
+                }).collect();
+            let mut a = store();
+            let mut c = store();
+            for (key, w, s, ms) in &stamped {
+                a.apply(key, w, *s, *ms).unwrap();
+            }
+            for (key, w, s, ms) in stamped.iter().rev() {
+                c.apply(key, w, *s, *ms).unwrap();
+            }
+            if expiry {
+                // Anti-entropy as the runtime runs it: sweep, then exchange, until quiet.
+                // Which tombstone stamp a replica chose depends on when it saw the
+                // deadline pass, so the exchange may take more than one round.
+                let now = 60_000;
+                for _ in 0..4 {
+                    for p in 0..a.partition_count() {
+                        a.sweep(PartitionId(p), now);
+                        c.sweep(PartitionId(p), now);
+                        let from_a: Vec<Entry> = a.entries(PartitionId(p)).map(|e| e.to_entry()).collect();
+                        let from_c: Vec<Entry> = c.entries(PartitionId(p)).map(|e| e.to_entry()).collect();
+                        for e in from_a {
+                            c.merge_remote(&e.key, e.session, now).unwrap();
+                        }
+                        for e in from_c {
+                            a.merge_remote(&e.key, e.session, now).unwrap();
+                        }
+                    }
+                }
+            }
+            for p in 0..a.partition_count() {
+                prop_assert_eq!(a.digest(PartitionId(p)), c.digest(PartitionId(p)));
+            }
+            for key in 0u8..4 {
+                prop_assert_eq!(a.session(&[key]), c.session(&[key]));
+            }
+        }
     }
 }
