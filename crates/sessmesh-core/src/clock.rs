@@ -17,7 +17,9 @@ use crate::Error;
 /// The runtime picks a fresh id each time a node starts (from its name and
 /// generation), so a restarted node whose wall clock went backwards still
 /// cannot issue a stamp equal to one it issued before the restart.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct NodeId(pub u64);
 
 /// Hybrid logical time: wall-clock milliseconds and a logical counter in one `u64`.
@@ -26,7 +28,9 @@ pub struct NodeId(pub u64);
 /// When the counter overflows within one millisecond the time carries into the
 /// next millisecond, which keeps times strictly increasing at the cost of running
 /// a little ahead of the wall clock under a burst of more than 65,536 writes per ms.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct HlcTime(u64);
 
 impl HlcTime {
@@ -74,7 +78,9 @@ impl HlcTime {
 /// Stamps are totally ordered (time first, then node id) and unique, because
 /// one node's [`Hlc`] never issues the same time twice. That is what makes
 /// last-writer-wins merge commutative: there are no ties between different writes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Stamp {
     /// Hybrid logical time of the write.
     pub time: HlcTime,
@@ -84,7 +90,10 @@ pub struct Stamp {
 
 impl Stamp {
     /// Older than every write: the stamp of a register that was never written.
-    pub const ZERO: Stamp = Stamp { time: HlcTime::ZERO, node: NodeId(0) };
+    pub const ZERO: Stamp = Stamp {
+        time: HlcTime::ZERO,
+        node: NodeId(0),
+    };
 
     /// Builds a stamp.
     pub const fn new(time: HlcTime, node: NodeId) -> Self {
@@ -94,7 +103,10 @@ impl Stamp {
     /// The first stamp of wall-clock millisecond `ms`: older than every write
     /// issued at or after `ms`, newer than every write issued before it.
     pub fn at_wall_ms(ms: u64) -> Self {
-        Stamp { time: HlcTime::from_wall_ms(ms), node: NodeId(0) }
+        Stamp {
+            time: HlcTime::from_wall_ms(ms),
+            node: NodeId(0),
+        }
     }
 
     /// Wall-clock milliseconds of the stamp's time.
@@ -104,7 +116,10 @@ impl Stamp {
 
     /// The first stamp after every stamp with this stamp's time or an older one.
     pub const fn after(self) -> Self {
-        Stamp { time: self.time.tick(), node: NodeId(0) }
+        Stamp {
+            time: self.time.tick(),
+            node: NodeId(0),
+        }
     }
 }
 
@@ -124,7 +139,11 @@ impl Hlc {
     /// A clock for `node` that refuses remote stamps more than `max_drift_ms`
     /// ahead of local wall-clock time.
     pub fn new(node: NodeId, max_drift_ms: u64) -> Self {
-        Hlc { node, last: HlcTime::ZERO, max_drift_ms }
+        Hlc {
+            node,
+            last: HlcTime::ZERO,
+            max_drift_ms,
+        }
     }
 
     /// The node this clock stamps for.
@@ -155,7 +174,11 @@ impl Hlc {
     pub fn observe(&mut self, remote: Stamp, now_ms: u64) -> Result<(), Error> {
         let ahead_ms = remote.wall_ms().saturating_sub(now_ms);
         if ahead_ms > self.max_drift_ms {
-            return Err(Error::ClockDrift { ahead_ms, max_drift_ms: self.max_drift_ms, from: remote.node });
+            return Err(Error::ClockDrift {
+                ahead_ms,
+                max_drift_ms: self.max_drift_ms,
+                from: remote.node,
+            });
         }
         self.last = self.last.max(remote.time);
         Ok(())
@@ -175,7 +198,10 @@ mod tests {
         assert_eq!(t.logical(), 0);
         assert_eq!(t.tick().logical(), 1);
         assert_eq!(t.tick().wall_ms(), 1_700_000_000_123);
-        assert_eq!(HlcTime::from_wall_ms(u64::MAX).wall_ms(), HlcTime::MAX_WALL_MS);
+        assert_eq!(
+            HlcTime::from_wall_ms(u64::MAX).wall_ms(),
+            HlcTime::MAX_WALL_MS
+        );
     }
 
     #[test]
@@ -188,7 +214,11 @@ mod tests {
             assert!(s > last);
             last = s;
         }
-        assert_eq!(last.wall_ms(), 11, "70,000 stamps in one ms run one ms ahead");
+        assert_eq!(
+            last.wall_ms(),
+            11,
+            "70,000 stamps in one ms run one ms ahead"
+        );
     }
 
     #[test]
@@ -197,7 +227,8 @@ mod tests {
         let mut b = Hlc::new(NodeId(2), 500);
         let from_a = a.stamp(1_000);
         // b's wall clock lags 300 ms behind a's.
-        b.observe(from_a, 700).expect("300 ms is within the drift bound");
+        b.observe(from_a, 700)
+            .expect("300 ms is within the drift bound");
         let from_b = b.stamp(700);
         assert!(from_b > from_a);
     }
@@ -208,9 +239,20 @@ mod tests {
         let before = clock.stamp(1_000);
         let runaway = Stamp::new(HlcTime::from_wall_ms(1_501), NodeId(9));
         let err = clock.observe(runaway, 1_000).expect_err("501 ms ahead");
-        assert_eq!(err, Error::ClockDrift { ahead_ms: 501, max_drift_ms: 500, from: NodeId(9) });
+        assert_eq!(
+            err,
+            Error::ClockDrift {
+                ahead_ms: 501,
+                max_drift_ms: 500,
+                from: NodeId(9)
+            }
+        );
         assert!(err.to_string().contains("501 ms"), "{err}");
-        assert_eq!(clock.last(), before.time, "a refused stamp leaves the clock unchanged");
+        assert_eq!(
+            clock.last(),
+            before.time,
+            "a refused stamp leaves the clock unchanged"
+        );
         let at_bound = Stamp::new(HlcTime::from_wall_ms(1_500), NodeId(9));
         assert!(clock.observe(at_bound, 1_000).is_ok());
     }

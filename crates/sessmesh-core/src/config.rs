@@ -48,24 +48,41 @@ impl Config {
     /// # Errors
     /// [`Error::InvalidConfig`] naming the first setting that is wrong and why.
     pub fn validate(&self) -> Result<(), Error> {
-        let invalid = |setting: &'static str, reason: String| Err(Error::InvalidConfig { setting, reason });
+        let invalid =
+            |setting: &'static str, reason: String| Err(Error::InvalidConfig { setting, reason });
         if !self.partition_count.is_power_of_two() || self.partition_count > Self::MAX_PARTITIONS {
             return invalid(
                 "partition_count",
-                format!("{} is not a power of two from 1 to {}", self.partition_count, Self::MAX_PARTITIONS),
+                format!(
+                    "{} is not a power of two from 1 to {}",
+                    self.partition_count,
+                    Self::MAX_PARTITIONS
+                ),
             );
         }
         if self.replication_factor == 0 {
             return invalid("replication_factor", "must be at least 1".into());
         }
         if self.max_clock_drift_ms == 0 {
-            return invalid("max_clock_drift_ms", "must be above 0, or no peer's write would be accepted".into());
+            return invalid(
+                "max_clock_drift_ms",
+                "must be above 0, or no peer's write would be accepted".into(),
+            );
         }
         if self.max_frame_bytes < 1024 {
-            return invalid("max_frame_bytes", format!("{} is below the 1024-byte minimum", self.max_frame_bytes));
+            return invalid(
+                "max_frame_bytes",
+                format!("{} is below the 1024-byte minimum", self.max_frame_bytes),
+            );
         }
         if self.max_frame_bytes > u32::MAX as usize {
-            return invalid("max_frame_bytes", format!("{} does not fit a 32-bit length prefix", self.max_frame_bytes));
+            return invalid(
+                "max_frame_bytes",
+                format!(
+                    "{} does not fit a 32-bit length prefix",
+                    self.max_frame_bytes
+                ),
+            );
         }
         Ok(())
     }
@@ -83,11 +100,46 @@ mod tests {
     #[test]
     fn errors_name_the_setting_and_the_reason() {
         let cases = [
-            (Config { partition_count: 100, ..Config::default() }, "partition_count", "100 is not a power of two"),
-            (Config { partition_count: 1 << 17, ..Config::default() }, "partition_count", "131072"),
-            (Config { replication_factor: 0, ..Config::default() }, "replication_factor", "at least 1"),
-            (Config { max_clock_drift_ms: 0, ..Config::default() }, "max_clock_drift_ms", "above 0"),
-            (Config { max_frame_bytes: 10, ..Config::default() }, "max_frame_bytes", "below"),
+            (
+                Config {
+                    partition_count: 100,
+                    ..Config::default()
+                },
+                "partition_count",
+                "100 is not a power of two",
+            ),
+            (
+                Config {
+                    partition_count: 1 << 17,
+                    ..Config::default()
+                },
+                "partition_count",
+                "131072",
+            ),
+            (
+                Config {
+                    replication_factor: 0,
+                    ..Config::default()
+                },
+                "replication_factor",
+                "at least 1",
+            ),
+            (
+                Config {
+                    max_clock_drift_ms: 0,
+                    ..Config::default()
+                },
+                "max_clock_drift_ms",
+                "above 0",
+            ),
+            (
+                Config {
+                    max_frame_bytes: 10,
+                    ..Config::default()
+                },
+                "max_frame_bytes",
+                "below",
+            ),
         ];
         for (config, setting, reason) in cases {
             let err = config.validate().expect_err(setting);

@@ -35,7 +35,9 @@ pub struct PartitionDigest {
 
 impl Default for PartitionDigest {
     fn default() -> Self {
-        PartitionDigest { buckets: [0; DIGEST_BUCKETS] }
+        PartitionDigest {
+            buckets: [0; DIGEST_BUCKETS],
+        }
     }
 }
 
@@ -70,7 +72,7 @@ impl PartitionDigest {
     pub fn differing_buckets(&self, theirs: &[u64]) -> Vec<u8> {
         (0..DIGEST_BUCKETS)
             .filter(|&b| theirs.len() != DIGEST_BUCKETS || theirs[b] != self.buckets[b])
-            .map(|b| b as u8)
+            .map(|b| u8::try_from(b).expect("64 buckets fit in u8"))
             .collect()
     }
 }
@@ -126,7 +128,10 @@ mod tests {
     use super::*;
 
     fn kd(key_hash: u64, fingerprint: u64) -> KeyDigest {
-        KeyDigest { key_hash, fingerprint }
+        KeyDigest {
+            key_hash,
+            fingerprint,
+        }
     }
 
     #[test]
@@ -136,7 +141,10 @@ mod tests {
         digest.add(u64::MAX, 42);
         digest.add(7, 9);
         assert_ne!(digest.root(), empty_root);
-        assert_eq!(digest.differing_buckets(PartitionDigest::default().buckets()), vec![0, 63]);
+        assert_eq!(
+            digest.differing_buckets(PartitionDigest::default().buckets()),
+            vec![0, 63]
+        );
         digest.remove(u64::MAX, 42);
         digest.remove(7, 9);
         assert_eq!(digest, PartitionDigest::default());
@@ -145,7 +153,10 @@ mod tests {
 
     #[test]
     fn a_short_bucket_list_differs_everywhere() {
-        assert_eq!(PartitionDigest::default().differing_buckets(&[0; 3]).len(), DIGEST_BUCKETS);
+        assert_eq!(
+            PartitionDigest::default().differing_buckets(&[0; 3]).len(),
+            DIGEST_BUCKETS
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ pub enum Error {
     /// A remote stamp was further ahead of local time than
     /// `max_clock_drift_ms` allows. The clock is unchanged and the write that
     /// carried the stamp must not be applied.
-    #[error("stamp from node {from:?} is {ahead_ms} ms ahead of local time, over max_clock_drift_ms = {max_drift_ms}")]
+    #[error(
+        "stamp from node {from:?} is {ahead_ms} ms ahead of local time, over max_clock_drift_ms = {max_drift_ms}"
+    )]
     ClockDrift {
         /// How far ahead the remote stamp was.
         ahead_ms: u64,

@@ -56,7 +56,10 @@ pub(crate) fn encode(key: &[u8], session: &Session) -> Box<[u8]> {
     if header.clear != Stamp::ZERO {
         flags |= CLEAR;
     }
-    for (register, set, at_clear) in [(&header.expires_at, EXPIRES, EXPIRES_AT_CLEAR), (&header.max_idle, IDLE, IDLE_AT_CLEAR)] {
+    for (register, set, at_clear) in [
+        (&header.expires_at, EXPIRES, EXPIRES_AT_CLEAR),
+        (&header.max_idle, IDLE, IDLE_AT_CLEAR),
+    ] {
         if *register != TimeRegister::default() {
             flags |= set;
             if register.marker == header.clear {
@@ -71,7 +74,10 @@ pub(crate) fn encode(key: &[u8], session: &Session) -> Box<[u8]> {
     if flags & CLEAR != 0 {
         put_stamp(&mut out, header.clear);
     }
-    for (register, set, at_clear) in [(&header.expires_at, EXPIRES, EXPIRES_AT_CLEAR), (&header.max_idle, IDLE, IDLE_AT_CLEAR)] {
+    for (register, set, at_clear) in [
+        (&header.expires_at, EXPIRES, EXPIRES_AT_CLEAR),
+        (&header.max_idle, IDLE, IDLE_AT_CLEAR),
+    ] {
         if flags & set != 0 {
             if flags & at_clear == 0 {
                 put_stamp(&mut out, register.marker);
@@ -124,9 +130,17 @@ fn encoded_len(key: &[u8], session: &Session) -> usize {
         }
     };
     let mut len = varint_len(key.len() as u64) + key.len() + 1;
-    len += if header.clear != Stamp::ZERO { STAMP_LEN } else { 0 };
+    len += if header.clear != Stamp::ZERO {
+        STAMP_LEN
+    } else {
+        0
+    };
     len += register_len(&header.expires_at) + register_len(&header.max_idle);
-    len += if header.touched != Stamp::ZERO { STAMP_LEN } else { 0 };
+    len += if header.touched != Stamp::ZERO {
+        STAMP_LEN
+    } else {
+        0
+    };
     len += varint_len(session.registers().len() as u64);
     for (name, field) in session.registers() {
         len += varint_len(name.len() as u64) + name.len() + 1 + stamp_unless_clear(field.marker);
@@ -139,7 +153,10 @@ fn encoded_len(key: &[u8], session: &Session) -> usize {
 
 /// The key of a packed session, without parsing the rest.
 pub(crate) fn key_of(packed: &[u8]) -> &[u8] {
-    let mut reader = Reader { bytes: packed, pos: 0 };
+    let mut reader = Reader {
+        bytes: packed,
+        pos: 0,
+    };
     let len = reader.varint_usize();
     reader.take(len)
 }
@@ -168,7 +185,10 @@ impl<'a> Packed<'a> {
     /// # Panics
     /// On bytes [`encode`] did not produce: they never leave the store.
     pub(crate) fn parse(packed: &'a [u8]) -> Packed<'a> {
-        let mut r = Reader { bytes: packed, pos: 0 };
+        let mut r = Reader {
+            bytes: packed,
+            pos: 0,
+        };
         let key_len = r.varint_usize();
         let key = r.take(key_len);
         let flags = r.u8();
@@ -177,11 +197,16 @@ impl<'a> Packed<'a> {
             header.clear = r.stamp();
         }
         let clear = header.clear;
-        for (register, set, at_clear) in
-            [(&mut header.expires_at, EXPIRES, EXPIRES_AT_CLEAR), (&mut header.max_idle, IDLE, IDLE_AT_CLEAR)]
-        {
+        for (register, set, at_clear) in [
+            (&mut header.expires_at, EXPIRES, EXPIRES_AT_CLEAR),
+            (&mut header.max_idle, IDLE, IDLE_AT_CLEAR),
+        ] {
             if flags & set != 0 {
-                register.marker = if flags & at_clear != 0 { clear } else { r.stamp() };
+                register.marker = if flags & at_clear != 0 {
+                    clear
+                } else {
+                    r.stamp()
+                };
                 register.val = match r.u8() {
                     0 => None,
                     _ => Some(r.varint()),
@@ -192,12 +217,24 @@ impl<'a> Packed<'a> {
             header.touched = r.stamp();
         }
         let field_count = r.varint_usize();
-        Packed { key, header, field_count, fields: &packed[r.pos..] }
+        Packed {
+            key,
+            header,
+            field_count,
+            fields: &packed[r.pos..],
+        }
     }
 
     /// Every field, deleted ones included, in name order.
     pub(crate) fn fields(&self) -> Fields<'a> {
-        Fields { reader: Reader { bytes: self.fields, pos: 0 }, remaining: self.field_count, clear: self.header.clear }
+        Fields {
+            reader: Reader {
+                bytes: self.fields,
+                pos: 0,
+            },
+            remaining: self.field_count,
+            clear: self.header.clear,
+        }
     }
 
     /// Whether a reader at `now_ms` sees this session (see [`Session::is_visible`]).
@@ -218,14 +255,23 @@ impl<'a> Packed<'a> {
 
     /// The expiry deadline in wall-clock ms, if any (see [`Session::deadline_ms`]).
     pub(crate) fn deadline_ms(&self) -> Option<u64> {
-        self.header.deadline_ms(self.fields().map(|f| f.stamp).max().unwrap_or(Stamp::ZERO))
+        self.header
+            .deadline_ms(self.fields().map(|f| f.stamp).max().unwrap_or(Stamp::ZERO))
     }
 
     /// Unpacks into an owned [`Session`].
     pub(crate) fn to_session(&self) -> Session {
         let fields: BTreeMap<Bytes, FieldRegister> = self
             .fields()
-            .map(|f| (Bytes::copy_from_slice(f.name), LWWReg { val: f.value.map(Bytes::copy_from_slice), marker: f.stamp }))
+            .map(|f| {
+                (
+                    Bytes::copy_from_slice(f.name),
+                    LWWReg {
+                        val: f.value.map(Bytes::copy_from_slice),
+                        marker: f.stamp,
+                    },
+                )
+            })
             .collect();
         Session::from_parts(self.header.clone(), fields)
     }
@@ -238,7 +284,12 @@ impl<'a> Packed<'a> {
         h.update(&(self.key.len() as u64).to_le_bytes());
         h.update(self.key);
         let header = &self.header;
-        for stamp in [header.clear, header.expires_at.marker, header.max_idle.marker, header.touched] {
+        for stamp in [
+            header.clear,
+            header.expires_at.marker,
+            header.max_idle.marker,
+            header.touched,
+        ] {
             h.update(&stamp_bytes(stamp));
         }
         for field in self.fields() {
@@ -270,7 +321,11 @@ impl<'a> Iterator for Fields<'a> {
         let name_len = r.varint_usize();
         let name = r.take(name_len);
         let flags = r.u8();
-        let stamp = if flags & FIELD_AT_CLEAR != 0 { self.clear } else { r.stamp() };
+        let stamp = if flags & FIELD_AT_CLEAR != 0 {
+            self.clear
+        } else {
+            r.stamp()
+        };
         let value = (flags & FIELD_VALUE != 0).then(|| {
             let len = r.varint_usize();
             r.take(len)
@@ -292,6 +347,10 @@ fn put_stamp(out: &mut Vec<u8>, stamp: Stamp) {
     out.extend_from_slice(&stamp_bytes(stamp));
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "each byte takes the low seven bits"
+)]
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -364,7 +423,10 @@ mod tests {
     #[test]
     fn whole_value_put_stores_its_stamp_once() {
         let value = Bytes::from(vec![7u8; 256]);
-        let put = Write::Put { fields: vec![(Bytes::new(), value)], expiry: Default::default() };
+        let put = Write::Put {
+            fields: vec![(Bytes::new(), value)],
+            expiry: Default::default(),
+        };
         let session = Session::from_write(&put, stamp(1_000, 1));
         let packed = encode(&[1u8; 64], &session);
         // key_len + key + flags + clear + field_count + name_len + field_flags + value_len + value
@@ -373,11 +435,27 @@ mod tests {
 
     #[test]
     fn varint_lengths_match_encoding() {
-        for v in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
             let mut out = Vec::new();
             put_varint(&mut out, v);
             assert_eq!(out.len(), varint_len(v), "{v}");
-            assert_eq!(Reader { bytes: &out, pos: 0 }.varint(), v);
+            assert_eq!(
+                Reader {
+                    bytes: &out,
+                    pos: 0
+                }
+                .varint(),
+                v
+            );
         }
     }
 

@@ -31,6 +31,10 @@ pub fn key_hash(key: &[u8]) -> u64 {
 }
 
 /// The partition of a key with hash `key_hash`, for a power-of-two `partition_count`.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "masked below partition_count, a u32"
+)]
 pub fn partition_of(key_hash: u64, partition_count: u32) -> PartitionId {
     debug_assert!(partition_count.is_power_of_two());
     PartitionId((key_hash & u64::from(partition_count - 1)) as u32)
@@ -58,9 +62,20 @@ impl<M: AsRef<[u8]> + Ord + Clone> Partitioner<M> {
     /// A partitioner with no members. `partition_count` must be a power of two
     /// and `replication_factor` at least one ([`crate::Config::validate`] checks both).
     pub fn new(partition_count: u32, replication_factor: usize) -> Self {
-        assert!(partition_count.is_power_of_two(), "partition count must be a power of two");
-        assert!(replication_factor > 0, "replication factor must be at least 1");
-        Partitioner { partition_count, replication_factor, members: Vec::new(), replicas: Vec::new() }
+        assert!(
+            partition_count.is_power_of_two(),
+            "partition count must be a power of two"
+        );
+        assert!(
+            replication_factor > 0,
+            "replication factor must be at least 1"
+        );
+        Partitioner {
+            partition_count,
+            replication_factor,
+            members: Vec::new(),
+            replicas: Vec::new(),
+        }
     }
 
     /// The number of partitions.
@@ -92,7 +107,11 @@ impl<M: AsRef<[u8]> + Ord + Clone> Partitioner<M> {
         let mut replicas = Vec::with_capacity(width * self.partition_count as usize);
         for p in 0..self.partition_count {
             scored.clear();
-            scored.extend(self.members.iter().map(|m| (rendezvous_score(PartitionId(p), m.as_ref()), m)));
+            scored.extend(
+                self.members
+                    .iter()
+                    .map(|m| (rendezvous_score(PartitionId(p), m.as_ref()), m)),
+            );
             // Highest score first; equal scores by name.
             scored.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
             replicas.extend(scored.iter().take(width).map(|(_, m)| (*m).clone()));
@@ -117,7 +136,9 @@ impl<M: AsRef<[u8]> + Ord + Clone> Partitioner<M> {
 
     /// The partitions `member` replicates.
     pub fn partitions_of<'a>(&'a self, member: &'a M) -> impl Iterator<Item = PartitionId> + 'a {
-        (0..self.partition_count).map(PartitionId).filter(move |&p| self.replicas_for(p).contains(member))
+        (0..self.partition_count)
+            .map(PartitionId)
+            .filter(move |&p| self.replicas_for(p).contains(member))
     }
 
     fn width(&self) -> usize {
@@ -136,7 +157,10 @@ mod tests {
     }
 
     fn load(p: &Partitioner<String>) -> BTreeMap<String, usize> {
-        p.members().iter().map(|m| (m.clone(), p.partitions_of(m).count())).collect()
+        p.members()
+            .iter()
+            .map(|m| (m.clone(), p.partitions_of(m).count()))
+            .collect()
     }
 
     #[test]
@@ -155,7 +179,10 @@ mod tests {
         let fair = 256.0 * 3.0 / 10.0;
         for (member, held) in load(&p) {
             let share = held as f64 / fair;
-            assert!((0.75..=1.25).contains(&share), "{member} holds {held} replicas, {share:.2}x its fair share");
+            assert!(
+                (0.75..=1.25).contains(&share),
+                "{member} holds {held} replicas, {share:.2}x its fair share"
+            );
         }
         assert_eq!(load(&p).values().sum::<usize>(), 256 * 3);
     }
@@ -164,14 +191,21 @@ mod tests {
     fn a_joining_member_changes_only_the_sets_it_enters() {
         let mut p = Partitioner::new(256, 3);
         p.set_members(names(1..=10));
-        let before: Vec<Vec<String>> = (0..256).map(|i| p.replicas_for(PartitionId(i)).to_vec()).collect();
+        let before: Vec<Vec<String>> = (0..256)
+            .map(|i| p.replicas_for(PartitionId(i)).to_vec())
+            .collect();
         let changed = p.set_members(names(1..=11));
         let newcomer = "node-11".to_string();
         assert!(!changed.is_empty());
         for i in 0..256 {
             let after = p.replicas_for(PartitionId(i));
             let moved = after != before[i as usize].as_slice();
-            assert_eq!(moved, after.contains(&newcomer), "partition {i}: {:?} -> {after:?}", before[i as usize]);
+            assert_eq!(
+                moved,
+                after.contains(&newcomer),
+                "partition {i}: {:?} -> {after:?}",
+                before[i as usize]
+            );
             assert_eq!(moved, changed.contains(&PartitionId(i)));
             if moved {
                 // The newcomer took one place; the others keep their relative order.
@@ -185,12 +219,18 @@ mod tests {
     fn a_leaving_member_changes_only_the_sets_it_was_in() {
         let mut p = Partitioner::new(256, 3);
         p.set_members(names(1..=10));
-        let before: Vec<Vec<String>> = (0..256).map(|i| p.replicas_for(PartitionId(i)).to_vec()).collect();
+        let before: Vec<Vec<String>> = (0..256)
+            .map(|i| p.replicas_for(PartitionId(i)).to_vec())
+            .collect();
         let leaver = "node-4".to_string();
         let changed = p.set_members(names(1..=10).into_iter().filter(|m| *m != leaver));
         for i in 0..256 {
             let had = before[i as usize].contains(&leaver);
-            assert_eq!(p.replicas_for(PartitionId(i)) != before[i as usize].as_slice(), had, "partition {i}");
+            assert_eq!(
+                p.replicas_for(PartitionId(i)) != before[i as usize].as_slice(),
+                had,
+                "partition {i}"
+            );
             assert_eq!(changed.contains(&PartitionId(i)), had);
             assert!(!p.replicas_for(PartitionId(i)).contains(&leaver));
         }
@@ -212,7 +252,9 @@ mod tests {
     fn balance_tightens_with_more_partitions() {
         // 1,024 partitions: the spread is about 5.5%, so a quarter is over 4 standard deviations.
         for cluster in 0..50 {
-            let members: Vec<String> = (0..10).map(|i| format!("cluster-{cluster}-node-{i}")).collect();
+            let members: Vec<String> = (0..10)
+                .map(|i| format!("cluster-{cluster}-node-{i}"))
+                .collect();
             let mut p = Partitioner::new(1024, 3);
             p.set_members(members);
             let fair = 1024.0 * 3.0 / 10.0;

@@ -115,7 +115,10 @@ impl Header {
 
     /// The newest stamp among the header's registers, live or not.
     pub fn newest_stamp(&self) -> Stamp {
-        self.clear.max(self.touched).max(self.expires_at.marker).max(self.max_idle.marker)
+        self.clear
+            .max(self.touched)
+            .max(self.expires_at.marker)
+            .max(self.max_idle.marker)
     }
 
     /// The expiry deadline in wall-clock ms, given the newest stamp among the
@@ -123,10 +126,15 @@ impl Header {
     pub fn deadline_ms(&self, newest_field: Stamp) -> Option<u64> {
         let absolute = self.live_value(&self.expires_at);
         let idle = self.live_value(&self.max_idle).map(|idle_ms| {
-            let activity = [self.touched, self.expires_at.marker, self.max_idle.marker, newest_field]
-                .into_iter()
-                .filter(|s| self.is_live(*s))
-                .fold(self.clear, Stamp::max);
+            let activity = [
+                self.touched,
+                self.expires_at.marker,
+                self.max_idle.marker,
+                newest_field,
+            ]
+            .into_iter()
+            .filter(|s| self.is_live(*s))
+            .fold(self.clear, Stamp::max);
             activity.wall_ms().saturating_add(idle_ms)
         });
         match (absolute, idle) {
@@ -150,7 +158,11 @@ impl Header {
     }
 
     fn live_value(&self, register: &TimeRegister) -> Option<u64> {
-        if self.is_live(register.marker) { register.val } else { None }
+        if self.is_live(register.marker) {
+            register.val
+        } else {
+            None
+        }
     }
 
     fn merge(&mut self, other: Header) {
@@ -191,7 +203,10 @@ impl Session {
         match write {
             Write::Put { fields, expiry } => {
                 delta.header.clear = stamp;
-                delta.fields = fields.iter().map(|(name, value)| (name.clone(), register(Some(value.clone()), stamp))).collect();
+                delta.fields = fields
+                    .iter()
+                    .map(|(name, value)| (name.clone(), register(Some(value.clone()), stamp)))
+                    .collect();
                 if expiry.expires_at_ms.is_some() {
                     delta.header.expires_at = register(expiry.expires_at_ms, stamp);
                 }
@@ -200,7 +215,9 @@ impl Session {
                 }
             }
             Write::PutField { name, value } => {
-                delta.fields.insert(name.clone(), register(Some(value.clone()), stamp));
+                delta
+                    .fields
+                    .insert(name.clone(), register(Some(value.clone()), stamp));
             }
             Write::DeleteField { name } => {
                 delta.fields.insert(name.clone(), register(None, stamp));
@@ -256,11 +273,18 @@ impl Session {
 
     /// The newest stamp anywhere in the session.
     pub fn newest_stamp(&self) -> Stamp {
-        self.fields.values().map(|f| f.marker).fold(self.header.newest_stamp(), Stamp::max)
+        self.fields
+            .values()
+            .map(|f| f.marker)
+            .fold(self.header.newest_stamp(), Stamp::max)
     }
 
     fn newest_field_stamp(&self) -> Stamp {
-        self.fields.values().map(|f| f.marker).max().unwrap_or(Stamp::ZERO)
+        self.fields
+            .values()
+            .map(|f| f.marker)
+            .max()
+            .unwrap_or(Stamp::ZERO)
     }
 
     /// Whether no live field holds a value (deleted, emptied, or never written).
@@ -281,8 +305,11 @@ impl Session {
     /// The fields a reader at `now_ms` sees, in name order; `None` when the
     /// session does not exist for that reader.
     pub fn visible_fields(&self, now_ms: u64) -> Option<impl Iterator<Item = (&Bytes, &Bytes)>> {
-        self.is_visible(now_ms)
-            .then(|| self.fields.iter().filter_map(|(name, field)| Some((name, field.val.as_ref()?))))
+        self.is_visible(now_ms).then(|| {
+            self.fields
+                .iter()
+                .filter_map(|(name, field)| Some((name, field.val.as_ref()?)))
+        })
     }
 
     /// Turns a deadline that has passed by `now_ms` into a clear stamp, so that
@@ -307,14 +334,17 @@ impl Session {
     /// live anywhere (its newest write, or the latest deadline it knows of),
     /// plus `grace_ms` for replicas that have not heard of that deadline yet.
     pub fn collectable_at_ms(&self, grace_ms: u64) -> u64 {
-        self.header.hides_until_ms(self.newest_stamp()).saturating_add(grace_ms)
+        self.header
+            .hides_until_ms(self.newest_stamp())
+            .saturating_add(grace_ms)
     }
 
     /// Drops field tombstones stamped before `before_ms` (the sweep passes
     /// `now - grace`). Returns how many were dropped.
     pub fn drop_field_tombstones_before(&mut self, before_ms: u64) -> usize {
         let len = self.fields.len();
-        self.fields.retain(|_, f| f.val.is_some() || f.marker.wall_ms() >= before_ms);
+        self.fields
+            .retain(|_, f| f.val.is_some() || f.marker.wall_ms() >= before_ms);
         len - self.fields.len()
     }
 }
@@ -330,7 +360,9 @@ impl CvRDT for Session {
                 mine.validate_merge(theirs)?;
             }
         }
-        self.header.expires_at.validate_merge(&other.header.expires_at)?;
+        self.header
+            .expires_at
+            .validate_merge(&other.header.expires_at)?;
         self.header.max_idle.validate_merge(&other.header.max_idle)
     }
 
@@ -354,11 +386,19 @@ mod tests {
     }
 
     fn put(fields: &[(&'static str, &'static str)]) -> Write {
-        Write::Put { fields: fields.iter().map(|(n, v)| (b(n), b(v))).collect(), expiry: Expiry::default() }
+        Write::Put {
+            fields: fields.iter().map(|(n, v)| (b(n), b(v))).collect(),
+            expiry: Expiry::default(),
+        }
     }
 
     fn visible(session: &Session, now_ms: u64) -> Option<BTreeMap<Bytes, Bytes>> {
-        Some(session.visible_fields(now_ms)?.map(|(n, v)| (n.clone(), v.clone())).collect())
+        Some(
+            session
+                .visible_fields(now_ms)?
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+        )
     }
 
     fn merged(a: &Session, b: &Session) -> Session {
@@ -372,8 +412,20 @@ mod tests {
         let base = Session::from_write(&put(&[("user", "ada")]), stamp(100, 1));
         let mut a = base.clone();
         let mut c = base;
-        a.apply(&Write::PutField { name: b("cart"), value: b("1") }, stamp(200, 1));
-        c.apply(&Write::PutField { name: b("theme"), value: b("dark") }, stamp(200, 2));
+        a.apply(
+            &Write::PutField {
+                name: b("cart"),
+                value: b("1"),
+            },
+            stamp(200, 1),
+        );
+        c.apply(
+            &Write::PutField {
+                name: b("theme"),
+                value: b("dark"),
+            },
+            stamp(200, 2),
+        );
         let m = merged(&a, &c);
         assert_eq!(m, merged(&c, &a));
         let fields = visible(&m, 300).expect("visible");
@@ -382,12 +434,27 @@ mod tests {
 
     #[test]
     fn a_whole_value_put_replaces_older_fields_but_not_newer_ones() {
-        let mut s = Session::from_write(&Write::PutField { name: b("old"), value: b("1") }, stamp(100, 1));
+        let mut s = Session::from_write(
+            &Write::PutField {
+                name: b("old"),
+                value: b("1"),
+            },
+            stamp(100, 1),
+        );
         // A field written after the put's stamp, arriving first.
-        s.apply(&Write::PutField { name: b("newer"), value: b("2") }, stamp(300, 2));
+        s.apply(
+            &Write::PutField {
+                name: b("newer"),
+                value: b("2"),
+            },
+            stamp(300, 2),
+        );
         s.apply(&put(&[("user", "ada")]), stamp(200, 1));
         let fields = visible(&s, 400).expect("visible");
-        assert_eq!(fields, BTreeMap::from([(b("newer"), b("2")), (b("user"), b("ada"))]));
+        assert_eq!(
+            fields,
+            BTreeMap::from([(b("newer"), b("2")), (b("user"), b("ada"))])
+        );
     }
 
     #[test]
@@ -398,42 +465,91 @@ mod tests {
         assert!(deleted.is_tombstone() && !deleted.is_visible(300));
         // A stale replica still holding the session, and a late field write from before the logout.
         let mut stale = live;
-        stale.apply(&Write::PutField { name: b("cart"), value: b("1") }, stamp(150, 3));
+        stale.apply(
+            &Write::PutField {
+                name: b("cart"),
+                value: b("1"),
+            },
+            stamp(150, 3),
+        );
         assert_eq!(visible(&merged(&deleted, &stale), 300), None);
         // A write after the logout starts a new session with only its own data.
         let mut again = merged(&deleted, &stale);
-        again.apply(&Write::PutField { name: b("user"), value: b("bob") }, stamp(250, 1));
-        assert_eq!(visible(&again, 300), Some(BTreeMap::from([(b("user"), b("bob"))])));
+        again.apply(
+            &Write::PutField {
+                name: b("user"),
+                value: b("bob"),
+            },
+            stamp(250, 1),
+        );
+        assert_eq!(
+            visible(&again, 300),
+            Some(BTreeMap::from([(b("user"), b("bob"))]))
+        );
     }
 
     #[test]
     fn expiry_is_at_the_deadline_and_stays_expired() {
         let mut s = Session::from_write(
-            &Write::Put { fields: vec![(b("user"), b("ada"))], expiry: Expiry { expires_at_ms: Some(1_000), max_idle_ms: None } },
+            &Write::Put {
+                fields: vec![(b("user"), b("ada"))],
+                expiry: Expiry {
+                    expires_at_ms: Some(1_000),
+                    max_idle_ms: None,
+                },
+            },
             stamp(100, 1),
         );
         assert!(s.is_visible(999));
-        assert!(!s.is_visible(1_000), "expired when now reaches the deadline");
+        assert!(
+            !s.is_visible(1_000),
+            "expired when now reaches the deadline"
+        );
         assert!(s.expire_if_due(1_500));
         assert!(!s.expire_if_due(1_500), "expiring is idempotent");
         // A field written after the deadline is a new session, without the expired fields.
-        s.apply(&Write::PutField { name: b("cart"), value: b("1") }, stamp(1_200, 2));
-        assert_eq!(visible(&s, 1_600), Some(BTreeMap::from([(b("cart"), b("1"))])));
+        s.apply(
+            &Write::PutField {
+                name: b("cart"),
+                value: b("1"),
+            },
+            stamp(1_200, 2),
+        );
+        assert_eq!(
+            visible(&s, 1_600),
+            Some(BTreeMap::from([(b("cart"), b("1"))]))
+        );
     }
 
     #[test]
     fn sliding_expiry_is_extended_by_touch_and_by_writes() {
         let mut s = Session::from_write(
-            &Write::Put { fields: vec![(b("user"), b("ada"))], expiry: Expiry { expires_at_ms: None, max_idle_ms: Some(1_000) } },
+            &Write::Put {
+                fields: vec![(b("user"), b("ada"))],
+                expiry: Expiry {
+                    expires_at_ms: None,
+                    max_idle_ms: Some(1_000),
+                },
+            },
             stamp(100, 1),
         );
         assert_eq!(s.deadline_ms(), Some(1_100));
         s.apply(&Write::Touch, stamp(900, 1));
         assert_eq!(s.deadline_ms(), Some(1_900));
-        s.apply(&Write::PutField { name: b("cart"), value: b("1") }, stamp(1_500, 2));
+        s.apply(
+            &Write::PutField {
+                name: b("cart"),
+                value: b("1"),
+            },
+            stamp(1_500, 2),
+        );
         assert_eq!(s.deadline_ms(), Some(2_500));
         s.apply(&Write::ExpireAt { at_ms: Some(2_000) }, stamp(1_600, 2));
-        assert_eq!(s.deadline_ms(), Some(2_000), "the earlier of the two deadlines counts");
+        assert_eq!(
+            s.deadline_ms(),
+            Some(2_000),
+            "the earlier of the two deadlines counts"
+        );
         s.apply(&Write::MaxIdle { idle_ms: None }, stamp(1_700, 2));
         assert_eq!(s.deadline_ms(), Some(2_000));
         s.apply(&Write::ExpireAt { at_ms: None }, stamp(1_800, 2));
@@ -443,7 +559,13 @@ mod tests {
     #[test]
     fn a_put_without_expiry_clears_the_old_expiry() {
         let mut s = Session::from_write(
-            &Write::Put { fields: vec![(b("user"), b("ada"))], expiry: Expiry { expires_at_ms: Some(1_000), max_idle_ms: Some(50) } },
+            &Write::Put {
+                fields: vec![(b("user"), b("ada"))],
+                expiry: Expiry {
+                    expires_at_ms: Some(1_000),
+                    max_idle_ms: Some(50),
+                },
+            },
             stamp(100, 1),
         );
         s.apply(&put(&[("user", "bob")]), stamp(200, 1));
@@ -453,20 +575,46 @@ mod tests {
     #[test]
     fn tombstones_are_collectable_after_the_latest_deadline_they_cover_plus_grace() {
         let mut s = Session::from_write(
-            &Write::Put { fields: vec![(b("user"), b("ada"))], expiry: Expiry { expires_at_ms: Some(50_000), max_idle_ms: None } },
+            &Write::Put {
+                fields: vec![(b("user"), b("ada"))],
+                expiry: Expiry {
+                    expires_at_ms: Some(50_000),
+                    max_idle_ms: None,
+                },
+            },
             stamp(100, 1),
         );
         s.apply(&Write::Delete, stamp(1_000, 1));
-        assert_eq!(s.collectable_at_ms(10_000), 60_000, "the covered deadline 50,000 plus 10,000 grace");
+        assert_eq!(
+            s.collectable_at_ms(10_000),
+            60_000,
+            "the covered deadline 50,000 plus 10,000 grace"
+        );
         let mut untimed = Session::from_write(&put(&[("user", "ada")]), stamp(100, 1));
         untimed.apply(&Write::Delete, stamp(1_000, 1));
-        assert_eq!(untimed.collectable_at_ms(10_000), 11_000, "no deadline: the delete plus grace");
+        assert_eq!(
+            untimed.collectable_at_ms(10_000),
+            11_000,
+            "no deadline: the delete plus grace"
+        );
     }
 
     #[test]
     fn conflicting_markers_merge_deterministically() {
-        let a = Session::from_write(&Write::PutField { name: b("f"), value: b("a") }, stamp(1, 1));
-        let c = Session::from_write(&Write::PutField { name: b("f"), value: b("z") }, stamp(1, 1));
+        let a = Session::from_write(
+            &Write::PutField {
+                name: b("f"),
+                value: b("a"),
+            },
+            stamp(1, 1),
+        );
+        let c = Session::from_write(
+            &Write::PutField {
+                name: b("f"),
+                value: b("z"),
+            },
+            stamp(1, 1),
+        );
         assert!(a.validate_merge(&c).is_err());
         assert_eq!(merged(&a, &c), merged(&c, &a));
     }
@@ -494,7 +642,10 @@ mod tests {
 
     fn without_expiry(write: Write) -> Write {
         match write {
-            Write::Put { fields, .. } => Write::Put { fields, expiry: Expiry::default() },
+            Write::Put { fields, .. } => Write::Put {
+                fields,
+                expiry: Expiry::default(),
+            },
             Write::ExpireAt { .. } | Write::MaxIdle { .. } => Write::Touch,
             other => other,
         }
@@ -521,14 +672,22 @@ mod tests {
 
     /// Runs a history on three replicas the way the store does (expire what is
     /// due before changing), then merges everything in `order`.
-    fn run(steps: &[Step], order: &[usize], strip_expiry: bool) -> ([Session; 3], Vec<(Write, Stamp)>) {
+    fn run(
+        steps: &[Step],
+        order: &[usize],
+        strip_expiry: bool,
+    ) -> ([Session; 3], Vec<(Write, Stamp)>) {
         let mut replicas: [Session; 3] = Default::default();
         let mut clocks: Vec<Hlc> = (1..=3).map(|n| Hlc::new(NodeId(n), 500)).collect();
         let mut issued = Vec::new();
         for step in steps {
             match step.clone() {
                 Step::Write(r, write, ms) => {
-                    let write = if strip_expiry { without_expiry(write) } else { write };
+                    let write = if strip_expiry {
+                        without_expiry(write)
+                    } else {
+                        write
+                    };
                     let stamp = clocks[r].stamp(ms);
                     replicas[r].expire_if_due(ms);
                     replicas[r].apply(&write, stamp);
@@ -605,20 +764,13 @@ mod tests {
         /// A replica that applies the writes' deltas in any order holds the same state.
         #[test]
         fn writes_commute(
-            writes in prop::collection::vec((arb_write(), 0u64..60_000, 1u64..4), 0..12)
-                .prop_map(|ws| ws.into_iter().enumerate().map(|(i, (w, ms, n))| (w, stamp(ms, n * 100 + i as u64))).collect::<Vec<_>>()),
-            seed in any::<u64>(),
+            (writes, shuffled) in prop::collection::vec((arb_write(), 0u64..60_000, 1u64..4), 0..12)
+                .prop_map(|ws| ws.into_iter().enumerate().map(|(i, (w, ms, n))| (w, stamp(ms, n * 100 + i as u64))).collect::<Vec<_>>())
+                .prop_flat_map(|ws| (Just(ws.clone()), Just(ws).prop_shuffle())),
         ) {
             let mut forward = Session::default();
             for (w, s) in &writes {
                 forward.apply(w, *s);
-            }
-            let mut shuffled = writes.clone();
-            // A deterministic shuffle from the seed.
-            let len = shuffled.len();
-            for i in (1..len).rev() {
-                let j = ((seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) % (i as u64 + 1)) as usize;
-                shuffled.swap(i, j);
             }
             let mut backward = Session::default();
             for (w, s) in &shuffled {

@@ -73,9 +73,14 @@ impl Store {
     /// An empty store with `config`'s partition count and tombstone grace.
     /// The config should have passed [`Config::validate`].
     pub fn new(config: &Config) -> Self {
-        assert!(config.partition_count.is_power_of_two(), "partition count must be a power of two");
+        assert!(
+            config.partition_count.is_power_of_two(),
+            "partition count must be a power of two"
+        );
         Store {
-            partitions: (0..config.partition_count).map(|_| Partition::default()).collect(),
+            partitions: (0..config.partition_count)
+                .map(|_| Partition::default())
+                .collect(),
             partition_count: config.partition_count,
             tombstone_grace_ms: config.tombstone_grace_ms,
             len: 0,
@@ -105,7 +110,10 @@ impl Store {
     fn find(&self, key: &[u8]) -> Option<&[u8]> {
         let hash = key_hash(key);
         let partition = &self.partitions[partition_of(hash, self.partition_count).0 as usize];
-        partition.entries.find(slot_hash(hash), |packed| packed::key_of(packed) == key).map(|b| &**b)
+        partition
+            .entries
+            .find(slot_hash(hash), |packed| packed::key_of(packed) == key)
+            .map(|b| &**b)
     }
 
     /// The session stored under `key` as a reader at `now_ms` sees it: `None`
@@ -118,7 +126,8 @@ impl Store {
     /// The full replicated state under `key`, tombstones included, for
     /// replication and repair.
     pub fn session(&self, key: &[u8]) -> Option<Session> {
-        self.find(key).map(|packed| Packed::parse(packed).to_session())
+        self.find(key)
+            .map(|packed| Packed::parse(packed).to_session())
     }
 
     /// Applies a write stamped by its coordinator. Returns whether the stored
@@ -126,7 +135,13 @@ impl Store {
     ///
     /// # Errors
     /// [`Error::KeyTooLong`]; nothing is stored then.
-    pub fn apply(&mut self, key: &[u8], write: &Write, stamp: Stamp, now_ms: u64) -> Result<bool, Error> {
+    pub fn apply(
+        &mut self,
+        key: &[u8],
+        write: &Write,
+        stamp: Stamp,
+        now_ms: u64,
+    ) -> Result<bool, Error> {
         self.merge_remote(key, Session::from_write(write, stamp), now_ms)
     }
 
@@ -143,12 +158,25 @@ impl Store {
     }
 
     /// Sets one field: [`Write::PutField`].
-    pub fn put_field(&mut self, key: &[u8], name: Bytes, value: Bytes, stamp: Stamp, now_ms: u64) -> Result<bool, Error> {
+    pub fn put_field(
+        &mut self,
+        key: &[u8],
+        name: Bytes,
+        value: Bytes,
+        stamp: Stamp,
+        now_ms: u64,
+    ) -> Result<bool, Error> {
         self.apply(key, &Write::PutField { name, value }, stamp, now_ms)
     }
 
     /// Deletes one field: [`Write::DeleteField`].
-    pub fn delete_field(&mut self, key: &[u8], name: Bytes, stamp: Stamp, now_ms: u64) -> Result<bool, Error> {
+    pub fn delete_field(
+        &mut self,
+        key: &[u8],
+        name: Bytes,
+        stamp: Stamp,
+        now_ms: u64,
+    ) -> Result<bool, Error> {
         self.apply(key, &Write::DeleteField { name }, stamp, now_ms)
     }
 
@@ -163,7 +191,13 @@ impl Store {
     }
 
     /// Sets or clears the absolute deadline: [`Write::ExpireAt`].
-    pub fn expire_at(&mut self, key: &[u8], at_ms: Option<u64>, stamp: Stamp, now_ms: u64) -> Result<bool, Error> {
+    pub fn expire_at(
+        &mut self,
+        key: &[u8],
+        at_ms: Option<u64>,
+        stamp: Stamp,
+        now_ms: u64,
+    ) -> Result<bool, Error> {
         self.apply(key, &Write::ExpireAt { at_ms }, stamp, now_ms)
     }
 
@@ -178,14 +212,24 @@ impl Store {
     ///
     /// # Errors
     /// [`Error::KeyTooLong`]; nothing is stored then.
-    pub fn merge_remote(&mut self, key: &[u8], incoming: Session, now_ms: u64) -> Result<bool, Error> {
+    pub fn merge_remote(
+        &mut self,
+        key: &[u8],
+        incoming: Session,
+        now_ms: u64,
+    ) -> Result<bool, Error> {
         if key.len() > MAX_KEY_LEN {
-            return Err(Error::KeyTooLong { len: key.len(), max: MAX_KEY_LEN });
+            return Err(Error::KeyTooLong {
+                len: key.len(),
+                max: MAX_KEY_LEN,
+            });
         }
         let grace_ms = self.tombstone_grace_ms;
         let hash = key_hash(key);
         let partition = &mut self.partitions[partition_of(hash, self.partition_count).0 as usize];
-        let found = partition.entries.find_entry(slot_hash(hash), |packed| packed::key_of(packed) == key);
+        let found = partition
+            .entries
+            .find_entry(slot_hash(hash), |packed| packed::key_of(packed) == key);
         let (old_fingerprint, mut session) = match &found {
             Ok(slot) => {
                 let old = Packed::parse(slot.get());
@@ -210,14 +254,20 @@ impl Store {
                     return Ok(false);
                 }
                 partition.digest.remove(hash, old_fingerprint);
-                partition.digest.add(hash, Packed::parse(&new).fingerprint());
+                partition
+                    .digest
+                    .add(hash, Packed::parse(&new).fingerprint());
                 *slot.get_mut() = new;
                 Ok(true)
             }
             (Err(vacant), _) if keep => {
                 let new = packed::encode(key, &session);
-                partition.digest.add(hash, Packed::parse(&new).fingerprint());
-                vacant.into_table().insert_unique(slot_hash(hash), new, |p| packed_slot_hash(p));
+                partition
+                    .digest
+                    .add(hash, Packed::parse(&new).fingerprint());
+                vacant
+                    .into_table()
+                    .insert_unique(slot_hash(hash), new, |p| packed_slot_hash(p));
                 self.len += 1;
                 Ok(true)
             }
@@ -227,7 +277,12 @@ impl Store {
 
     /// Every entry of `partition`, tombstones included, in no particular order.
     pub fn entries(&self, partition: PartitionId) -> impl Iterator<Item = StoredEntry<'_>> {
-        self.partitions[partition.0 as usize].entries.iter().map(|packed| StoredEntry { packed: Packed::parse(packed) })
+        self.partitions[partition.0 as usize]
+            .entries
+            .iter()
+            .map(|packed| StoredEntry {
+                packed: Packed::parse(packed),
+            })
     }
 
     /// The anti-entropy digest of `partition`.
@@ -240,7 +295,10 @@ impl Store {
     pub fn bucket_keys(&self, partition: PartitionId, bucket: u8) -> Vec<KeyDigest> {
         self.entries(partition)
             .filter(|e| bucket_of(e.key_hash()) == bucket)
-            .map(|e| KeyDigest { key_hash: e.key_hash(), fingerprint: e.fingerprint() })
+            .map(|e| KeyDigest {
+                key_hash: e.key_hash(),
+                fingerprint: e.fingerprint(),
+            })
             .collect()
     }
 
@@ -254,7 +312,10 @@ impl Store {
             for packed in partition_store.entries.iter_hash(slot_hash(hash)) {
                 let packed = Packed::parse(packed);
                 if key_hash(packed.key) == hash {
-                    found.push(Entry { key: Bytes::copy_from_slice(packed.key), session: packed.to_session() });
+                    found.push(Entry {
+                        key: Bytes::copy_from_slice(packed.key),
+                        session: packed.to_session(),
+                    });
                 }
             }
         }
@@ -273,8 +334,9 @@ impl Store {
         entries.retain(|slot| {
             let old = Packed::parse(slot);
             let expired = old.deadline_ms().is_some_and(|d| d <= now_ms);
-            let stale_field_tombstones =
-                old.fields().any(|f| f.value.is_none() && f.stamp.wall_ms() < field_cutoff_ms);
+            let stale_field_tombstones = old
+                .fields()
+                .any(|f| f.value.is_none() && f.stamp.wall_ms() < field_cutoff_ms);
             let maybe_collectable = old.is_tombstone();
             if !(expired || stale_field_tombstones || maybe_collectable) {
                 return true;
@@ -316,7 +378,9 @@ impl<'a> SessionRef<'a> {
 
     /// The session's fields, in name order.
     pub fn fields(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
-        self.packed.fields().filter_map(|f| Some((f.name, f.value?)))
+        self.packed
+            .fields()
+            .filter_map(|f| Some((f.name, f.value?)))
     }
 
     /// One field's value.
@@ -359,7 +423,10 @@ impl<'a> StoredEntry<'a> {
 
     /// The entry as replicas exchange it.
     pub fn to_entry(&self) -> Entry {
-        Entry { key: Bytes::copy_from_slice(self.packed.key), session: self.session() }
+        Entry {
+            key: Bytes::copy_from_slice(self.packed.key),
+            session: self.session(),
+        }
     }
 }
 
@@ -373,7 +440,11 @@ mod tests {
     const GRACE_MS: u64 = 10_000;
 
     fn store() -> Store {
-        Store::new(&Config { partition_count: 16, tombstone_grace_ms: GRACE_MS, ..Config::default() })
+        Store::new(&Config {
+            partition_count: 16,
+            tombstone_grace_ms: GRACE_MS,
+            ..Config::default()
+        })
     }
 
     fn value(v: &'static str) -> Vec<(Bytes, Bytes)> {
@@ -381,7 +452,10 @@ mod tests {
     }
 
     fn expiring_at(ms: u64) -> Expiry {
-        Expiry { expires_at_ms: Some(ms), max_idle_ms: None }
+        Expiry {
+            expires_at_ms: Some(ms),
+            max_idle_ms: None,
+        }
     }
 
     /// The digest a store would have if it were built from scratch.
@@ -396,31 +470,56 @@ mod tests {
     #[test]
     fn reads_see_writes_and_absent_keys_are_absent() {
         let mut s = store();
-        assert!(s.put(b"k", value("v"), Expiry::default(), stamp(1, 1), 1).unwrap());
+        assert!(
+            s.put(b"k", value("v"), Expiry::default(), stamp(1, 1), 1)
+                .unwrap()
+        );
         let got = s.get(b"k", 2).expect("visible");
         assert_eq!(got.key(), b"k");
-        assert_eq!(got.fields().collect::<Vec<_>>(), vec![(&b""[..], &b"v"[..])]);
+        assert_eq!(
+            got.fields().collect::<Vec<_>>(),
+            vec![(&b""[..], &b"v"[..])]
+        );
         assert!(s.get(b"other", 2).is_none());
         assert_eq!(s.len(), 1);
-        assert!(!s.put(b"k", value("v"), Expiry::default(), stamp(1, 1), 3).unwrap(), "a duplicate changes nothing");
+        assert!(
+            !s.put(b"k", value("v"), Expiry::default(), stamp(1, 1), 3)
+                .unwrap(),
+            "a duplicate changes nothing"
+        );
     }
 
     #[test]
     fn refuses_an_oversized_key_and_stores_nothing() {
         let mut s = store();
         let key = vec![b'k'; MAX_KEY_LEN + 1];
-        let err = s.put(&key, value("v"), Expiry::default(), stamp(1, 1), 1).unwrap_err();
+        let err = s
+            .put(&key, value("v"), Expiry::default(), stamp(1, 1), 1)
+            .unwrap_err();
         assert_eq!(err, Error::KeyTooLong { len: 513, max: 512 });
         assert!(s.is_empty());
-        assert!(s.put(&key[..MAX_KEY_LEN], value("v"), Expiry::default(), stamp(1, 1), 1).unwrap());
+        assert!(
+            s.put(
+                &key[..MAX_KEY_LEN],
+                value("v"),
+                Expiry::default(),
+                stamp(1, 1),
+                1
+            )
+            .unwrap()
+        );
     }
 
     #[test]
     fn an_expired_session_is_invisible_at_once_and_reclaimed_by_a_sweep() {
         let mut s = store();
-        s.put(b"k", value("v"), expiring_at(1_000), stamp(10, 1), 10).unwrap();
+        s.put(b"k", value("v"), expiring_at(1_000), stamp(10, 1), 10)
+            .unwrap();
         assert!(s.get(b"k", 999).is_some());
-        assert!(s.get(b"k", 1_000).is_none(), "invisible the moment its deadline comes, before any sweep");
+        assert!(
+            s.get(b"k", 1_000).is_none(),
+            "invisible the moment its deadline comes, before any sweep"
+        );
         let p = s.partition_of(b"k");
         let stats = s.sweep(p, 1_000);
         assert_eq!(stats.expired, 1);
@@ -438,16 +537,32 @@ mod tests {
         // The session, with a deadline, reaches both replicas; the stale one also
         // takes a late field write. Then the session is deleted (logout) at 1,000.
         for replica in [&mut s, &mut stale] {
-            replica.put(b"k", value("v"), expiring_at(DEADLINE), stamp(100, 1), 100).unwrap();
+            replica
+                .put(b"k", value("v"), expiring_at(DEADLINE), stamp(100, 1), 100)
+                .unwrap();
         }
-        stale.put_field(b"k", Bytes::from_static(b"cart"), Bytes::from_static(b"1"), stamp(900, 2), 900).unwrap();
+        stale
+            .put_field(
+                b"k",
+                Bytes::from_static(b"cart"),
+                Bytes::from_static(b"1"),
+                stamp(900, 2),
+                900,
+            )
+            .unwrap();
         s.delete(b"k", stamp(1_000, 1), 1_000).unwrap();
         let p = s.partition_of(b"k");
         let stale_state = stale.session(b"k").unwrap();
 
         // Throughout the window (until the covered deadline plus grace), the stale
         // state merges in without bringing the session back, sweeps or not.
-        for now in [1_001, 20_000, DEADLINE - 1, DEADLINE, DEADLINE + GRACE_MS - 1] {
+        for now in [
+            1_001,
+            20_000,
+            DEADLINE - 1,
+            DEADLINE,
+            DEADLINE + GRACE_MS - 1,
+        ] {
             s.sweep(p, now);
             s.merge_remote(b"k", stale_state.clone(), now).unwrap();
             assert!(s.get(b"k", now).is_none(), "resurrected at {now}");
@@ -457,19 +572,23 @@ mod tests {
         // session either: it has expired by its own deadline.
         assert_eq!(s.sweep(p, DEADLINE + GRACE_MS).collected, 1);
         assert!(s.is_empty());
-        s.merge_remote(b"k", stale_state, DEADLINE + GRACE_MS).unwrap();
+        s.merge_remote(b"k", stale_state, DEADLINE + GRACE_MS)
+            .unwrap();
         assert!(s.get(b"k", DEADLINE + GRACE_MS).is_none());
         assert!(s.is_empty(), "an expired stale state is not even stored");
 
         // Many logouts leave no tombstones behind once their window has passed.
         for i in 0..1_000u64 {
             let key = i.to_le_bytes();
-            s.put(&key, value("v"), expiring_at(DEADLINE), stamp(100, 1), 100).unwrap();
+            s.put(&key, value("v"), expiring_at(DEADLINE), stamp(100, 1), 100)
+                .unwrap();
             s.delete(&key, stamp(200 + i, 1), 200 + i).unwrap();
         }
         assert_eq!(s.len(), 1_000);
         let now = DEADLINE + GRACE_MS;
-        let collected: usize = (0..s.partition_count()).map(|p| s.sweep(PartitionId(p), now).collected).sum();
+        let collected: usize = (0..s.partition_count())
+            .map(|p| s.sweep(PartitionId(p), now).collected)
+            .sum();
         assert_eq!(collected, 1_000);
         assert!(s.is_empty());
     }
@@ -477,8 +596,10 @@ mod tests {
     #[test]
     fn deleted_field_markers_are_dropped_after_the_grace_period() {
         let mut s = store();
-        s.put(b"k", value("v"), Expiry::default(), stamp(1, 1), 1).unwrap();
-        s.delete_field(b"k", Bytes::from_static(b"gone"), stamp(2, 1), 2).unwrap();
+        s.put(b"k", value("v"), Expiry::default(), stamp(1, 1), 1)
+            .unwrap();
+        s.delete_field(b"k", Bytes::from_static(b"gone"), stamp(2, 1), 2)
+            .unwrap();
         let p = s.partition_of(b"k");
         assert_eq!(s.sweep(p, 2 + GRACE_MS - 1).field_tombstones_dropped, 0);
         assert_eq!(s.sweep(p, 2 + GRACE_MS + 1).field_tombstones_dropped, 1);
@@ -490,7 +611,14 @@ mod tests {
     fn entries_by_hash_finds_exactly_the_listed_keys() {
         let mut s = store();
         for i in 0..200u32 {
-            s.put(&i.to_le_bytes(), value("v"), Expiry::default(), stamp(1, 1), 1).unwrap();
+            s.put(
+                &i.to_le_bytes(),
+                value("v"),
+                Expiry::default(),
+                stamp(1, 1),
+                1,
+            )
+            .unwrap();
         }
         let key = 7u32.to_le_bytes();
         let p = s.partition_of(&key);
@@ -502,7 +630,12 @@ mod tests {
 
     fn arb_op() -> impl Strategy<Value = (u8, Option<Write>, u64, u64)> {
         // (key, write or sweep, ms, node)
-        (0u8..6, prop::option::weighted(0.9, arb_write()), 0u64..60_000, 1u64..4)
+        (
+            0u8..6,
+            prop::option::weighted(0.9, arb_write()),
+            0u64..60_000,
+            1u64..4,
+        )
     }
 
     proptest! {

@@ -32,10 +32,17 @@ fn arb_time() -> impl Strategy<Value = u64> {
 /// Any write.
 pub(crate) fn arb_write() -> impl Strategy<Value = Write> {
     prop_oneof![
-        (prop::collection::vec((arb_name(), arb_value()), 0..3), prop::option::of(arb_time()), prop::option::of(0u64..20_000))
+        (
+            prop::collection::vec((arb_name(), arb_value()), 0..3),
+            prop::option::of(arb_time()),
+            prop::option::of(0u64..20_000)
+        )
             .prop_map(|(fields, expires_at_ms, max_idle_ms)| Write::Put {
                 fields,
-                expiry: Expiry { expires_at_ms, max_idle_ms }
+                expiry: Expiry {
+                    expires_at_ms,
+                    max_idle_ms
+                }
             }),
         (arb_name(), arb_value()).prop_map(|(name, value)| Write::PutField { name, value }),
         arb_name().prop_map(|name| Write::DeleteField { name }),
@@ -48,7 +55,11 @@ pub(crate) fn arb_write() -> impl Strategy<Value = Write> {
 
 /// A session built from a random history of writes, some of them expired by a sweep.
 pub(crate) fn arb_session() -> impl Strategy<Value = Session> {
-    prop::collection::vec((arb_write(), arb_time(), 1u64..4, prop::bool::weighted(0.1)), 0..8).prop_map(|history| {
+    prop::collection::vec(
+        (arb_write(), arb_time(), 1u64..4, prop::bool::weighted(0.1)),
+        0..8,
+    )
+    .prop_map(|history| {
         let mut session = Session::default();
         for (write, ms, node, sweep) in history {
             if sweep {

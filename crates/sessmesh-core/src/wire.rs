@@ -165,7 +165,10 @@ pub struct Codec {
 impl Codec {
     /// A codec for `cluster` that refuses envelopes over `max_frame_bytes`.
     pub fn new(cluster: ClusterId, max_frame_bytes: usize) -> Self {
-        Codec { cluster, max_frame_bytes }
+        Codec {
+            cluster,
+            max_frame_bytes,
+        }
     }
 
     /// The cluster this codec speaks for.
@@ -180,13 +183,19 @@ impl Codec {
     /// would enforce; `out` is then as it was.
     pub fn encode(&self, message: &Message, out: &mut Vec<u8>) -> Result<(), Error> {
         let start = out.len();
-        let encoded = postcard::to_extend(&(PROTOCOL_VERSION, self.cluster, message), std::mem::take(out));
+        let encoded = postcard::to_extend(
+            &(PROTOCOL_VERSION, self.cluster, message),
+            std::mem::take(out),
+        );
         // Serializing into a Vec cannot fail: every type here has a serde form.
         *out = encoded.expect("messages always serialize");
         let len = out.len() - start;
         if len > self.max_frame_bytes {
             out.truncate(start);
-            return Err(Error::MessageTooLarge { len, limit: self.max_frame_bytes });
+            return Err(Error::MessageTooLarge {
+                len,
+                limit: self.max_frame_bytes,
+            });
         }
         Ok(())
     }
@@ -202,7 +211,8 @@ impl Codec {
             out.truncate(start);
             return Err(err);
         }
-        let len = u32::try_from(out.len() - start - FRAME_PREFIX_LEN).expect("the frame limit fits in u32");
+        let len = u32::try_from(out.len() - start - FRAME_PREFIX_LEN)
+            .expect("the frame limit fits in u32");
         out[start..start + FRAME_PREFIX_LEN].copy_from_slice(&len.to_le_bytes());
         Ok(())
     }
@@ -215,7 +225,10 @@ impl Codec {
     pub fn frame_len(&self, prefix: [u8; FRAME_PREFIX_LEN]) -> Result<usize, DecodeError> {
         let len = u32::from_le_bytes(prefix) as usize;
         if len > self.max_frame_bytes {
-            return Err(DecodeError::TooLarge { len, limit: self.max_frame_bytes });
+            return Err(DecodeError::TooLarge {
+                len,
+                limit: self.max_frame_bytes,
+            });
         }
         Ok(len)
     }
@@ -226,15 +239,25 @@ impl Codec {
     /// Any [`DecodeError`]; see the [module docs](self) for the order of checks.
     pub fn decode(&self, bytes: &[u8]) -> Result<Message, DecodeError> {
         if bytes.len() > self.max_frame_bytes {
-            return Err(DecodeError::TooLarge { len: bytes.len(), limit: self.max_frame_bytes });
+            return Err(DecodeError::TooLarge {
+                len: bytes.len(),
+                limit: self.max_frame_bytes,
+            });
         }
         let (version, rest): (u16, _) = postcard::take_from_bytes(bytes).map_err(decode_error)?;
         if version != PROTOCOL_VERSION {
-            return Err(DecodeError::Version { got: version, supported: PROTOCOL_VERSION });
+            return Err(DecodeError::Version {
+                got: version,
+                supported: PROTOCOL_VERSION,
+            });
         }
-        let (cluster, rest): (ClusterId, _) = postcard::take_from_bytes(rest).map_err(decode_error)?;
+        let (cluster, rest): (ClusterId, _) =
+            postcard::take_from_bytes(rest).map_err(decode_error)?;
         if cluster != self.cluster {
-            return Err(DecodeError::ForeignCluster { got: cluster.0, expected: self.cluster.0 });
+            return Err(DecodeError::ForeignCluster {
+                got: cluster.0,
+                expected: self.cluster.0,
+            });
         }
         let (message, rest) = postcard::take_from_bytes(rest).map_err(decode_error)?;
         if !rest.is_empty() {
@@ -279,11 +302,19 @@ mod tests {
         let mut s = Session::from_write(
             &Write::Put {
                 fields: vec![(Bytes::from_static(b"user"), Bytes::from_static(b"ada"))],
-                expiry: Expiry { expires_at_ms: Some(9_000), max_idle_ms: Some(1_000) },
+                expiry: Expiry {
+                    expires_at_ms: Some(9_000),
+                    max_idle_ms: Some(1_000),
+                },
             },
             stamp(1_000, 1),
         );
-        s.apply(&Write::DeleteField { name: Bytes::from_static(b"cart") }, stamp(1_001, 2));
+        s.apply(
+            &Write::DeleteField {
+                name: Bytes::from_static(b"cart"),
+            },
+            stamp(1_001, 2),
+        );
         s
     }
 
@@ -295,24 +326,62 @@ mod tests {
             Message::Write {
                 request: 7,
                 key: key.clone(),
-                write: Write::PutField { name: Bytes::from_static(b"f"), value: Bytes::from_static(b"v") },
+                write: Write::PutField {
+                    name: Bytes::from_static(b"f"),
+                    value: Bytes::from_static(b"v"),
+                },
                 stamp: stamp(5, 3),
             },
-            Message::Write { request: 8, key: key.clone(), write: Write::Delete, stamp: stamp(6, 3) },
-            Message::Write { request: 9, key: key.clone(), write: Write::Touch, stamp: stamp(7, 3) },
+            Message::Write {
+                request: 8,
+                key: key.clone(),
+                write: Write::Delete,
+                stamp: stamp(6, 3),
+            },
+            Message::Write {
+                request: 9,
+                key: key.clone(),
+                write: Write::Touch,
+                stamp: stamp(7, 3),
+            },
             Message::WriteAck { request: u64::MAX },
-            Message::Read { request: 1, key: key.clone() },
-            Message::ReadReply { request: 1, session: Some(session()) },
-            Message::ReadReply { request: 2, session: None },
-            Message::Merge { entries: vec![Entry { key, session: session() }] },
-            Message::DigestRoots { roots: vec![(PartitionId(0), 1), (PartitionId(255), u64::MAX)] },
-            Message::DigestBuckets { partition: PartitionId(3), buckets: vec![0; 64] },
+            Message::Read {
+                request: 1,
+                key: key.clone(),
+            },
+            Message::ReadReply {
+                request: 1,
+                session: Some(session()),
+            },
+            Message::ReadReply {
+                request: 2,
+                session: None,
+            },
+            Message::Merge {
+                entries: vec![Entry {
+                    key,
+                    session: session(),
+                }],
+            },
+            Message::DigestRoots {
+                roots: vec![(PartitionId(0), 1), (PartitionId(255), u64::MAX)],
+            },
+            Message::DigestBuckets {
+                partition: PartitionId(3),
+                buckets: vec![0; 64],
+            },
             Message::DigestKeys {
                 partition: PartitionId(3),
                 bucket: 63,
-                keys: vec![KeyDigest { key_hash: 1, fingerprint: 2 }],
+                keys: vec![KeyDigest {
+                    key_hash: 1,
+                    fingerprint: 2,
+                }],
             },
-            Message::FetchKeys { partition: PartitionId(3), key_hashes: vec![1, 2, 3] },
+            Message::FetchKeys {
+                partition: PartitionId(3),
+                key_hashes: vec![1, 2, 3],
+            },
         ]
     }
 
@@ -325,26 +394,51 @@ mod tests {
             assert_eq!(codec.decode(&bytes), Ok(message.clone()));
             let mut frame = vec![0xAA];
             codec.encode_frame(&message, &mut frame).expect("encodes");
-            assert_eq!(codec.decode_frame(&frame[1..]), Ok(Some((message, frame.len() - 1))));
+            assert_eq!(
+                codec.decode_frame(&frame[1..]),
+                Ok(Some((message, frame.len() - 1)))
+            );
         }
     }
 
     #[test]
     fn refuses_another_version() {
-        let mut bytes = postcard::to_allocvec(&(2u16, codec().cluster(), &Message::WriteAck { request: 1 })).unwrap();
-        assert_eq!(codec().decode(&bytes), Err(DecodeError::Version { got: 2, supported: PROTOCOL_VERSION }));
+        let mut bytes =
+            postcard::to_allocvec(&(2u16, codec().cluster(), &Message::WriteAck { request: 1 }))
+                .unwrap();
+        assert_eq!(
+            codec().decode(&bytes),
+            Err(DecodeError::Version {
+                got: 2,
+                supported: PROTOCOL_VERSION
+            })
+        );
         // The version is checked before the body, so an unknown body in a future version is named as such.
         bytes.truncate(3);
         bytes.push(0xFF);
-        assert_eq!(codec().decode(&bytes), Err(DecodeError::Version { got: 2, supported: PROTOCOL_VERSION }));
+        assert_eq!(
+            codec().decode(&bytes),
+            Err(DecodeError::Version {
+                got: 2,
+                supported: PROTOCOL_VERSION
+            })
+        );
     }
 
     #[test]
     fn refuses_another_cluster_and_names_both() {
         let mut bytes = Vec::new();
-        Codec::new(ClusterId(0xBEEF), LIMIT).encode(&Message::WriteAck { request: 1 }, &mut bytes).unwrap();
+        Codec::new(ClusterId(0xBEEF), LIMIT)
+            .encode(&Message::WriteAck { request: 1 }, &mut bytes)
+            .unwrap();
         let err = codec().decode(&bytes).unwrap_err();
-        assert_eq!(err, DecodeError::ForeignCluster { got: 0xBEEF, expected: codec().cluster().0 });
+        assert_eq!(
+            err,
+            DecodeError::ForeignCluster {
+                got: 0xBEEF,
+                expected: codec().cluster().0
+            }
+        );
         assert!(err.to_string().contains("0x000000000000beef"), "{err}");
     }
 
@@ -352,16 +446,32 @@ mod tests {
     fn refuses_truncated_input() {
         let codec = codec();
         let mut bytes = Vec::new();
-        codec.encode(&Message::Merge { entries: vec![Entry { key: Bytes::from_static(b"k"), session: session() }] }, &mut bytes).unwrap();
+        codec
+            .encode(
+                &Message::Merge {
+                    entries: vec![Entry {
+                        key: Bytes::from_static(b"k"),
+                        session: session(),
+                    }],
+                },
+                &mut bytes,
+            )
+            .unwrap();
         for cut in 0..bytes.len() {
-            assert_eq!(codec.decode(&bytes[..cut]), Err(DecodeError::Truncated), "cut at {cut}");
+            assert_eq!(
+                codec.decode(&bytes[..cut]),
+                Err(DecodeError::Truncated),
+                "cut at {cut}"
+            );
         }
     }
 
     #[test]
     fn refuses_stray_bytes() {
         let mut bytes = Vec::new();
-        codec().encode(&Message::WriteAck { request: 1 }, &mut bytes).unwrap();
+        codec()
+            .encode(&Message::WriteAck { request: 1 }, &mut bytes)
+            .unwrap();
         bytes.extend_from_slice(&[0, 0]);
         assert_eq!(codec().decode(&bytes), Err(DecodeError::TrailingBytes(2)));
     }
@@ -370,12 +480,35 @@ mod tests {
     fn refuses_an_oversized_frame_before_its_body_arrives() {
         let codec = Codec::new(ClusterId(1), 2048);
         // Only the prefix has arrived: a 4 GiB announcement is refused now, not buffered.
-        assert_eq!(codec.decode_frame(&u32::MAX.to_le_bytes()), Err(DecodeError::TooLarge { len: u32::MAX as usize, limit: 2048 }));
-        assert_eq!(codec.frame_len(2049u32.to_le_bytes()), Err(DecodeError::TooLarge { len: 2049, limit: 2048 }));
+        assert_eq!(
+            codec.decode_frame(&u32::MAX.to_le_bytes()),
+            Err(DecodeError::TooLarge {
+                len: u32::MAX as usize,
+                limit: 2048
+            })
+        );
+        assert_eq!(
+            codec.frame_len(2049u32.to_le_bytes()),
+            Err(DecodeError::TooLarge {
+                len: 2049,
+                limit: 2048
+            })
+        );
         assert_eq!(codec.frame_len(2048u32.to_le_bytes()), Ok(2048));
-        assert_eq!(codec.decode_frame(&[1, 0]), Ok(None), "an incomplete prefix waits");
-        assert_eq!(codec.decode_frame(&[9, 0, 0, 0, 1]), Ok(None), "an incomplete body waits");
-        assert!(matches!(codec.decode(&[0; 2049]), Err(DecodeError::TooLarge { len: 2049, .. })));
+        assert_eq!(
+            codec.decode_frame(&[1, 0]),
+            Ok(None),
+            "an incomplete prefix waits"
+        );
+        assert_eq!(
+            codec.decode_frame(&[9, 0, 0, 0, 1]),
+            Ok(None),
+            "an incomplete body waits"
+        );
+        assert!(matches!(
+            codec.decode(&[0; 2049]),
+            Err(DecodeError::TooLarge { len: 2049, .. })
+        ));
     }
 
     #[test]
@@ -384,7 +517,10 @@ mod tests {
         let big = Message::Gossip(Bytes::from(vec![0; 2000]));
         let mut out = vec![1, 2, 3];
         let err = codec.encode_frame(&big, &mut out).unwrap_err();
-        assert!(matches!(err, Error::MessageTooLarge { limit: 1024, .. }), "{err}");
+        assert!(
+            matches!(err, Error::MessageTooLarge { limit: 1024, .. }),
+            "{err}"
+        );
         assert_eq!(out, vec![1, 2, 3], "nothing is left half-written");
     }
 
