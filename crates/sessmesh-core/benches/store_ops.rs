@@ -7,7 +7,7 @@
 //! read or written at pseudo-random keys. `get` looks the value up;
 //! `get_copy` also copies it out, as a server writing a reply does; `put`
 //! replaces it; `merge` merges a replica's one-field update into the stored
-//! session (the replication path), against the map's insert.
+//! session (the replication path); its baseline is `put`'s map insert.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -166,16 +166,6 @@ mod put {
 #[divan::bench_group(sample_count = 1000, sample_size = 100)]
 mod merge {
     use super::*;
-
-    #[divan::bench]
-    fn hashmap_insert(bencher: Bencher<'_, '_>) {
-        let mut map = filled_map();
-        let mut walk = Walk(0xB5_297A);
-        bencher.bench_local(|| {
-            let i = walk.next();
-            map.insert(KEYS[i].clone(), value(i))
-        });
-    }
 
     #[divan::bench]
     fn store(bencher: Bencher<'_, '_>) {
