@@ -43,6 +43,12 @@ impl ClusterId {
 /// Every message peers exchange.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
+    /// Dialer to acceptor, first on a new connection. Under TLS 1.3 the
+    /// acceptor checks the dialer's certificate after the dialer's handshake
+    /// has finished, so a connection is trusted only once this is answered.
+    Hello,
+    /// Acceptor to dialer: the connection is accepted.
+    Welcome,
     /// Membership gossip; the bytes are the membership layer's own encoding.
     Gossip(Bytes),
     /// Coordinator to replica: apply this stamped write.
@@ -322,6 +328,8 @@ mod tests {
     fn every_message() -> Vec<Message> {
         let key = Bytes::from_static(b"session:1");
         vec![
+            Message::Hello,
+            Message::Welcome,
             Message::Gossip(Bytes::from_static(b"\x00\x01swim")),
             Message::Write {
                 request: 7,
