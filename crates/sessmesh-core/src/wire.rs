@@ -206,6 +206,21 @@ impl Codec {
         Ok(())
     }
 
+    /// The largest gossip payload whose envelope fits in `datagram_bytes`.
+    pub fn max_gossip_payload(&self, datagram_bytes: usize) -> Option<usize> {
+        let mut empty = Vec::new();
+        self.encode(&Message::Gossip(Bytes::new()), &mut empty)
+            .ok()?;
+        // The empty payload's length takes one byte; a payload of n bytes takes varint_len(n).
+        let fixed = empty.len() - 1;
+        let varint_len = |n: usize| (usize::BITS - (n | 1).leading_zeros()).div_ceil(7) as usize;
+        let mut payload = datagram_bytes.checked_sub(fixed + 1)?;
+        while payload > 0 && fixed + varint_len(payload) + payload > datagram_bytes {
+            payload -= 1;
+        }
+        Some(payload)
+    }
+
     /// Appends `message` as a length-prefixed frame to `out`.
     ///
     /// # Errors
@@ -407,6 +422,28 @@ mod tests {
                 Ok(Some((message, frame.len() - 1)))
             );
         }
+    }
+
+    #[test]
+    fn the_gossip_payload_limit_is_exact() {
+        let codec = codec();
+        for datagram in [20, 100, 127, 128, 129, 1_200, 1_452, 20_000] {
+            let max = codec.max_gossip_payload(datagram).unwrap();
+            let size = |n: usize| {
+                let mut out = Vec::new();
+                codec
+                    .encode(&Message::Gossip(Bytes::from(vec![0; n])), &mut out)
+                    .unwrap();
+                out.len()
+            };
+            assert!(size(max) <= datagram, "{max} in {datagram}");
+            assert!(
+                size(max + 1) > datagram,
+                "{} would fit in {datagram} too",
+                max + 1
+            );
+        }
+        assert_eq!(codec.max_gossip_payload(3), None);
     }
 
     #[test]

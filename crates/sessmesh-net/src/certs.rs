@@ -15,8 +15,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ED25519, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, SanType,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -42,7 +42,9 @@ pub struct ClusterCa {
 
 impl std::fmt::Debug for ClusterCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterCa").field("cert", &self.cert).finish_non_exhaustive()
+        f.debug_struct("ClusterCa")
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
     }
 }
 
@@ -54,18 +56,29 @@ impl ClusterCa {
     pub fn generate(cluster_name: &str) -> Result<Self, Error> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("sessmesh cluster CA ({cluster_name})"));
+        dn.push(
+            DnType::CommonName,
+            format!("sessmesh cluster CA ({cluster_name})"),
+        );
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let now = SystemTime::now();
         params.not_before = datetime(now - BACKDATE)?;
         params.not_after = datetime(now + CA_VALIDITY)?;
-        let key = KeyPair::generate_for(&PKCS_ED25519).map_err(|e| Error::certificate("generating the CA key", e))?;
-        let cert = params.self_signed(&key).map_err(|e| Error::certificate("signing the CA certificate", e))?;
+        let key = KeyPair::generate_for(&PKCS_ED25519)
+            .map_err(|e| Error::certificate("generating the CA key", e))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| Error::certificate("signing the CA certificate", e))?;
         let key_pem = key.serialize_pem();
         Ok(ClusterCa {
-            cert: CaCertificate { der: cert.der().clone() },
+            cert: CaCertificate {
+                der: cert.der().clone(),
+            },
             issuer: Issuer::new(params, key),
             key_pem,
         })
@@ -81,7 +94,11 @@ impl ClusterCa {
         let key = KeyPair::from_pem(key_pem).map_err(|e| Error::pem("CA key", e.to_string()))?;
         let issuer = Issuer::from_ca_cert_der(&cert.der, key)
             .map_err(|e| Error::certificate("reading the CA certificate", e))?;
-        Ok(ClusterCa { issuer, cert, key_pem: key_pem.to_owned() })
+        Ok(ClusterCa {
+            issuer,
+            cert,
+            key_pem: key_pem.to_owned(),
+        })
     }
 
     /// The CA's certificate, which every node trusts.
@@ -120,16 +137,25 @@ impl ClusterCa {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, node_name);
         params.distinguished_name = dn;
-        let dns = node_name.try_into().map_err(|e| Error::certificate("encoding the node name", e))?;
-        params.subject_alt_names = std::iter::once(SanType::DnsName(dns)).chain(ips.iter().map(|ip| SanType::IpAddress(*ip))).collect();
+        let dns = node_name
+            .try_into()
+            .map_err(|e| Error::certificate("encoding the node name", e))?;
+        params.subject_alt_names = std::iter::once(SanType::DnsName(dns))
+            .chain(ips.iter().map(|ip| SanType::IpAddress(*ip)))
+            .collect();
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.not_before = datetime(not_before)?;
         params.not_after = datetime(not_after)?;
         params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate_for(&PKCS_ED25519).map_err(|e| Error::certificate("generating a node key", e))?;
-        let cert =
-            params.signed_by(&key, &self.issuer).map_err(|e| Error::certificate("signing the node certificate", e))?;
+        let key = KeyPair::generate_for(&PKCS_ED25519)
+            .map_err(|e| Error::certificate("generating a node key", e))?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| Error::certificate("signing the node certificate", e))?;
         Ok(NodeIdentity {
             name: node_name.to_owned(),
             cert: cert.der().clone(),
@@ -151,9 +177,11 @@ impl CaCertificate {
     /// [`Error::Pem`] when no certificate parses; [`Error::CertificateRejected`]
     /// when it is not usable as a trust anchor.
     pub fn from_pem(pem: &str) -> Result<Self, Error> {
-        let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| Error::pem("CA certificate", e.to_string()))?;
-        webpki::anchor_from_trusted_cert(&der)
-            .map_err(|e| Error::rejected("the cluster CA certificate", format!("malformed: {e}")))?;
+        let der = CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| Error::pem("CA certificate", e.to_string()))?;
+        webpki::anchor_from_trusted_cert(&der).map_err(|e| {
+            Error::rejected("the cluster CA certificate", format!("malformed: {e}"))
+        })?;
         Ok(CaCertificate { der })
     }
 
@@ -186,7 +214,11 @@ pub struct NodeIdentity {
 
 impl Clone for NodeIdentity {
     fn clone(&self) -> Self {
-        NodeIdentity { name: self.name.clone(), cert: self.cert.clone(), key: self.key.clone_key() }
+        NodeIdentity {
+            name: self.name.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone_key(),
+        }
     }
 }
 
@@ -197,8 +229,8 @@ impl NodeIdentity {
     /// [`Error::Pem`] when either does not parse, [`Error::CertificateRejected`]
     /// when the certificate names no node.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, Error> {
-        let cert =
-            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| Error::pem("node certificate", e.to_string()))?;
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| Error::pem("node certificate", e.to_string()))?;
         let key = match PrivateKeyDer::from_pem_slice(key_pem.as_bytes()) {
             Ok(PrivateKeyDer::Pkcs8(key)) => key,
             Ok(_) => return Err(Error::pem("node key", "not a PKCS#8 private key".into())),
@@ -273,11 +305,19 @@ pub(crate) fn verify_node_cert(
     let subject = format!("the certificate of {subject}");
     let anchor = webpki::anchor_from_trusted_cert(&ca.der)
         .map_err(|e| Error::rejected("the cluster CA certificate", format!("malformed: {e}")))?;
-    let end_entity =
-        webpki::EndEntityCert::try_from(cert).map_err(|e| Error::rejected(&subject, format!("malformed: {e}")))?;
+    let end_entity = webpki::EndEntityCert::try_from(cert)
+        .map_err(|e| Error::rejected(&subject, format!("malformed: {e}")))?;
     let now = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or_default());
     end_entity
-        .verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &[anchor], &[], now, usage, None, None)
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            &[],
+            now,
+            usage,
+            None,
+            None,
+        )
         .map(|_| ())
         .map_err(|e| Error::rejected(&subject, explain(&e)))
 }
@@ -286,13 +326,23 @@ pub(crate) fn verify_node_cert(
 pub(crate) fn explain(err: &webpki::Error) -> String {
     match err {
         webpki::Error::CertExpired { time, not_after } => {
-            format!("expired at {}, it is now {}", rfc3339(*not_after), rfc3339(*time))
+            format!(
+                "expired at {}, it is now {}",
+                rfc3339(*not_after),
+                rfc3339(*time)
+            )
         }
         webpki::Error::CertNotValidYet { time, not_before } => {
-            format!("not valid until {}, it is now {}", rfc3339(*not_before), rfc3339(*time))
+            format!(
+                "not valid until {}, it is now {}",
+                rfc3339(*not_before),
+                rfc3339(*time)
+            )
         }
         webpki::Error::UnknownIssuer => "not signed by this cluster's CA".into(),
-        webpki::Error::InvalidSignatureForPublicKey => "its signature does not match this cluster's CA".into(),
+        webpki::Error::InvalidSignatureForPublicKey => {
+            "its signature does not match this cluster's CA".into()
+        }
         webpki::Error::RequiredEkuNotFoundContext(_) => {
             "not issued for node-to-node use (it lacks server or client authentication)".into()
         }
@@ -322,14 +372,26 @@ pub fn node_name_of(cert: &CertificateDer<'_>) -> Result<String, Error> {
         .valid_dns_names()
         .next()
         .map(str::to_owned)
-        .ok_or_else(|| Error::rejected("a peer certificate", "it names no node (no DNS subject alternative name)".into()))
+        .ok_or_else(|| {
+            Error::rejected(
+                "a peer certificate",
+                "it names no node (no DNS subject alternative name)".into(),
+            )
+        })
 }
 
 fn check_node_name(name: &str) -> Result<(), Error> {
-    let invalid = |reason: &str| Err(Error::InvalidNodeName { name: name.to_owned(), reason: reason.to_owned() });
+    let invalid = |reason: &str| {
+        Err(Error::InvalidNodeName {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        })
+    };
     match ServerName::try_from(name) {
         Ok(ServerName::DnsName(_)) if !name.is_empty() => Ok(()),
-        Ok(ServerName::IpAddress(_)) => invalid("a node name must be a name, not an IP address (pass IPs separately)"),
+        Ok(ServerName::IpAddress(_)) => {
+            invalid("a node name must be a name, not an IP address (pass IPs separately)")
+        }
         _ => invalid("use letters, digits, '-' and '.', like a host name"),
     }
 }
@@ -339,7 +401,8 @@ fn datetime(t: SystemTime) -> Result<OffsetDateTime, Error> {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
     };
-    OffsetDateTime::from_unix_timestamp(secs).map_err(|e| Error::certificate("encoding a validity date", e))
+    OffsetDateTime::from_unix_timestamp(secs)
+        .map_err(|e| Error::certificate("encoding a validity date", e))
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
@@ -347,7 +410,10 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 fn read(path: &Path) -> Result<String, Error> {
-    fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_owned(), source })
+    fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn write(path: &Path, contents: &str, secret: bool) -> Result<(), Error> {
@@ -364,7 +430,10 @@ fn write(path: &Path, contents: &str, secret: bool) -> Result<(), Error> {
     options
         .open(path)
         .and_then(|mut f| f.write_all(contents.as_bytes()))
-        .map_err(|source| Error::Io { path: path.to_owned(), source })
+        .map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -376,7 +445,9 @@ mod tests {
     #[test]
     fn issued_certificates_verify_and_round_trip_through_files() {
         let ca = ClusterCa::generate("test").unwrap();
-        let node = ca.issue("node-1.cluster", &["127.0.0.1".parse().unwrap()]).unwrap();
+        let node = ca
+            .issue("node-1.cluster", &["127.0.0.1".parse().unwrap()])
+            .unwrap();
         assert_eq!(node.name(), "node-1.cluster");
         node.verify(ca.certificate(), SystemTime::now()).unwrap();
 
@@ -386,7 +457,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         let loaded = NodeIdentity::load(&cert, &key).unwrap();
         assert_eq!(loaded.cert(), node.cert());
@@ -394,24 +468,36 @@ mod tests {
 
         let ca_again = ClusterCa::from_pem(&ca.certificate().to_pem(), ca.key_pem()).unwrap();
         let other = ca_again.issue("node-2", &[]).unwrap();
-        other.verify(ca.certificate(), SystemTime::now()).expect("a reloaded CA signs for the same cluster");
-        assert_eq!(CaCertificate::from_pem(&ca.certificate().to_pem()).unwrap(), *ca.certificate());
+        other
+            .verify(ca.certificate(), SystemTime::now())
+            .expect("a reloaded CA signs for the same cluster");
+        assert_eq!(
+            CaCertificate::from_pem(&ca.certificate().to_pem()).unwrap(),
+            *ca.certificate()
+        );
     }
 
     #[test]
     fn an_expired_certificate_is_refused_saying_when_it_expired() {
         let ca = ClusterCa::generate("test").unwrap();
         let now = SystemTime::now();
-        let node = ca.issue_valid("node-1", &[], now - 10 * DAY, now - DAY).unwrap();
+        let node = ca
+            .issue_valid("node-1", &[], now - 10 * DAY, now - DAY)
+            .unwrap();
         let err = node.verify(ca.certificate(), now).unwrap_err().to_string();
-        assert!(err.contains("the certificate of node-1 is refused: expired at"), "{err}");
+        assert!(
+            err.contains("the certificate of node-1 is refused: expired at"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_not_yet_valid_certificate_is_refused() {
         let ca = ClusterCa::generate("test").unwrap();
         let now = SystemTime::now();
-        let node = ca.issue_valid("node-1", &[], now + DAY, now + 10 * DAY).unwrap();
+        let node = ca
+            .issue_valid("node-1", &[], now + DAY, now + 10 * DAY)
+            .unwrap();
         let err = node.verify(ca.certificate(), now).unwrap_err().to_string();
         assert!(err.contains("not valid until"), "{err}");
     }
@@ -421,23 +507,39 @@ mod tests {
         let ours = ClusterCa::generate("ours").unwrap();
         let theirs = ClusterCa::generate("theirs").unwrap();
         let node = theirs.issue("node-1", &[]).unwrap();
-        let err = node.verify(ours.certificate(), SystemTime::now()).unwrap_err().to_string();
+        let err = node
+            .verify(ours.certificate(), SystemTime::now())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not signed by this cluster's CA"), "{err}");
     }
 
     #[test]
     fn malformed_pem_is_refused_naming_what() {
-        let err = CaCertificate::from_pem("not a certificate").unwrap_err().to_string();
+        let err = CaCertificate::from_pem("not a certificate")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("CA certificate is not valid PEM"), "{err}");
         let ca = ClusterCa::generate("test").unwrap();
         let node = ca.issue("node-1", &[]).unwrap();
-        let err = NodeIdentity::from_pem(&node.cert_pem(), "garbage").unwrap_err().to_string();
+        let err = NodeIdentity::from_pem(&node.cert_pem(), "garbage")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("node key is not valid PEM"), "{err}");
         let bad_der = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        let err = NodeIdentity::from_pem(bad_der, &node.key_pem()).unwrap_err().to_string();
+        let err = NodeIdentity::from_pem(bad_der, &node.key_pem())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("malformed"), "{err}");
-        let err = NodeIdentity::load(Path::new("/nonexistent/node.pem"), Path::new("/nonexistent/node.key")).unwrap_err();
-        assert!(err.to_string().starts_with("/nonexistent/node.pem:"), "{err}");
+        let err = NodeIdentity::load(
+            Path::new("/nonexistent/node.pem"),
+            Path::new("/nonexistent/node.key"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("/nonexistent/node.pem:"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -445,7 +547,10 @@ mod tests {
         let ca = ClusterCa::generate("test").unwrap();
         for bad in ["", "has space", "127.0.0.1"] {
             let err = ca.issue(bad, &[]).unwrap_err();
-            assert!(matches!(err, Error::InvalidNodeName { .. }), "{bad:?}: {err}");
+            assert!(
+                matches!(err, Error::InvalidNodeName { .. }),
+                "{bad:?}: {err}"
+            );
         }
     }
 }

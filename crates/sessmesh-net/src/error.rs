@@ -63,7 +63,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn certificate(context: &'static str, err: impl std::fmt::Display) -> Self {
-        Error::Certificate { context, reason: err.to_string() }
+        Error::Certificate {
+            context,
+            reason: err.to_string(),
+        }
     }
 
     pub(crate) fn pem(what: &'static str, reason: String) -> Self {
@@ -71,7 +74,10 @@ impl Error {
     }
 
     pub(crate) fn rejected(subject: &str, reason: String) -> Self {
-        Error::CertificateRejected { subject: subject.to_owned(), reason }
+        Error::CertificateRejected {
+            subject: subject.to_owned(),
+            reason,
+        }
     }
 }
 

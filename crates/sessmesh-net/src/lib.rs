@@ -3,11 +3,18 @@
 //! - [`certs`]: the cluster CA, node certificates, PEM files.
 //! - [`tls`]: TLS 1.3 with mutual authentication against the cluster CA.
 //! - [`transport`]: the [`Transport`] trait the runtime drives.
+//! - [`quic`]: the QUIC implementation ([`QuicTransport`]).
+//! - [`mem`]: its in-memory twin with fault controls ([`mem::MemNetwork`]).
 #![forbid(unsafe_code)]
 
 pub mod certs;
 mod error;
+pub mod mem;
+pub mod quic;
 pub mod tls;
+pub mod transport;
 
 pub use certs::{CaCertificate, ClusterCa, NodeIdentity};
 pub use error::{Error, RequestError, SendError};
+pub use quic::{LinkFaults, QuicSettings, QuicTransport, TransportStats};
+pub use transport::{Incoming, Peer, Responder, Transport, TransportConfig};

@@ -5,15 +5,18 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::certs::{CaCertificate, NodeIdentity, node_name_of};
 use crate::Error;
+use crate::certs::{CaCertificate, NodeIdentity, node_name_of};
 
 /// The ALPN protocol peers speak.
 pub const ALPN: &[u8] = b"sessmesh/1";
@@ -84,9 +87,12 @@ impl ServerCertVerifier for ClusterServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let name = node_name_of(end_entity).map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        let name = ServerName::try_from(name).map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        self.inner.verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
+        let name = node_name_of(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let name = ServerName::try_from(name)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(

@@ -1,0 +1,176 @@
+//! The transport the runtime drives, and what it delivers.
+//!
+//! A transport moves [`Message`]s between peers in three ways:
+//!
+//! | call | delivery | used for |
+//! | --- | --- | --- |
+//! | [`Transport::send_datagram`] | unreliable, unordered, no queue | membership gossip |
+//! | [`Transport::send`] | reliable and ordered per peer while the connection lives; queued, bounded | replication, hints, repair |
+//! | [`Transport::request`] | one request, one answer, with a deadline | reads, acknowledged writes, anti-entropy |
+//!
+//! What arrives comes out of the [`Incoming`] receiver that the transport's
+//! constructor returns, so the runtime task selects on it with its other inputs.
+//! Peers are named by the address their node listens on: each node uses one
+//! endpoint for dialing and accepting, so the address a connection comes from
+//! is the address to dial back.
+//!
+//! Two implementations pass one conformance suite (`tests/conformance.rs`):
+//! [`crate::quic::QuicTransport`] and the in-memory [`crate::mem::MemTransport`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sessmesh_core::Message;
+use tokio::sync::oneshot;
+
+use crate::{RequestError, SendError};
+
+/// A peer as the transport knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// The address its node listens on.
+    pub addr: SocketAddr,
+    /// Its node name, from its certificate (the in-memory transport's own naming).
+    pub name: Arc<str>,
+}
+
+/// Something a peer sent.
+#[derive(Debug)]
+pub enum Incoming {
+    /// The payload of a gossip datagram.
+    Datagram {
+        /// The sender.
+        from: Peer,
+        /// What it gossiped.
+        payload: Bytes,
+    },
+    /// A one-way message.
+    Message {
+        /// The sender.
+        from: Peer,
+        /// The message.
+        message: Message,
+    },
+    /// A request: answer it with [`Responder::respond`] (dropping the responder
+    /// leaves the requester to time out).
+    Request {
+        /// The sender.
+        from: Peer,
+        /// The request.
+        message: Message,
+        /// Where the answer goes.
+        reply: Responder,
+    },
+}
+
+/// Sends the answer to one request.
+#[derive(Debug)]
+pub struct Responder(pub(crate) ResponderKind);
+
+#[derive(Debug)]
+pub(crate) enum ResponderKind {
+    Quic(crate::quic::QuicReply),
+    Mem(oneshot::Sender<Message>),
+}
+
+impl Responder {
+    /// Sends `answer`. It does not wait for the bytes to leave: the write
+    /// happens in the background, and a failure shows up on the requester's
+    /// side as a failed or timed-out request.
+    pub fn respond(self, answer: Message) {
+        match self.0 {
+            ResponderKind::Quic(reply) => reply.send(answer),
+            ResponderKind::Mem(tx) => {
+                // The requester may have given up already; then nobody listens.
+                let _ = tx.send(answer);
+            }
+        }
+    }
+}
+
+/// Moves messages between peers. Cloning gives another handle to the same transport.
+pub trait Transport: Clone + Send + Sync + 'static {
+    /// The address this node listens on, which peers dial.
+    fn local_addr(&self) -> SocketAddr;
+
+    /// Sends a gossip datagram. It is dropped silently when the path loses
+    /// it; when no connection to the peer exists yet, one is started and the
+    /// datagram waits in a small bounded backlog.
+    ///
+    /// # Errors
+    /// [`SendError::DatagramTooLarge`] when it is over the path's current
+    /// limit ([`Transport::max_datagram_payload`]), [`SendError::Closed`].
+    fn send_datagram(&self, to: SocketAddr, payload: Bytes) -> Result<(), SendError>;
+
+    /// The largest datagram payload the path to `to` carries now, once
+    /// connected (QUIC discovers the path MTU, so it can grow).
+    fn max_datagram_payload(&self, to: SocketAddr) -> Option<usize>;
+
+    /// Queues a one-way message. Messages to one peer arrive in order, at most
+    /// once per connection; a message queued while the peer is unreachable
+    /// waits (within the queue's byte limit) and goes when a connection is made.
+    ///
+    /// # Errors
+    /// [`SendError::QueueFull`] when the peer's queue is at its byte limit,
+    /// [`SendError::Encode`] for a message over the frame limit, [`SendError::Closed`].
+    fn send(&self, to: SocketAddr, message: &Message) -> Result<(), SendError>;
+
+    /// Sends a request and waits up to `timeout` for its answer.
+    fn request(
+        &self,
+        to: SocketAddr,
+        message: &Message,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Message, RequestError>> + Send;
+
+    /// Drops the peer's queue and connection, as when it left the cluster.
+    fn forget(&self, peer: SocketAddr);
+
+    /// Bytes waiting in the send queue to `peer`.
+    fn queued_bytes(&self, peer: SocketAddr) -> usize;
+}
+
+/// Settings shared by both transports.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// Largest encoded message accepted from or sent to a peer, in bytes.
+    pub max_frame_bytes: usize,
+    /// Bytes that may wait in one peer's send queue; past it `send` fails with
+    /// [`SendError::QueueFull`], so a slow or vanished peer costs bounded memory.
+    pub max_queue_bytes: usize,
+    /// How long a dial may take before the attempt counts as failed.
+    pub connect_timeout: Duration,
+    /// First wait before redialing an unreachable peer; it doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest wait between dial attempts.
+    pub max_backoff: Duration,
+    /// A connection with no traffic (keep-alives included) for this long is closed.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval, well under `idle_timeout`, so idle peers stay
+    /// connected and a dead one is noticed.
+    pub keep_alive: Duration,
+    /// Capacity of the [`Incoming`] channel; when full, readers stop reading
+    /// and QUIC flow control slows the senders.
+    pub incoming_capacity: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            max_frame_bytes: 16 << 20,
+            max_queue_bytes: 16 << 20,
+            connect_timeout: Duration::from_secs(5),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(2),
+            incoming_capacity: 4096,
+        }
+    }
+}
+
+/// Datagrams kept per peer while its connection is being made.
+pub(crate) const DATAGRAM_BACKLOG: usize = 16;

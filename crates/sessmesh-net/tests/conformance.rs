@@ -1,0 +1,363 @@
+//! One conformance suite, run against both transports: QUIC on loopback and
+//! the in-memory twin. Each test is written once against [`Net`], and the
+//! `conformance!` macro instantiates it for each.
+
+#![allow(clippy::unwrap_used, reason = "a test panics to fail")]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sessmesh_core::{ClusterId, Message};
+use sessmesh_net::mem::MemNetwork;
+use sessmesh_net::{
+    ClusterCa, Incoming, QuicSettings, QuicTransport, RequestError, SendError, Transport,
+    TransportConfig,
+};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config() -> TransportConfig {
+    TransportConfig {
+        max_queue_bytes: 64 << 10,
+        ..TransportConfig::default()
+    }
+}
+
+/// A network the suite can create nodes on and cut links in.
+trait Net {
+    type T: Transport;
+    fn node(&mut self, name: &str) -> (Self::T, mpsc::Receiver<Incoming>);
+    fn cut(&self, a: &Self::T, b: &Self::T);
+    fn heal(&self, a: &Self::T, b: &Self::T);
+    /// An address where no node listens.
+    fn nowhere(&self) -> SocketAddr;
+}
+
+struct QuicNet {
+    ca: ClusterCa,
+}
+
+impl QuicNet {
+    fn new() -> Self {
+        QuicNet {
+            ca: ClusterCa::generate("conformance").unwrap(),
+        }
+    }
+}
+
+impl Net for QuicNet {
+    type T = QuicTransport;
+
+    fn node(&mut self, name: &str) -> (QuicTransport, mpsc::Receiver<Incoming>) {
+        let identity = self
+            .ca
+            .issue(name, &["127.0.0.1".parse().unwrap()])
+            .unwrap();
+        let settings = QuicSettings {
+            identity,
+            ca: self.ca.certificate().clone(),
+            cluster: ClusterId::from_name("conformance"),
+            config: config(),
+        };
+        QuicTransport::bind("127.0.0.1:0".parse().unwrap(), settings).unwrap()
+    }
+
+    fn cut(&self, a: &QuicTransport, b: &QuicTransport) {
+        a.faults().block(b.local_addr());
+        b.faults().block(a.local_addr());
+    }
+
+    fn heal(&self, a: &QuicTransport, b: &QuicTransport) {
+        a.faults().unblock(b.local_addr());
+        b.faults().unblock(a.local_addr());
+    }
+
+    fn nowhere(&self) -> SocketAddr {
+        // A port that was just free: bind, read it, release it.
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+}
+
+struct MemNet {
+    net: MemNetwork,
+}
+
+impl MemNet {
+    fn new() -> Self {
+        MemNet {
+            net: MemNetwork::new(7),
+        }
+    }
+}
+
+impl Net for MemNet {
+    type T = sessmesh_net::mem::MemTransport;
+
+    fn node(&mut self, name: &str) -> (Self::T, mpsc::Receiver<Incoming>) {
+        self.net
+            .join(name, ClusterId::from_name("conformance"), config())
+    }
+
+    fn cut(&self, a: &Self::T, b: &Self::T) {
+        self.net.cut(a.local_addr(), b.local_addr());
+    }
+
+    fn heal(&self, a: &Self::T, b: &Self::T) {
+        self.net.heal(a.local_addr(), b.local_addr());
+    }
+
+    fn nowhere(&self) -> SocketAddr {
+        "127.255.255.254:1".parse().unwrap()
+    }
+}
+
+/// The next incoming item, within [`WAIT`].
+async fn next(rx: &mut mpsc::Receiver<Incoming>) -> Incoming {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("something arrives in time")
+        .expect("transport open")
+}
+
+/// Answers every `Read { request, .. }` with `ReadReply { request, None }`,
+/// and forwards everything else to the returned channel.
+fn serve_reads(mut rx: mpsc::Receiver<Incoming>) -> mpsc::Receiver<Incoming> {
+    let (tx, out) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        while let Some(item) = rx.recv().await {
+            match item {
+                Incoming::Request {
+                    message: Message::Read { request, .. },
+                    reply,
+                    ..
+                } => {
+                    reply.respond(Message::ReadReply {
+                        request,
+                        session: None,
+                    });
+                }
+                other => {
+                    if tx.send(other).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+fn read(request: u64) -> Message {
+    Message::Read {
+        request,
+        key: Bytes::from_static(b"k"),
+    }
+}
+
+/// Retries a request until it succeeds or [`WAIT`] passes.
+async fn request_until_answered<T: Transport>(from: &T, to: SocketAddr, request: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match from
+            .request(to, &read(request), Duration::from_millis(500))
+            .await
+        {
+            Ok(Message::ReadReply { request: r, .. }) if r == request => return,
+            Ok(other) => panic!("unexpected answer {other:?}"),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::task::yield_now().await;
+            }
+            Err(e) => panic!("no answer within {WAIT:?}: {e}"),
+        }
+    }
+}
+
+async fn one_way_messages_arrive_in_order_from_the_named_sender(mut net: impl Net) {
+    let (a, _a_rx) = net.node("node-a");
+    let (b, mut b_rx) = net.node("node-b");
+    for request in 0..2_000 {
+        a.send(b.local_addr(), &Message::WriteAck { request })
+            .unwrap();
+    }
+    for expected in 0..2_000 {
+        match next(&mut b_rx).await {
+            Incoming::Message {
+                from,
+                message: Message::WriteAck { request },
+            } => {
+                assert_eq!(request, expected);
+                assert_eq!(&*from.name, "node-a");
+                assert_eq!(from.addr, a.local_addr());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+async fn fifty_requests_in_flight_are_all_answered(mut net: impl Net) {
+    let (a, _a_rx) = net.node("node-a");
+    let (b, b_rx) = net.node("node-b");
+    let _rest = serve_reads(b_rx);
+    let to = b.local_addr();
+    let answers = futures_join_all((0..50u64).map(|i| {
+        let a = a.clone();
+        async move { a.request(to, &read(i), WAIT).await }
+    }))
+    .await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert_eq!(
+            answer.unwrap(),
+            Message::ReadReply {
+                request: i as u64,
+                session: None
+            }
+        );
+    }
+}
+
+async fn datagrams_arrive_and_oversized_ones_are_refused(mut net: impl Net) {
+    let (a, _a_rx) = net.node("node-a");
+    let (b, b_rx) = net.node("node-b");
+    let mut b_rx = serve_reads(b_rx);
+    let to = b.local_addr();
+    request_until_answered(&a, to, 1).await;
+    let limit = a
+        .max_datagram_payload(to)
+        .expect("connected, so the limit is known");
+    assert!(
+        limit >= 1_000,
+        "a path carries at least 1,000 bytes of gossip, got {limit}"
+    );
+    let err = a
+        .send_datagram(to, Bytes::from(vec![0; limit + 1]))
+        .unwrap_err();
+    assert!(matches!(err, SendError::DatagramTooLarge { .. }), "{err}");
+    a.send_datagram(to, Bytes::from(vec![7; limit])).unwrap();
+    match next(&mut b_rx).await {
+        Incoming::Datagram { from, payload } => {
+            assert_eq!(payload.len(), limit);
+            assert_eq!(&*from.name, "node-a");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn a_cut_link_times_requests_out_and_healing_restores_them(mut net: impl Net) {
+    let (a, _a_rx) = net.node("node-a");
+    let (b, b_rx) = net.node("node-b");
+    let mut b_rx = serve_reads(b_rx);
+    let to = b.local_addr();
+    request_until_answered(&a, to, 1).await;
+
+    net.cut(&a, &b);
+    let err = a
+        .request(to, &read(2), Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::Timeout { .. }), "{err}");
+    a.send(to, &Message::WriteAck { request: 99 }).unwrap();
+
+    net.heal(&a, &b);
+    request_until_answered(&a, to, 3).await;
+    match next(&mut b_rx).await {
+        Incoming::Message {
+            message: Message::WriteAck { request: 99 },
+            ..
+        } => {}
+        other => panic!("the message sent during the cut should arrive after it: {other:?}"),
+    }
+}
+
+async fn a_vanished_peer_costs_bounded_memory(mut net: impl Net) {
+    let (a, _a_rx) = net.node("node-a");
+    let gone = net.nowhere();
+    let message = Message::Gossip(Bytes::from(vec![0; 1_000]));
+    let mut accepted = 0usize;
+    let refused = loop {
+        match a.send(gone, &message) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 1_000, "the queue never filled");
+    };
+    let limit = config().max_queue_bytes;
+    assert!(
+        matches!(refused, SendError::QueueFull { limit: l, .. } if l == limit),
+        "{refused}"
+    );
+    assert!(a.queued_bytes(gone) <= limit);
+    assert!(
+        accepted * 1_000 > limit * 9 / 10,
+        "only {accepted} messages fit in {limit} bytes"
+    );
+    // Still refused, still bounded.
+    assert!(a.send(gone, &message).is_err());
+    a.forget(gone);
+    assert_eq!(a.queued_bytes(gone), 0);
+}
+
+async fn a_request_to_a_missing_peer_fails(mut net: impl Net) {
+    let (a, _a_rx) = net.node("node-a");
+    let err = a
+        .request(net.nowhere(), &read(1), Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RequestError::Timeout { .. } | RequestError::Unreachable { .. }
+        ),
+        "{err}"
+    );
+}
+
+/// `futures::future::join_all` without the dependency: run them as tasks.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.expect("task"));
+    }
+    out
+}
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod quic {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::QuicNet::new()).await;
+                }
+            )*
+        }
+        mod mem {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::MemNet::new()).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    one_way_messages_arrive_in_order_from_the_named_sender,
+    fifty_requests_in_flight_are_all_answered,
+    datagrams_arrive_and_oversized_ones_are_refused,
+    a_cut_link_times_requests_out_and_healing_restores_them,
+    a_vanished_peer_costs_bounded_memory,
+    a_request_to_a_missing_peer_fails,
+);
