@@ -590,19 +590,22 @@ impl Inner {
             let conn = connecting
                 .await
                 .map_err(|e| format!("handshake failed: {e}"))?;
-            let (mut send, mut recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| format!("connection failed: {e}"))?;
-            write_frame(&self.codec, &mut send, &Message::Hello).await?;
-            let _ = send.finish();
-            match read_frame(&self.codec, &mut recv).await {
+            // Under TLS 1.3 the acceptor may still refuse our certificate: the
+            // first exchange shows it, wherever in the exchange it lands.
+            let exchange = async {
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                write_frame(&self.codec, &mut send, &Message::Hello).await?;
+                let _ = send.finish();
+                read_frame(&self.codec, &mut recv)
+                    .await
+                    .map_err(String::from)
+            };
+            match exchange.await {
                 Ok(Message::Welcome) => Ok(conn),
                 Ok(other) => Err(format!("expected Welcome, got {}", kind(&other))),
-                // The acceptor refused our certificate or us: say why, as the connection does.
                 Err(e) => Err(conn
                     .close_reason()
-                    .map_or_else(|| e.to_string(), |reason| format!("refused: {reason}"))),
+                    .map_or(e, |reason| format!("refused: {reason}"))),
             }
         };
         let conn = tokio::time::timeout(self.config.connect_timeout, handshake)
