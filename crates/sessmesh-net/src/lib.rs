@@ -5,6 +5,7 @@
 //! - [`transport`]: the [`Transport`] trait the runtime drives.
 //! - [`quic`]: the QUIC implementation ([`QuicTransport`]).
 //! - [`mem`]: its in-memory twin with fault controls ([`mem::MemNetwork`]).
+//! - `turmoil` (feature `turmoil`): quinn over turmoil's simulated network.
 #![forbid(unsafe_code)]
 
 pub mod certs;
@@ -13,6 +14,8 @@ pub mod mem;
 pub mod quic;
 pub mod tls;
 pub mod transport;
+#[cfg(feature = "turmoil")]
+pub mod turmoil;
 
 pub use certs::{CaCertificate, ClusterCa, NodeIdentity};
 pub use error::{Error, RequestError, SendError};

@@ -826,7 +826,9 @@ async fn send_welcome(
 /// Reads everything a peer sends on one connection until it closes.
 async fn serve_connection(inner: Arc<Inner>, conn: Connection, peer: Peer) {
     loop {
+        // Biased: a fixed polling order keeps simulated runs repeatable.
         tokio::select! {
+            biased;
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => { tokio::spawn(read_messages(inner.clone(), conn.clone(), peer.clone(), recv)); }
                 Err(_) => break,
@@ -954,6 +956,7 @@ async fn run_sender(
                 .is_empty();
             if !has_datagrams {
                 tokio::select! {
+                    biased;
                     next = queue.recv() => match next {
                         Some(frame) => batch.extend_from_slice(&frame),
                         None => return,
