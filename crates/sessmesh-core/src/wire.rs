@@ -189,6 +189,8 @@ impl Codec {
     /// would enforce; `out` is then as it was.
     pub fn encode(&self, message: &Message, out: &mut Vec<u8>) -> Result<(), Error> {
         let start = out.len();
+        // Most messages fit in this; it saves postcard growing the buffer from empty.
+        out.reserve(512);
         let encoded = postcard::to_extend(
             &(PROTOCOL_VERSION, self.cluster, message),
             std::mem::take(out),

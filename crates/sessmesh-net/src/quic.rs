@@ -866,35 +866,53 @@ async fn serve_connection(inner: Arc<Inner>, conn: Connection, peer: Peer) {
     }
 }
 
-/// Reads the frames of one unidirectional stream, many per read.
+/// Reads the frames of one unidirectional stream, many per read, and hands
+/// them on in groups (one channel reservation per group, not per message).
 async fn read_messages(
     inner: Arc<Inner>,
     conn: Connection,
     peer: Peer,
     mut recv: quinn::RecvStream,
 ) {
+    const GROUP: usize = 256;
     let mut buf = BytesMut::new();
+    let mut decoded = Vec::with_capacity(GROUP);
     loop {
+        let mut refused = None;
         loop {
-            match inner.codec.decode_frame(&buf) {
-                Ok(Some((message, used))) => {
-                    buf.advance(used);
-                    if !inner
-                        .deliver(Incoming::Message {
-                            from: peer.clone(),
-                            message,
-                        })
-                        .await
-                    {
-                        return;
+            while decoded.len() < GROUP {
+                match inner.codec.decode_frame(&buf) {
+                    Ok(Some((message, used))) => {
+                        buf.advance(used);
+                        decoded.push(message);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
                     }
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    inner.refuse_stream(&peer, &mut recv, &e, &conn);
-                    return;
-                }
             }
+            if decoded.is_empty() {
+                break;
+            }
+            let Ok(permits) = inner.incoming.reserve_many(decoded.len()).await else {
+                return;
+            };
+            for (permit, message) in permits.zip(decoded.drain(..)) {
+                permit.send(Incoming::Message {
+                    from: peer.clone(),
+                    message,
+                });
+            }
+            if refused.is_some() {
+                break;
+            }
+        }
+        if let Some(e) = refused {
+            // What arrived before the bad frame was valid and is delivered above.
+            inner.refuse_stream(&peer, &mut recv, &e, &conn);
+            return;
         }
         match recv.read_chunk(READ_CHUNK, true).await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
