@@ -415,3 +415,145 @@ impl Transport for MemTransport {
             .map_or(0, |link| link.queued.load(Ordering::Acquire))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(
+        net: &MemNetwork,
+    ) -> (
+        (MemTransport, mpsc::Receiver<Incoming>),
+        (MemTransport, mpsc::Receiver<Incoming>),
+    ) {
+        let cluster = ClusterId::from_name("mem");
+        (
+            net.join("a", cluster, TransportConfig::default()),
+            net.join("b", cluster, TransportConfig::default()),
+        )
+    }
+
+    /// Sends `n` datagrams and counts what arrives once every delivery is due.
+    async fn datagrams_through(net: &MemNetwork, n: usize) -> usize {
+        let ((a, _), (b, mut b_rx)) = pair(net);
+        for i in 0..n {
+            a.send_datagram(b.local_addr(), Bytes::from(i.to_string()))
+                .unwrap();
+        }
+        // In paused time, sleeping past the longest delay runs every delivery.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut arrived = 0;
+        while b_rx.try_recv().is_ok() {
+            arrived += 1;
+        }
+        arrived
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn loss_drops_about_the_configured_share_of_datagrams() {
+        let net = MemNetwork::new(1);
+        net.set_loss_percent(30);
+        let arrived = datagrams_through(&net, 1_000).await;
+        assert!(
+            (620..=780).contains(&arrived),
+            "{arrived} of 1,000 arrived at 30% loss"
+        );
+        // Streams are not lossy: QUIC retransmits.
+        let ((a, _), (b, mut b_rx)) = pair(&net);
+        for request in 0..100 {
+            a.send(b.local_addr(), &Message::WriteAck { request })
+                .unwrap();
+        }
+        for request in 0..100 {
+            match b_rx.recv().await.unwrap() {
+                Incoming::Message { message, .. } => {
+                    assert_eq!(message, Message::WriteAck { request })
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn duplication_delivers_datagrams_twice() {
+        let net = MemNetwork::new(2);
+        net.set_duplicate_percent(100);
+        assert_eq!(datagrams_through(&net, 50).await, 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_seed_drops_the_same_datagrams() {
+        let run = |seed| async move {
+            let net = MemNetwork::new(seed);
+            net.set_loss_percent(50);
+            let ((a, _), (b, mut b_rx)) = pair(&net);
+            for i in 0..200u32 {
+                a.send_datagram(b.local_addr(), Bytes::from(i.to_le_bytes().to_vec()))
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut got = Vec::new();
+            while let Ok(Incoming::Datagram { payload, .. }) = b_rx.try_recv() {
+                got.push(payload);
+            }
+            got.sort();
+            got
+        };
+        assert_eq!(run(9).await, run(9).await);
+        assert_ne!(run(9).await, run(10).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_one_way_cut_stops_one_direction_only() {
+        let net = MemNetwork::new(3);
+        let ((a, mut a_rx), (b, mut b_rx)) = pair(&net);
+        net.cut_one_way(a.local_addr(), b.local_addr());
+        b.send(a.local_addr(), &Message::WriteAck { request: 1 })
+            .unwrap();
+        assert!(matches!(a_rx.recv().await, Some(Incoming::Message { .. })));
+        a.send(b.local_addr(), &Message::WriteAck { request: 2 })
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(b_rx.try_recv().is_err(), "nothing crosses the cut");
+        net.heal_all();
+        assert!(matches!(
+            b_rx.recv().await,
+            Some(Incoming::Message {
+                message: Message::WriteAck { request: 2 },
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delay_holds_every_delivery_back() {
+        let net = MemNetwork::new(4);
+        net.set_delay(Duration::from_millis(40), Duration::from_millis(20));
+        let ((a, _), (b, mut b_rx)) = pair(&net);
+        let start = tokio::time::Instant::now();
+        a.send(b.local_addr(), &Message::WriteAck { request: 1 })
+            .unwrap();
+        b_rx.recv().await.unwrap();
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(40) && took <= Duration::from_millis(60),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_to_a_crashed_node_times_out() {
+        let net = MemNetwork::new(5);
+        let ((a, _), (b, _b_rx)) = pair(&net);
+        net.crash(b.local_addr());
+        let err = a
+            .request(
+                b.local_addr(),
+                &Message::WriteAck { request: 1 },
+                Duration::from_millis(100),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RequestError::Timeout { .. }), "{err}");
+    }
+}

@@ -315,3 +315,41 @@ async fn a_certificate_from_another_ca_is_refused_after_the_handshake_seemed_don
         ("node-2".into(), Message::WriteAck { request: 5 })
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_is_refused_on_connect() {
+    let ca = ClusterCa::generate("bad-input").unwrap();
+    let (node, _node_rx) = start(&ca, "node-1");
+    let now = std::time::SystemTime::now();
+    let day = Duration::from_secs(24 * 60 * 60);
+    let expired = ca
+        .issue_valid("stale", &[], now - 30 * day, now - day)
+        .unwrap();
+    let settings = QuicSettings {
+        identity: expired,
+        ca: ca.certificate().clone(),
+        cluster: cluster(),
+        config: TransportConfig::default(),
+    };
+    let (stale, _rx) = QuicTransport::bind("127.0.0.1:0".parse().unwrap(), settings).unwrap();
+    let err = stale
+        .request(
+            node.local_addr(),
+            &Message::Read {
+                request: 1,
+                key: Bytes::new(),
+            },
+            WAIT,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("invalid peer certificate: certificate expired"),
+        "{err}"
+    );
+    wait_for("the refused handshake to be counted", || {
+        node.stats().failed_handshakes == 1
+    })
+    .await;
+}
