@@ -17,7 +17,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +26,9 @@ use rand::{RngExt, SeedableRng};
 use sessmesh_core::{ClusterId, Codec, Message};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::transport::{Incoming, Peer, Responder, ResponderKind, Transport, TransportConfig};
+use crate::transport::{
+    Incoming, Peer, QueueBudget, Responder, ResponderKind, Transport, TransportConfig, timed_out,
+};
 use crate::{RequestError, SendError};
 
 /// The largest datagram a path of the in-memory network carries, like a QUIC
@@ -237,8 +238,8 @@ struct MemInner {
 
 #[derive(Debug)]
 struct MemLink {
-    /// Bytes queued on this link; the link task subtracts what it delivers.
-    queued: Arc<AtomicUsize>,
+    /// Bytes queued on this link; the link task releases what it delivers.
+    queued: Arc<QueueBudget>,
     queue: mpsc::UnboundedSender<(Message, usize)>,
     task: tokio::task::AbortHandle,
 }
@@ -255,7 +256,7 @@ impl MemTransport {
             .entry(to)
             .or_insert_with(|| {
                 let (queue, rx) = mpsc::unbounded_channel();
-                let queued = Arc::new(AtomicUsize::new(0));
+                let queued = Arc::new(QueueBudget::default());
                 let task = tokio::spawn(run_link(
                     self.inner.net.clone(),
                     self.inner.me.clone(),
@@ -279,7 +280,7 @@ async fn run_link(
     from: Peer,
     to: SocketAddr,
     mut queue: mpsc::UnboundedReceiver<(Message, usize)>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<QueueBudget>,
 ) {
     while let Some((message, len)) = queue.recv().await {
         net.wait_open(from.addr, to).await;
@@ -292,7 +293,7 @@ async fn run_link(
                 })
                 .await;
         }
-        queued.fetch_sub(len, Ordering::AcqRel);
+        queued.release(len);
     }
 }
 
@@ -335,16 +336,8 @@ impl Transport for MemTransport {
         let mut frame = Vec::new();
         self.inner.codec.encode_frame(message, &mut frame)?;
         let link = self.link(to);
-        let limit = self.inner.config.max_queue_bytes;
-        let queued = link.queued.fetch_add(frame.len(), Ordering::AcqRel);
-        if queued + frame.len() > limit {
-            link.queued.fetch_sub(frame.len(), Ordering::AcqRel);
-            return Err(SendError::QueueFull {
-                peer: to,
-                queued,
-                limit,
-            });
-        }
+        link.queued
+            .admit(to, frame.len(), self.inner.config.max_queue_bytes)?;
         link.queue
             .send((message.clone(), frame.len()))
             .map_err(|_| SendError::Closed)
@@ -390,10 +383,7 @@ impl Transport for MemTransport {
         };
         tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| RequestError::Timeout {
-                peer: to,
-                after_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            })?
+            .map_err(|_| timed_out(to, timeout))?
     }
 
     fn forget(&self, peer: SocketAddr) {
@@ -410,9 +400,7 @@ impl Transport for MemTransport {
 
     fn queued_bytes(&self, peer: SocketAddr) -> usize {
         let links = self.inner.links.lock().unwrap_or_else(|e| e.into_inner());
-        links
-            .get(&peer)
-            .map_or(0, |link| link.queued.load(Ordering::Acquire))
+        links.get(&peer).map_or(0, |link| link.queued.queued())
     }
 }
 

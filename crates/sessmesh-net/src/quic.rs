@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -41,7 +41,8 @@ use tracing::{debug, info, warn};
 
 use crate::certs::{CaCertificate, NodeIdentity, node_name_of};
 use crate::transport::{
-    DATAGRAM_BACKLOG, Incoming, Peer, Responder, ResponderKind, Transport, TransportConfig,
+    DATAGRAM_BACKLOG, Incoming, Peer, QueueBudget, Responder, ResponderKind, Transport,
+    TransportConfig, timed_out,
 };
 use crate::{Error, RequestError, SendError, tls};
 
@@ -274,7 +275,7 @@ struct PeerLink {
     /// Serialises dials so concurrent users share one.
     dial: tokio::sync::Mutex<DialState>,
     queue: mpsc::UnboundedSender<Bytes>,
-    queued: AtomicUsize,
+    queued: QueueBudget,
     datagrams: Mutex<VecDeque<Bytes>>,
     wake: Notify,
     sender: Mutex<Option<tokio::task::AbortHandle>>,
@@ -527,7 +528,7 @@ impl Inner {
                 last_error: String::new(),
             }),
             queue,
-            queued: AtomicUsize::new(0),
+            queued: QueueBudget::default(),
             datagrams: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             sender: Mutex::new(None),
@@ -1034,7 +1035,7 @@ async fn run_sender(
         };
         match send.write_all(&batch).await {
             Ok(()) => {
-                link.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+                link.queued.release(batch.len());
                 batch.clear();
             }
             Err(e) => {
@@ -1094,16 +1095,12 @@ impl Transport for QuicTransport {
         let mut frame = Vec::new();
         self.inner.codec.encode_frame(message, &mut frame)?;
         let link = self.inner.link(to)?;
-        let limit = self.inner.config.max_queue_bytes;
-        let queued = link.queued.fetch_add(frame.len(), Ordering::AcqRel);
-        if queued + frame.len() > limit {
-            link.queued.fetch_sub(frame.len(), Ordering::AcqRel);
+        if let Err(e) = link
+            .queued
+            .admit(to, frame.len(), self.inner.config.max_queue_bytes)
+        {
             bump(&self.inner.stats.queue_full);
-            return Err(SendError::QueueFull {
-                peer: to,
-                queued,
-                limit,
-            });
+            return Err(e);
         }
         link.queue
             .send(Bytes::from(frame))
@@ -1136,10 +1133,7 @@ impl Transport for QuicTransport {
         };
         tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| RequestError::Timeout {
-                peer: to,
-                after_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            })?
+            .map_err(|_| timed_out(to, timeout))?
     }
 
     fn forget(&self, peer: SocketAddr) {
@@ -1161,8 +1155,6 @@ impl Transport for QuicTransport {
 
     fn queued_bytes(&self, peer: SocketAddr) -> usize {
         let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
-        peers
-            .get(&peer)
-            .map_or(0, |link| link.queued.load(Ordering::Acquire))
+        peers.get(&peer).map_or(0, |link| link.queued.queued())
     }
 }

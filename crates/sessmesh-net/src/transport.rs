@@ -20,6 +20,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -174,3 +175,46 @@ impl Default for TransportConfig {
 
 /// Datagrams kept per peer while its connection is being made.
 pub(crate) const DATAGRAM_BACKLOG: usize = 16;
+
+/// The bytes waiting in one peer's send queue, held under the configured limit.
+#[derive(Debug, Default)]
+pub(crate) struct QueueBudget(AtomicUsize);
+
+impl QueueBudget {
+    /// Counts `len` more bytes, or refuses them if that would pass `limit`.
+    pub(crate) fn admit(
+        &self,
+        peer: SocketAddr,
+        len: usize,
+        limit: usize,
+    ) -> Result<(), SendError> {
+        let queued = self.0.fetch_add(len, Ordering::AcqRel);
+        if queued + len > limit {
+            self.0.fetch_sub(len, Ordering::AcqRel);
+            return Err(SendError::QueueFull {
+                peer,
+                queued,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts `len` bytes as sent.
+    pub(crate) fn release(&self, len: usize) {
+        self.0.fetch_sub(len, Ordering::AcqRel);
+    }
+
+    /// The bytes waiting now.
+    pub(crate) fn queued(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The error for a request to `peer` that got no answer within `timeout`.
+pub(crate) fn timed_out(peer: SocketAddr, timeout: Duration) -> RequestError {
+    RequestError::Timeout {
+        peer,
+        after_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    }
+}

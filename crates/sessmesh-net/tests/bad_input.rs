@@ -113,6 +113,20 @@ async fn next_message(rx: &mut mpsc::Receiver<Incoming>) -> (String, Message) {
     }
 }
 
+/// A healthy peer's message still reaches the node.
+async fn still_served(
+    friend: &QuicTransport,
+    to: SocketAddr,
+    node_rx: &mut mpsc::Receiver<Incoming>,
+    request: u64,
+) {
+    friend.send(to, &Message::WriteAck { request }).unwrap();
+    assert_eq!(
+        next_message(node_rx).await,
+        ("node-2".into(), Message::WriteAck { request })
+    );
+}
+
 async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !condition() {
@@ -133,11 +147,7 @@ async fn bad_frames_stop_their_stream_and_the_node_keeps_serving() {
     let codec = Codec::new(cluster(), 64 << 10);
 
     // A healthy peer has a message in flight before the attacks.
-    friend.send(to, &Message::WriteAck { request: 1 }).unwrap();
-    assert_eq!(
-        next_message(&mut node_rx).await,
-        ("node-2".into(), Message::WriteAck { request: 1 })
-    );
+    still_served(&friend, to, &mut node_rx, 1).await;
 
     let mallory = raw_peer(&ca, to).await;
     // Junk in a well-sized frame. The stream stays open, so only the node's
@@ -164,11 +174,7 @@ async fn bad_frames_stop_their_stream_and_the_node_keeps_serving() {
         next_message(&mut node_rx).await,
         ("mallory".into(), Message::WriteAck { request: 7 })
     );
-    friend.send(to, &Message::WriteAck { request: 2 }).unwrap();
-    assert_eq!(
-        next_message(&mut node_rx).await,
-        ("node-2".into(), Message::WriteAck { request: 2 })
-    );
+    still_served(&friend, to, &mut node_rx, 2).await;
     assert_eq!(node.stats().refused_connections, 0);
 }
 
@@ -212,11 +218,7 @@ async fn another_cluster_or_version_closes_the_connection() {
     }
     assert_eq!(node.stats().refused_connections, 2);
 
-    friend.send(to, &Message::WriteAck { request: 3 }).unwrap();
-    assert_eq!(
-        next_message(&mut node_rx).await,
-        ("node-2".into(), Message::WriteAck { request: 3 })
-    );
+    still_served(&friend, to, &mut node_rx, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,11 +311,7 @@ async fn a_certificate_from_another_ca_is_refused_after_the_handshake_seemed_don
     assert!(matches!(err, RequestError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("refused"), "{err}");
 
-    friend.send(to, &Message::WriteAck { request: 5 }).unwrap();
-    assert_eq!(
-        next_message(&mut node_rx).await,
-        ("node-2".into(), Message::WriteAck { request: 5 })
-    );
+    still_served(&friend, to, &mut node_rx, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
