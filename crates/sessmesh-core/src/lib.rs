@@ -10,6 +10,7 @@
 //! - [`partition`]: the stable key hash and rendezvous replica sets ([`Partitioner`]).
 //! - [`digest`]: how replicas find the keys they disagree on.
 //! - [`wire`]: the versioned [`Message`] enum and its framing ([`Codec`]).
+//! - [`membership`]: SWIM membership through foca, as effects ([`Membership`]).
 //!
 //! # How to drive it
 //! The caller owns the I/O. It passes the wall-clock time in as `now_ms`
@@ -49,6 +50,7 @@ pub mod clock;
 mod config;
 pub mod digest;
 mod error;
+pub mod membership;
 mod packed;
 pub mod partition;
 pub mod session;
@@ -61,6 +63,10 @@ pub use clock::{Hlc, HlcTime, NodeId, Stamp};
 pub use config::Config;
 pub use digest::{KeyDigest, PartitionDigest};
 pub use error::Error;
+pub use membership::{
+    Member, MemberEvent, MemberState, Membership, MembershipConfig, MembershipEffect,
+    MembershipTimer,
+};
 pub use partition::{PartitionId, Partitioner, key_hash};
 pub use session::{Expiry, Session, Write};
 pub use store::{Entry, MAX_KEY_LEN, SessionRef, Store, SweepStats};
