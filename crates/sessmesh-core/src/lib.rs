@@ -11,6 +11,7 @@
 //! - [`digest`]: how replicas find the keys they disagree on.
 //! - [`wire`]: the versioned [`Message`] enum and its framing ([`Codec`]).
 //! - [`membership`]: SWIM membership through foca, as effects ([`Membership`]).
+//! - [`node`]: one node's state machines together ([`Node`]), as the runtime drives them.
 //!
 //! # How to drive it
 //! The caller owns the I/O. It passes the wall-clock time in as `now_ms`
@@ -51,6 +52,7 @@ mod config;
 pub mod digest;
 mod error;
 pub mod membership;
+pub mod node;
 mod packed;
 pub mod partition;
 pub mod session;
@@ -67,6 +69,7 @@ pub use membership::{
     Member, MemberEvent, MemberState, Membership, MembershipConfig, MembershipEffect,
     MembershipTimer,
 };
+pub use node::{Effect, Node, NodeEvent, Timer};
 pub use partition::{PartitionId, Partitioner, key_hash};
 pub use session::{Expiry, Session, Write};
 pub use store::{Entry, MAX_KEY_LEN, SessionRef, Store, SweepStats};

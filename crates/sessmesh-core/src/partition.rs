@@ -99,6 +99,9 @@ impl<M: AsRef<[u8]> + Ord + Clone> Partitioner<M> {
         let mut members: Vec<M> = members.into_iter().collect();
         members.sort();
         members.dedup();
+        if members == self.members {
+            return Vec::new();
+        }
         let old_width = self.width();
         let old = std::mem::take(&mut self.replicas);
         self.members = members;

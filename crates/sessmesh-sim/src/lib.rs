@@ -24,7 +24,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use sessmesh_core::{
-    Member, MemberEvent, Membership, MembershipConfig, MembershipEffect, MembershipTimer,
+    Config, Effect, Member, MemberEvent, MembershipConfig, Node, NodeEvent, Timer,
 };
 
 mod scenario;
@@ -85,7 +85,7 @@ enum Event {
     Timer {
         node: usize,
         start: u64,
-        timer: MembershipTimer,
+        timer: Timer,
     },
 }
 
@@ -124,7 +124,7 @@ struct SimNode {
     /// timers carry so that a crashed run's timers die with it. (Membership
     /// may renew the generation further on its own.)
     starts: u64,
-    membership: Option<Membership>,
+    core: Option<Node>,
     /// Parts per million its timers run slow (positive) or fast (negative).
     drift_ppm: i64,
 }
@@ -182,7 +182,7 @@ impl Sim {
                 name: format!("node-{i}"),
                 addr: addr_of(i),
                 starts: 0,
-                membership: None,
+                core: None,
                 drift_ppm: 0,
             })
             .collect();
@@ -249,7 +249,7 @@ impl Sim {
 
     /// Whether `node` is running.
     pub fn is_up(&self, node: usize) -> bool {
-        self.nodes[node].membership.is_some()
+        self.nodes[node].core.is_some()
     }
 
     /// The running nodes.
@@ -257,19 +257,25 @@ impl Sim {
         (0..self.nodes.len()).filter(|&n| self.is_up(n)).collect()
     }
 
+    /// `node`'s core state machines, if it runs.
+    pub fn core(&self, node: usize) -> Option<&Node> {
+        self.nodes[node].core.as_ref()
+    }
+
     /// `node`'s current identity (its latest generation).
     pub fn member(&self, node: usize) -> Option<&Member> {
-        self.nodes[node].membership.as_ref().map(Membership::me)
+        self.nodes[node].core.as_ref().map(Node::me)
     }
 
     /// What `node` sees: the names and generations of the members it
     /// considers active, itself included.
     pub fn view(&self, node: usize) -> BTreeSet<(String, u64)> {
-        let Some(m) = &self.nodes[node].membership else {
+        let Some(core) = &self.nodes[node].core else {
             return BTreeSet::new();
         };
-        m.members()
-            .chain(std::iter::once(m.me()))
+        core.membership()
+            .members()
+            .chain(std::iter::once(core.me()))
             .map(|m| (m.name.clone(), m.generation))
             .collect()
     }
@@ -294,34 +300,39 @@ impl Sim {
             replication_factor: REPLICATION_FACTOR,
         };
         let node_seed = self.rng.random::<u64>();
-        let mut membership = Membership::new(me, self.config.clone(), node_seed)
+        let config = Config {
+            partition_count,
+            replication_factor: REPLICATION_FACTOR as usize,
+            ..Config::default()
+        };
+        let mut core = Node::new(me, &config, self.config.clone(), node_seed)
             .expect("the simulation's config is valid");
         let seed_addrs: Vec<SocketAddr> = seeds.iter().map(|&s| addr_of(s)).collect();
-        membership.join(&seed_addrs);
-        self.nodes[node].membership = Some(membership);
+        core.join(&seed_addrs);
+        self.nodes[node].core = Some(core);
         self.drain(node);
     }
 
     /// Stops `node` at once, as a crash: no goodbye, its timers die with it.
     pub fn crash(&mut self, node: usize) {
-        self.nodes[node].membership = None;
+        self.nodes[node].core = None;
     }
 
     /// Has `node` leave the cluster on purpose, then stop: it announces
     /// `Leaving`, keeps running for two probe periods while that spreads, then
     /// says goodbye.
     pub fn leave(&mut self, node: usize) {
-        let Some(m) = self.nodes[node].membership.as_mut() else {
+        let Some(core) = self.nodes[node].core.as_mut() else {
             return;
         };
-        m.prepare_leave();
+        core.prepare_leave();
         self.drain(node);
         self.run_for(2 * self.config.probe_period_ms);
-        if let Some(m) = self.nodes[node].membership.as_mut() {
-            m.leave();
+        if let Some(core) = self.nodes[node].core.as_mut() {
+            core.leave();
             self.drain(node);
         }
-        self.nodes[node].membership = None;
+        self.nodes[node].core = None;
     }
 
     /// Runs the simulation for `ms` of virtual time.
@@ -385,17 +396,17 @@ impl Sim {
         match event {
             Event::Packet { from, to, payload } => {
                 let from_addr = self.nodes[from].addr;
-                if let Some(m) = self.nodes[to].membership.as_mut() {
-                    m.handle_packet(from_addr, &payload);
+                if let Some(core) = self.nodes[to].core.as_mut() {
+                    core.handle_gossip(from_addr, &payload);
                     self.drain(to);
                 }
             }
             Event::Timer { node, start, timer } => {
                 let n = &mut self.nodes[node];
                 if n.starts == start
-                    && let Some(m) = n.membership.as_mut()
+                    && let Some(core) = n.core.as_mut()
                 {
-                    m.handle_timer(timer);
+                    core.handle_timer(timer);
                     self.drain(node);
                 }
             }
@@ -412,15 +423,15 @@ impl Sim {
     }
 
     fn drain(&mut self, node: usize) {
-        let Some(m) = self.nodes[node].membership.as_mut() else {
+        let Some(core) = self.nodes[node].core.as_mut() else {
             return;
         };
-        let effects = m.take_effects();
+        let effects = core.take_effects();
         let start = self.nodes[node].starts;
         for effect in effects {
             match effect {
-                MembershipEffect::Send { to, payload } => self.send(node, to, payload),
-                MembershipEffect::Schedule { after, timer } => {
+                Effect::Gossip { to, payload } => self.send(node, to, payload),
+                Effect::Schedule { after, timer } => {
                     let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX).max(1);
                     let drift = self.nodes[node].drift_ppm;
                     let ms = ms
@@ -428,11 +439,14 @@ impl Sim {
                         .max(1);
                     self.schedule(ms, Event::Timer { node, start, timer });
                 }
-                MembershipEffect::Event(event) => self.observed.push(Observed {
-                    at_ms: self.now_ms,
-                    node,
-                    event,
-                }),
+                Effect::Event(NodeEvent::Member(event)) => {
+                    self.observed.push(Observed {
+                        at_ms: self.now_ms,
+                        node,
+                        event,
+                    });
+                }
+                Effect::Event(NodeEvent::ReplicasChanged(_)) => {}
             }
         }
     }
