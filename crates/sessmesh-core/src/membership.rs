@@ -201,7 +201,14 @@ pub enum MemberEvent {
     /// A member left on purpose.
     Left(Member),
     /// A member's state changed.
-    State(Member, MemberState),
+    State {
+        /// The member's name.
+        name: String,
+        /// Its generation.
+        generation: u64,
+        /// Its new state.
+        state: MemberState,
+    },
     /// A packet from a member with other settings was refused.
     Refused {
         /// Where it came from.
@@ -653,16 +660,19 @@ impl Membership {
             self.notify(notification);
         }
         let fresh = self.states.with(|book| std::mem::take(&mut book.fresh));
-        for update in fresh {
-            if let Some(member) = self
-                .swim
-                .iter_members()
-                .map(|m| m.id())
-                .find(|m| m.name == update.name)
-            {
-                let event = MemberEvent::State(member.clone(), update.state);
-                self.effects.push(MembershipEffect::Event(event));
-            }
+        for StateUpdate {
+            name,
+            generation,
+            state,
+            ..
+        } in fresh
+        {
+            self.effects
+                .push(MembershipEffect::Event(MemberEvent::State {
+                    name,
+                    generation,
+                    state,
+                }));
         }
     }
 

@@ -56,6 +56,8 @@ pub struct Partitioner<M> {
     members: Vec<M>,
     /// `partition_count` rows of `min(rf, members)` replicas, highest score first.
     replicas: Vec<M>,
+    /// The replicas' scores, row for row.
+    scores: Vec<u64>,
 }
 
 impl<M: AsRef<[u8]> + Ord + Clone> Partitioner<M> {
@@ -75,6 +77,7 @@ impl<M: AsRef<[u8]> + Ord + Clone> Partitioner<M> {
             replication_factor,
             members: Vec::new(),
             replicas: Vec::new(),
+            scores: Vec::new(),
         }
     }
 
@@ -95,6 +98,11 @@ impl<M: AsRef<[u8]> + Ord + Clone> Partitioner<M> {
 
     /// Replaces the member list and returns the partitions whose replica set
     /// changed (membership or order), in partition order.
+    ///
+    /// A few members joining or leaving cost little: a newcomer is scored
+    /// once per partition and takes a place only where it outranks the
+    /// current last replica, and only rows that lost a member are rebuilt.
+    /// Larger changes recompute every row.
     pub fn set_members(&mut self, members: impl IntoIterator<Item = M>) -> Vec<PartitionId> {
         let mut members: Vec<M> = members.into_iter().collect();
         members.sort();
@@ -102,12 +110,79 @@ impl<M: AsRef<[u8]> + Ord + Clone> Partitioner<M> {
         if members == self.members {
             return Vec::new();
         }
+        let added: Vec<M> = members
+            .iter()
+            .filter(|m| self.members.binary_search(m).is_err())
+            .cloned()
+            .collect();
+        let removed: Vec<M> = self
+            .members
+            .iter()
+            .filter(|m| members.binary_search(m).is_err())
+            .cloned()
+            .collect();
         let old_width = self.width();
+        let old_members = std::mem::replace(&mut self.members, members);
+        let width = self.width();
+        if width != old_width
+            || old_members.is_empty()
+            || added.len() + removed.len() > self.members.len() / 4
+        {
+            return self.recompute_all(old_width);
+        }
+        let mut changed = Vec::new();
+        let mut row: Vec<(u64, M)> = Vec::with_capacity(width + added.len());
+        for p in 0..self.partition_count {
+            let partition = PartitionId(p);
+            let range = p as usize * width..(p as usize + 1) * width;
+            row.clear();
+            row.extend(
+                self.scores[range.clone()]
+                    .iter()
+                    .copied()
+                    .zip(self.replicas[range.clone()].iter().cloned()),
+            );
+            let before = row.len();
+            row.retain(|(_, m)| removed.binary_search(m).is_err());
+            if row.len() < before {
+                // A replica left: the row's next member could be anyone.
+                row.clear();
+                row.extend(
+                    self.members
+                        .iter()
+                        .map(|m| (rendezvous_score(partition, m.as_ref()), m.clone())),
+                );
+            } else {
+                row.extend(
+                    added
+                        .iter()
+                        .map(|m| (rendezvous_score(partition, m.as_ref()), m.clone())),
+                );
+            }
+            row.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+            row.truncate(width);
+            if row
+                .iter()
+                .map(|(_, m)| m)
+                .ne(self.replicas[range.clone()].iter())
+            {
+                changed.push(partition);
+                for (i, (score, member)) in range.zip(row.drain(..)) {
+                    self.scores[i] = score;
+                    self.replicas[i] = member;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Scores every member for every partition.
+    fn recompute_all(&mut self, old_width: usize) -> Vec<PartitionId> {
         let old = std::mem::take(&mut self.replicas);
-        self.members = members;
         let width = self.width();
         let mut scored: Vec<(u64, &M)> = Vec::with_capacity(self.members.len());
         let mut replicas = Vec::with_capacity(width * self.partition_count as usize);
+        let mut scores = Vec::with_capacity(width * self.partition_count as usize);
         for p in 0..self.partition_count {
             scored.clear();
             scored.extend(
@@ -117,9 +192,13 @@ impl<M: AsRef<[u8]> + Ord + Clone> Partitioner<M> {
             );
             // Highest score first; equal scores by name.
             scored.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-            replicas.extend(scored.iter().take(width).map(|(_, m)| (*m).clone()));
+            for (score, member) in scored.iter().take(width) {
+                scores.push(*score);
+                replicas.push((*member).clone());
+            }
         }
         self.replicas = replicas;
+        self.scores = scores;
         (0..self.partition_count)
             .map(PartitionId)
             .filter(|&p| {
@@ -249,6 +328,29 @@ mod tests {
         }
         let changed = p.set_members(names(1..=3));
         assert_eq!(changed.len(), 16, "every set grows from two to three");
+    }
+
+    proptest::proptest! {
+        /// Incremental updates give exactly the table a fresh recompute gives,
+        /// and report exactly the rows that changed.
+        #[test]
+        fn incremental_updates_match_a_full_recompute(
+            sets in proptest::collection::vec(proptest::collection::btree_set(0u8..24, 0..20), 1..12),
+        ) {
+            let mut p: Partitioner<String> = Partitioner::new(64, 3);
+            for set in sets {
+                let members: Vec<String> = set.iter().map(|i| format!("node-{i}")).collect();
+                let before: Vec<Vec<String>> = (0..64).map(|i| p.replicas_for(PartitionId(i)).to_vec()).collect();
+                let changed = p.set_members(members.clone());
+                let mut fresh: Partitioner<String> = Partitioner::new(64, 3);
+                fresh.set_members(members);
+                for i in 0..64 {
+                    proptest::prop_assert_eq!(p.replicas_for(PartitionId(i)), fresh.replicas_for(PartitionId(i)));
+                    let moved = before[i as usize] != p.replicas_for(PartitionId(i));
+                    proptest::prop_assert_eq!(moved, changed.contains(&PartitionId(i)), "partition {}", i);
+                }
+            }
+        }
     }
 
     #[test]
