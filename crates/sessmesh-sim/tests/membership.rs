@@ -144,3 +144,16 @@ fn the_same_seed_replays_the_same_run() {
     assert_eq!(trace(11), trace(11));
     assert_ne!(trace(11), trace(12));
 }
+
+#[test]
+fn an_unreachable_seed_is_retried_not_fatal() {
+    let config = lan(3);
+    // Nodes 1 and 2 list a seed that is down, and node 0, which starts 10 s later.
+    let scenario = Scenario::new("a seed that is not up yet")
+        .start(1..3, &[0])
+        .wait(10_000)
+        .expect(Check::Views(vec![vec![1], vec![2]]))
+        .start([0], &[])
+        .expect_within(Check::Converged, 3 * config.rejoin_period_ms);
+    run(3, &scenario, 8);
+}
