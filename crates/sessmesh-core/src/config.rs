@@ -23,6 +23,12 @@ pub struct Config {
     /// The largest message accepted from a peer, in bytes; a length prefix over
     /// it is refused before any buffer is allocated.
     pub max_frame_bytes: usize,
+    /// How long a coordinator waits for replicas to answer a write or a read
+    /// before it answers the client with what it has. Milliseconds.
+    pub request_timeout_ms: u64,
+    /// Bytes of hints (writes kept for replicas that missed them) a node
+    /// holds; past it the oldest go, counted, and anti-entropy repairs instead.
+    pub max_hint_bytes: usize,
 }
 
 impl Config {
@@ -38,6 +44,8 @@ impl Default for Config {
             max_clock_drift_ms: 500,
             tombstone_grace_ms: 60 * 60 * 1000,
             max_frame_bytes: 16 << 20,
+            request_timeout_ms: 2_000,
+            max_hint_bytes: 64 << 20,
         }
     }
 }
@@ -68,6 +76,9 @@ impl Config {
                 "max_clock_drift_ms",
                 "must be above 0, or no peer's write would be accepted".into(),
             );
+        }
+        if self.request_timeout_ms == 0 {
+            return invalid("request_timeout_ms", "must be above 0".into());
         }
         if self.max_frame_bytes < 1024 {
             return invalid(

@@ -12,6 +12,7 @@
 //! - [`wire`]: the versioned [`Message`] enum and its framing ([`Codec`]).
 //! - [`membership`]: SWIM membership through foca, as effects ([`Membership`]).
 //! - [`node`]: one node's state machines together ([`Node`]), as the runtime drives them.
+//! - [`replication`]: consistency levels, requests in flight, hints.
 //!
 //! # How to drive it
 //! The caller owns the I/O. It passes the wall-clock time in as `now_ms`
@@ -55,6 +56,7 @@ pub mod membership;
 pub mod node;
 mod packed;
 pub mod partition;
+pub mod replication;
 pub mod session;
 pub mod store;
 #[cfg(test)]
@@ -71,6 +73,7 @@ pub use membership::{
 };
 pub use node::{Effect, Node, NodeEvent, Timer};
 pub use partition::{PartitionId, Partitioner, key_hash};
+pub use replication::{CallId, Hint, Hints, Level, Outcome};
 pub use session::{Expiry, Session, Write};
 pub use store::{Entry, MAX_KEY_LEN, SessionRef, Store, SweepStats};
 pub use wire::{ClusterId, Codec, DecodeError, Message, PROTOCOL_VERSION};

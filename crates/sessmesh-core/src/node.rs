@@ -1,22 +1,46 @@
 //! One node's state machines, as its runtime drives them.
 //!
-//! A [`Node`] owns the node's [`Membership`] and [`Partitioner`]. The runtime
-//! passes in gossip packets and expired [`Timer`]s, and carries out the
-//! [`Effect`]s the node hands back: packets to send, timers to set, events to
-//! report. Membership changes recompute the replica sets at once. A member
-//! counts as a replica while it is up and not leaving, so a leaving member's
-//! partitions move before it goes.
+//! A [`Node`] owns the node's [`Membership`], [`Partitioner`], [`Store`] and
+//! [`Hlc`]. The runtime passes in gossip packets, peer messages, client
+//! calls and expired [`Timer`]s, each with the wall-clock time `now_ms`. It
+//! carries out the [`Effect`]s the node hands back: packets and messages to
+//! send, timers to set, events to report, and answers to client calls.
+//!
+//! - **Placement.** Membership changes recompute the replica sets at once. A
+//!   member counts as a replica while it is up and not leaving, so a leaving
+//!   member's partitions move before it goes.
+//! - **Writes.** The node that receives a client write coordinates it. It
+//!   stamps the write, applies it locally when it is a replica, sends it to
+//!   the other replicas, and answers once the call's [`Level`] of them have
+//!   acknowledged. If too few acknowledge in time, the client hears how many
+//!   did. The write is not rolled back, and the replicas that missed it get a
+//!   hint, replayed when they are seen again.
+//! - **Reads.** The coordinator asks the replicas for their state of the key,
+//!   answers with the merge of the level's worth of answers (newest stamp wins
+//!   per field), and sends that merge to every answering replica that held less
+//!   (read repair).
+//! - **Clocks.** A peer's stamp further ahead than `max_clock_drift_ms` is
+//!   refused: the write is not applied and not acknowledged, and the refusal
+//!   is reported.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::clock::{Hlc, NodeId};
 use crate::membership::{
     Member, MemberEvent, MemberState, Membership, MembershipConfig, MembershipEffect,
     MembershipTimer,
 };
 use crate::partition::{PartitionId, Partitioner};
+use crate::replication::{
+    CallId, Hint, Hints, InFlight, Level, Outcome, PendingRead, PendingWrite,
+};
+use crate::session::{Session, Write};
+use crate::store::{Entry, MAX_KEY_LEN, Store};
+use crate::wire::Message;
 use crate::{Config, Error};
 
 /// A timer a node asked for; hand it back through [`Node::handle_timer`].
@@ -24,6 +48,10 @@ use crate::{Config, Error};
 pub enum Timer {
     /// A membership timer.
     Membership(MembershipTimer),
+    /// The deadline of a coordinated write or read, or of a hint's replay.
+    Request(u64),
+    /// Replay the hints of replicas that are up.
+    ReplayHints,
 }
 
 /// Something the node reports.
@@ -33,6 +61,13 @@ pub enum NodeEvent {
     Member(MemberEvent),
     /// These partitions' replica sets changed.
     ReplicasChanged(Vec<PartitionId>),
+    /// A peer's message carried a stamp too far ahead; it was not applied.
+    ClockDriftRefused {
+        /// The peer.
+        from: SocketAddr,
+        /// What the check said.
+        reason: String,
+    },
 }
 
 /// Something the runtime must do for a [`Node`].
@@ -45,6 +80,13 @@ pub enum Effect {
         /// The packet.
         payload: Bytes,
     },
+    /// Send a message to a peer (one-way, in order per peer).
+    Send {
+        /// The destination.
+        to: SocketAddr,
+        /// The message.
+        message: Message,
+    },
     /// Hand `timer` back after `after`.
     Schedule {
         /// How long from now.
@@ -54,6 +96,13 @@ pub enum Effect {
     },
     /// Report an event.
     Event(NodeEvent),
+    /// A client call is answered.
+    Done {
+        /// The call.
+        call: CallId,
+        /// How it ended.
+        outcome: Outcome,
+    },
 }
 
 /// One node. See the [module docs](self).
@@ -61,6 +110,15 @@ pub enum Effect {
 pub struct Node {
     membership: Membership,
     partitioner: Partitioner<String>,
+    store: Store,
+    hlc: Hlc,
+    config: Config,
+    in_flight: InFlight,
+    hints: Hints,
+    /// Address of every active member by name, this node included.
+    addrs: HashMap<String, SocketAddr>,
+    /// The reverse of `addrs`.
+    names: HashMap<SocketAddr, String>,
     effects: Vec<Effect>,
 }
 
@@ -85,12 +143,21 @@ impl Node {
                 reason: "the member identity must carry the configured partition count and replication factor".into(),
             });
         }
+        let hlc = Hlc::new(me.node_id(), config.max_clock_drift_ms);
         let mut node = Node {
             membership: Membership::new(me, membership, seed)?,
             partitioner: Partitioner::new(config.partition_count, config.replication_factor),
+            store: Store::new(config),
+            hlc,
+            config: config.clone(),
+            in_flight: InFlight::default(),
+            hints: Hints::new(config.max_hint_bytes),
+            addrs: HashMap::new(),
+            names: HashMap::new(),
             effects: Vec::new(),
         };
         node.rebalance();
+        node.schedule_hint_replay();
         node.collect();
         Ok(node)
     }
@@ -100,9 +167,24 @@ impl Node {
         self.membership.me()
     }
 
+    /// The id this node stamps its writes with.
+    pub fn node_id(&self) -> NodeId {
+        self.hlc.node()
+    }
+
     /// Its membership.
     pub fn membership(&self) -> &Membership {
         &self.membership
+    }
+
+    /// Its sessions.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Hints waiting for replicas to come back.
+    pub fn hints(&self) -> &Hints {
+        &self.hints
     }
 
     /// The replica set of `partition`.
@@ -150,6 +232,11 @@ impl Node {
     pub fn handle_timer(&mut self, timer: Timer) {
         match timer {
             Timer::Membership(timer) => self.membership.handle_timer(timer),
+            Timer::Request(id) => self.expire_request(id),
+            Timer::ReplayHints => {
+                self.replay_hints();
+                self.schedule_hint_replay();
+            }
         }
         self.collect();
     }
@@ -159,8 +246,360 @@ impl Node {
         std::mem::take(&mut self.effects)
     }
 
+    /// Coordinates a client write of `key`; its [`Outcome`] comes as an
+    /// [`Effect::Done`] for `call`.
+    pub fn write(&mut self, call: CallId, key: Bytes, write: Write, level: Level, now_ms: u64) {
+        let Some(replicas) = self.replicas_of(&key, call) else {
+            return;
+        };
+        let stamp = self.hlc.stamp(now_ms);
+        let id = self.in_flight.next_id();
+        let mut pending = PendingWrite {
+            call,
+            key: key.clone(),
+            write: write.clone(),
+            stamp,
+            needed: level.required(replicas.len()),
+            waiting: replicas.iter().cloned().collect(),
+            acks: 0,
+            answered: false,
+        };
+        let me = self.me().name.clone();
+        for replica in &replicas {
+            if *replica == me {
+                if self.store.apply(&key, &write, stamp, now_ms).is_ok() {
+                    pending.waiting.remove(&me);
+                    pending.acks += 1;
+                }
+            } else if let Some(&to) = self.addrs.get(replica) {
+                let message = Message::Write {
+                    request: id,
+                    key: key.clone(),
+                    write: write.clone(),
+                    stamp,
+                };
+                self.effects.push(Effect::Send { to, message });
+            }
+        }
+        self.track_write(id, pending);
+    }
+
+    /// Coordinates a client read of `key`; its [`Outcome`] comes as an
+    /// [`Effect::Done`] for `call`.
+    pub fn read(&mut self, call: CallId, key: Bytes, level: Level, now_ms: u64) {
+        let Some(replicas) = self.replicas_of(&key, call) else {
+            return;
+        };
+        let id = self.in_flight.next_id();
+        let mut pending = PendingRead {
+            call,
+            key: key.clone(),
+            needed: level.required(replicas.len()),
+            waiting: replicas.iter().cloned().collect(),
+            answers: Vec::new(),
+        };
+        let me = self.me().name.clone();
+        for replica in &replicas {
+            if *replica == me {
+                pending.waiting.remove(&me);
+                pending.answers.push((me.clone(), self.store.session(&key)));
+            } else if let Some(&to) = self.addrs.get(replica) {
+                self.effects.push(Effect::Send {
+                    to,
+                    message: Message::Read {
+                        request: id,
+                        key: key.clone(),
+                    },
+                });
+            }
+        }
+        self.track_read(id, pending, now_ms);
+    }
+
+    /// Handles a message from the peer at `from`.
+    pub fn handle_message(&mut self, from: SocketAddr, message: Message, now_ms: u64) {
+        match message {
+            Message::Write {
+                request,
+                key,
+                write,
+                stamp,
+            } => {
+                if let Err(e) = self.hlc.observe(stamp, now_ms) {
+                    self.refuse_drift(from, &e);
+                } else if self.store.apply(&key, &write, stamp, now_ms).is_ok() {
+                    self.effects.push(Effect::Send {
+                        to: from,
+                        message: Message::WriteAck { request },
+                    });
+                }
+            }
+            Message::WriteAck { request } => self.acknowledge(request, from),
+            Message::Read { request, key } => {
+                let session = self.store.session(&key);
+                self.effects.push(Effect::Send {
+                    to: from,
+                    message: Message::ReadReply { request, session },
+                });
+            }
+            Message::ReadReply { request, session } => self.answer(request, from, session, now_ms),
+            Message::Merge { entries } => {
+                for Entry { key, session } in entries {
+                    match self.hlc.observe(session.newest_stamp(), now_ms) {
+                        Err(e) => self.refuse_drift(from, &e),
+                        Ok(()) => {
+                            // A key over the limit comes only from a broken peer; skip it.
+                            let _ = self.store.merge_remote(&key, session, now_ms);
+                        }
+                    }
+                }
+            }
+            // Connection set-up is the transport's; gossip arrives as datagrams;
+            // digests are anti-entropy's.
+            _ => {}
+        }
+        self.collect();
+    }
+
+    fn refuse_drift(&mut self, from: SocketAddr, error: &Error) {
+        self.effects
+            .push(Effect::Event(NodeEvent::ClockDriftRefused {
+                from,
+                reason: error.to_string(),
+            }));
+    }
+
+    /// The replicas of `key`, or an answer refusing the call.
+    fn replicas_of(&mut self, key: &[u8], call: CallId) -> Option<Vec<String>> {
+        let refuse = |reason: String| Effect::Done {
+            call,
+            outcome: Outcome::Refused(reason),
+        };
+        if key.len() > MAX_KEY_LEN {
+            self.effects.push(refuse(
+                Error::KeyTooLong {
+                    len: key.len(),
+                    max: MAX_KEY_LEN,
+                }
+                .to_string(),
+            ));
+            return None;
+        }
+        let replicas = self
+            .partitioner
+            .replicas_for(self.store.partition_of(key))
+            .to_vec();
+        if replicas.is_empty() {
+            self.effects
+                .push(refuse("no member replicates this key's partition".into()));
+            return None;
+        }
+        Some(replicas)
+    }
+
+    fn track_write(&mut self, id: u64, mut pending: PendingWrite) {
+        if pending.acks >= pending.needed {
+            pending.answered = true;
+            let outcome = Outcome::Written {
+                acks: pending.acks,
+                stamp: pending.stamp,
+            };
+            self.effects.push(Effect::Done {
+                call: pending.call,
+                outcome,
+            });
+        }
+        if !pending.waiting.is_empty() {
+            self.schedule_deadline(id);
+            self.in_flight.writes.insert(id, pending);
+        }
+    }
+
+    fn track_read(&mut self, id: u64, pending: PendingRead, now_ms: u64) {
+        if pending.answers.len() >= pending.needed {
+            self.finish_read(pending, now_ms);
+        } else {
+            self.schedule_deadline(id);
+            self.in_flight.reads.insert(id, pending);
+        }
+    }
+
+    fn schedule_deadline(&mut self, id: u64) {
+        let after = Duration::from_millis(self.config.request_timeout_ms);
+        self.effects.push(Effect::Schedule {
+            after,
+            timer: Timer::Request(id),
+        });
+    }
+
+    fn acknowledge(&mut self, request: u64, from: SocketAddr) {
+        if self.in_flight.replays.remove(&request).is_some() {
+            return;
+        }
+        let Some(name) = self.names.get(&from).cloned() else {
+            return;
+        };
+        let Some(pending) = self.in_flight.writes.get_mut(&request) else {
+            return;
+        };
+        if !pending.waiting.remove(&name) {
+            return;
+        }
+        pending.acks += 1;
+        if !pending.answered && pending.acks >= pending.needed {
+            pending.answered = true;
+            let outcome = Outcome::Written {
+                acks: pending.acks,
+                stamp: pending.stamp,
+            };
+            self.effects.push(Effect::Done {
+                call: pending.call,
+                outcome,
+            });
+        }
+        if pending.waiting.is_empty() {
+            self.in_flight.writes.remove(&request);
+        }
+    }
+
+    fn answer(&mut self, request: u64, from: SocketAddr, session: Option<Session>, now_ms: u64) {
+        let Some(name) = self.names.get(&from).cloned() else {
+            return;
+        };
+        if let Some(session) = &session
+            && let Err(e) = self.hlc.observe(session.newest_stamp(), now_ms)
+        {
+            self.refuse_drift(from, &e);
+            return;
+        }
+        let Some(pending) = self.in_flight.reads.get_mut(&request) else {
+            return;
+        };
+        if !pending.waiting.remove(&name) {
+            return;
+        }
+        pending.answers.push((name, session));
+        if pending.answers.len() >= pending.needed
+            && let Some(pending) = self.in_flight.reads.remove(&request)
+        {
+            self.finish_read(pending, now_ms);
+        }
+    }
+
+    /// Answers a read with the merge of its answers, and repairs the
+    /// replicas that answered with less.
+    fn finish_read(&mut self, pending: PendingRead, now_ms: u64) {
+        let mut merged: Option<Session> = None;
+        for (_, session) in &pending.answers {
+            if let Some(session) = session {
+                merged
+                    .get_or_insert_with(Session::default)
+                    .merge(session.clone());
+            }
+        }
+        if let Some(newest) = &merged {
+            let me = self.me().name.clone();
+            for (replica, held) in &pending.answers {
+                if held.as_ref() == Some(newest) {
+                    continue;
+                }
+                let entries = vec![Entry {
+                    key: pending.key.clone(),
+                    session: newest.clone(),
+                }];
+                if *replica == me {
+                    // Our own copy is behind: repair it directly. The key was
+                    // checked when the read began.
+                    let _ = self
+                        .store
+                        .merge_remote(&pending.key, newest.clone(), now_ms);
+                } else if let Some(&to) = self.addrs.get(replica) {
+                    self.effects.push(Effect::Send {
+                        to,
+                        message: Message::Merge { entries },
+                    });
+                }
+            }
+        }
+        self.effects.push(Effect::Done {
+            call: pending.call,
+            outcome: Outcome::Read(merged),
+        });
+    }
+
+    fn expire_request(&mut self, id: u64) {
+        if let Some(pending) = self.in_flight.writes.remove(&id) {
+            if !pending.answered {
+                let outcome = Outcome::WriteTimedOut {
+                    acks: pending.acks,
+                    needed: pending.needed,
+                };
+                self.effects.push(Effect::Done {
+                    call: pending.call,
+                    outcome,
+                });
+            }
+            for replica in pending.waiting {
+                self.hints.push(Hint {
+                    replica,
+                    key: pending.key.clone(),
+                    write: pending.write.clone(),
+                    stamp: pending.stamp,
+                });
+            }
+        }
+        if let Some(pending) = self.in_flight.reads.remove(&id) {
+            let outcome = Outcome::ReadTimedOut {
+                answers: pending.answers.len(),
+                needed: pending.needed,
+            };
+            self.effects.push(Effect::Done {
+                call: pending.call,
+                outcome,
+            });
+        }
+        if let Some(hint) = self.in_flight.replays.remove(&id) {
+            // Not acknowledged: keep it for the next attempt.
+            self.hints.push(hint);
+        }
+    }
+
+    /// How often hints are retried, at most.
+    const HINT_REPLAY_MS: u64 = 1_000;
+
+    fn schedule_hint_replay(&mut self) {
+        let after = Duration::from_millis(Self::HINT_REPLAY_MS);
+        self.effects.push(Effect::Schedule {
+            after,
+            timer: Timer::ReplayHints,
+        });
+    }
+
+    /// Sends every replica that is up the writes it missed, as writes to
+    /// acknowledge: a hint goes only once its replica has it.
+    fn replay_hints(&mut self) {
+        let addrs = &self.addrs;
+        let hints = self.hints.take_where(|h| addrs.contains_key(&h.replica));
+        for hint in hints {
+            let Some(&to) = self.addrs.get(&hint.replica) else {
+                continue;
+            };
+            let id = self.in_flight.next_id();
+            let message = Message::Write {
+                request: id,
+                key: hint.key.clone(),
+                write: hint.write.clone(),
+                stamp: hint.stamp,
+            };
+            self.effects.push(Effect::Send { to, message });
+            self.schedule_deadline(id);
+            self.in_flight.replays.insert(id, hint);
+        }
+    }
+
     fn collect(&mut self) {
         let mut membership_changed = false;
+        let mut returned = false;
         for effect in self.membership.take_effects() {
             self.effects.push(match effect {
                 MembershipEffect::Send { to, payload } => Effect::Gossip { to, payload },
@@ -170,26 +609,49 @@ impl Node {
                 },
                 MembershipEffect::Event(event) => {
                     membership_changed |= !matches!(event, MemberEvent::Refused { .. });
+                    returned |= matches!(event, MemberEvent::Up(_));
                     Effect::Event(NodeEvent::Member(event))
                 }
             });
         }
         if membership_changed {
+            self.refresh_addresses();
             self.rebalance();
         }
+        if returned {
+            self.replay_hints();
+        }
+    }
+
+    fn refresh_addresses(&mut self) {
+        let me = self.membership.me();
+        self.addrs = self
+            .membership
+            .members()
+            .chain(std::iter::once(me))
+            .map(|m| (m.name.clone(), m.addr))
+            .collect();
+        self.names = self
+            .addrs
+            .iter()
+            .map(|(name, addr)| (*addr, name.clone()))
+            .collect();
     }
 
     /// Recomputes the replica sets from the members that are up and not leaving.
     fn rebalance(&mut self) {
+        if self.addrs.is_empty() {
+            self.refresh_addresses();
+        }
         let me = self.membership.me();
-        let mut owners: Vec<String> = self
+        let mut owners: BTreeSet<String> = self
             .membership
             .members()
             .filter(|m| self.membership.state_of(&m.name) != Some(MemberState::Leaving))
             .map(|m| m.name.clone())
             .collect();
         if self.membership.state() != MemberState::Leaving {
-            owners.push(me.name.clone());
+            owners.insert(me.name.clone());
         }
         let changed = self.partitioner.set_members(owners);
         if !changed.is_empty() {

@@ -24,7 +24,8 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use sessmesh_core::{
-    Config, Effect, Member, MemberEvent, MembershipConfig, Node, NodeEvent, Timer,
+    CallId, Config, Effect, Level, Member, MemberEvent, MembershipConfig, Message, Node, NodeEvent,
+    Outcome, Timer, Write,
 };
 
 mod scenario;
@@ -82,6 +83,11 @@ enum Event {
         to: usize,
         payload: Bytes,
     },
+    Message {
+        from: usize,
+        to: usize,
+        message: Message,
+    },
     Timer {
         node: usize,
         start: u64,
@@ -127,6 +133,8 @@ struct SimNode {
     core: Option<Node>,
     /// Parts per million its timers run slow (positive) or fast (negative).
     drift_ppm: i64,
+    /// How far its wall clock is ahead of true time (negative: behind), ms.
+    skew_ms: i64,
 }
 
 /// Something a node reported, with when.
@@ -162,6 +170,11 @@ pub struct Sim {
     faults: Faults,
     observed: Vec<Observed>,
     traffic: Traffic,
+    /// Answers to client calls, by call.
+    outcomes: HashMap<CallId, Outcome>,
+    next_call: u64,
+    /// Messages refused for stamps beyond the drift bound, by sender.
+    drift_refusals: HashMap<usize, u64>,
 }
 
 impl fmt::Debug for Sim {
@@ -184,6 +197,7 @@ impl Sim {
                 starts: 0,
                 core: None,
                 drift_ppm: 0,
+                skew_ms: 0,
             })
             .collect();
         let by_addr = nodes.iter().enumerate().map(|(i, n)| (n.addr, i)).collect();
@@ -199,6 +213,9 @@ impl Sim {
             faults: Faults::default(),
             observed: Vec::new(),
             traffic: Traffic::default(),
+            outcomes: HashMap::new(),
+            next_call: 0,
+            drift_refusals: HashMap::new(),
         }
     }
 
@@ -245,6 +262,54 @@ impl Sim {
     /// Makes `node`'s timers run `ppm` parts per million slow (or fast, if negative).
     pub fn set_drift(&mut self, node: usize, ppm: i64) {
         self.nodes[node].drift_ppm = ppm;
+    }
+
+    /// Sets `node`'s clock `ms` ahead of true time (negative: behind).
+    pub fn set_skew(&mut self, node: usize, ms: i64) {
+        self.nodes[node].skew_ms = ms;
+    }
+
+    /// What `node`'s wall clock reads now: virtual time from a fixed epoch,
+    /// plus its skew.
+    pub fn wall_ms(&self, node: usize) -> u64 {
+        (EPOCH_MS + self.now_ms).saturating_add_signed(self.nodes[node].skew_ms)
+    }
+
+    /// Has `node` coordinate a write; its outcome appears in [`Sim::outcome`].
+    pub fn write(&mut self, node: usize, key: &[u8], write: Write, level: Level) -> CallId {
+        let call = self.next_call();
+        let now = self.wall_ms(node);
+        if let Some(core) = self.nodes[node].core.as_mut() {
+            core.write(call, Bytes::copy_from_slice(key), write, level, now);
+            self.drain(node);
+        }
+        call
+    }
+
+    /// Has `node` coordinate a read; its outcome appears in [`Sim::outcome`].
+    pub fn read(&mut self, node: usize, key: &[u8], level: Level) -> CallId {
+        let call = self.next_call();
+        let now = self.wall_ms(node);
+        if let Some(core) = self.nodes[node].core.as_mut() {
+            core.read(call, Bytes::copy_from_slice(key), level, now);
+            self.drain(node);
+        }
+        call
+    }
+
+    fn next_call(&mut self) -> CallId {
+        self.next_call += 1;
+        CallId(self.next_call)
+    }
+
+    /// Messages from `sender` refused for stamps beyond the drift bound.
+    pub fn drift_refusals(&self, sender: usize) -> u64 {
+        self.drift_refusals.get(&sender).copied().unwrap_or(0)
+    }
+
+    /// How a call ended, once it has.
+    pub fn outcome(&self, call: CallId) -> Option<&Outcome> {
+        self.outcomes.get(&call)
     }
 
     /// Whether `node` is running.
@@ -413,6 +478,14 @@ impl Sim {
                     self.drain(to);
                 }
             }
+            Event::Message { from, to, message } => {
+                let from_addr = self.nodes[from].addr;
+                let now = self.wall_ms(to);
+                if let Some(core) = self.nodes[to].core.as_mut() {
+                    core.handle_message(from_addr, message, now);
+                    self.drain(to);
+                }
+            }
             Event::Timer { node, start, timer } => {
                 let n = &mut self.nodes[node];
                 if n.starts == start
@@ -443,6 +516,10 @@ impl Sim {
         for effect in effects {
             match effect {
                 Effect::Gossip { to, payload } => self.send(node, to, payload),
+                Effect::Send { to, message } => self.deliver(node, to, message),
+                Effect::Done { call, outcome } => {
+                    self.outcomes.insert(call, outcome);
+                }
                 Effect::Schedule { after, timer } => {
                     let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX).max(1);
                     let drift = self.nodes[node].drift_ppm;
@@ -459,8 +536,32 @@ impl Sim {
                     });
                 }
                 Effect::Event(NodeEvent::ReplicasChanged(_)) => {}
+                Effect::Event(NodeEvent::ClockDriftRefused { from, .. }) => {
+                    if let Some(&sender) = self.by_addr.get(&from) {
+                        *self.drift_refusals.entry(sender).or_default() += 1;
+                    }
+                }
             }
         }
+    }
+
+    /// Delivers a message like a stream would: lost only while the network
+    /// blocks the link (as a connection that timed out loses what it held),
+    /// never to random loss or duplication, which QUIC repairs.
+    fn deliver(&mut self, from: usize, to: SocketAddr, message: Message) {
+        let Some(&to) = self.by_addr.get(&to) else {
+            return;
+        };
+        if self.faults.blocks(from, to) {
+            return;
+        }
+        let jitter = if self.faults.jitter_ms == 0 {
+            0
+        } else {
+            self.rng.random_range(0..=self.faults.jitter_ms)
+        };
+        let delay = (self.faults.delay_ms + jitter).max(1);
+        self.schedule(delay, Event::Message { from, to, message });
     }
 
     fn send(&mut self, from: usize, to: SocketAddr, payload: Bytes) {
@@ -496,6 +597,9 @@ impl Sim {
         }
     }
 }
+
+/// Virtual time 0 on the nodes' wall clocks: 2023-11-14T22:13:20Z.
+const EPOCH_MS: u64 = 1_700_000_000_000;
 
 fn addr_of(node: usize) -> SocketAddr {
     let port = u16::try_from(10_000 + node).expect("fewer than 55,000 simulated nodes");

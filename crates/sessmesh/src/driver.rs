@@ -5,7 +5,8 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sessmesh_core::{Effect, Member, Node, NodeEvent, Timer};
+use bytes::Bytes;
+use sessmesh_core::{CallId, Effect, Level, Member, Node, NodeEvent, Outcome, Timer, Write};
 use sessmesh_net::{Incoming, Transport};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
@@ -16,6 +17,8 @@ enum Command {
     Members(oneshot::Sender<Vec<Member>>),
     Me(oneshot::Sender<Member>),
     Leave(oneshot::Sender<()>),
+    Write(Bytes, Write, Level, oneshot::Sender<Outcome>),
+    Read(Bytes, Level, oneshot::Sender<Outcome>),
 }
 
 /// A cloneable handle to a running peer. The peer stops when the last handle
@@ -41,6 +44,8 @@ pub fn spawn<T: Transport>(
         transport,
         timers: Timers::default(),
         events: events.clone(),
+        calls: HashMap::new(),
+        next_call: 0,
     };
     tokio::spawn(driver.run(incoming, rx, seeds));
     Handle { commands, events }
@@ -61,6 +66,25 @@ impl Handle {
     /// This peer's identity; `None` once it stopped.
     pub async fn me(&self) -> Option<Member> {
         self.ask(Command::Me).await
+    }
+
+    /// Writes `key`, coordinated by this peer; answers once `level` replicas
+    /// acknowledged or the request timed out. `None` once the peer stopped.
+    pub async fn write(
+        &self,
+        key: impl Into<Bytes>,
+        write: Write,
+        level: Level,
+    ) -> Option<Outcome> {
+        let key = key.into();
+        self.ask(|reply| Command::Write(key, write, level, reply))
+            .await
+    }
+
+    /// Reads `key` from `level` replicas; `None` once the peer stopped.
+    pub async fn read(&self, key: impl Into<Bytes>, level: Level) -> Option<Outcome> {
+        let key = key.into();
+        self.ask(|reply| Command::Read(key, level, reply)).await
     }
 
     /// Membership and placement events from now on.
@@ -110,6 +134,17 @@ struct Driver<T> {
     transport: T,
     timers: Timers,
     events: broadcast::Sender<NodeEvent>,
+    /// Client calls waiting for their outcome.
+    calls: HashMap<CallId, oneshot::Sender<Outcome>>,
+    next_call: u64,
+}
+
+/// Wall-clock milliseconds since the Unix epoch: the only clock the node sees.
+fn now_ms() -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl<T: Transport> Driver<T> {
@@ -135,6 +170,14 @@ impl<T: Transport> Driver<T> {
                     Some(Command::Me(reply)) => {
                         let _ = reply.send(self.node.me().clone());
                     }
+                    Some(Command::Write(key, write, level, reply)) => {
+                        let call = self.call(reply);
+                        self.node.write(call, key, write, level, now_ms());
+                    }
+                    Some(Command::Read(key, level, reply)) => {
+                        let call = self.call(reply);
+                        self.node.read(call, key, level, now_ms());
+                    }
                     Some(Command::Leave(reply)) => {
                         self.node.prepare_leave();
                         let grace = Duration::from_millis(2 * self.node.membership().config().probe_period_ms);
@@ -152,7 +195,9 @@ impl<T: Transport> Driver<T> {
                 }
                 item = incoming.recv() => match item {
                     Some(Incoming::Datagram { from, payload }) => self.node.handle_gossip(from.addr, &payload),
-                    Some(other) => debug!("ignoring {other:?}: no handler yet"),
+                    Some(Incoming::Message { from, message }) => self.node.handle_message(from.addr, message, now_ms()),
+                    // Peers replicate with one-way messages; nothing asks requests of a peer yet.
+                    Some(Incoming::Request { from, .. }) => debug!(peer = %from.name, "ignoring a request"),
                     None => break,
                 },
                 () = sleep_until(timer_due) => {
@@ -167,12 +212,30 @@ impl<T: Transport> Driver<T> {
         info!(node = %self.node.me().name, "peer stopped");
     }
 
+    fn call(&mut self, reply: oneshot::Sender<Outcome>) -> CallId {
+        self.next_call += 1;
+        let call = CallId(self.next_call);
+        self.calls.insert(call, reply);
+        call
+    }
+
     fn apply(&mut self) {
         for effect in self.node.take_effects() {
             match effect {
                 Effect::Gossip { to, payload } => {
                     if let Err(e) = self.transport.send_datagram(to, payload) {
                         warn!(peer = %to, "gossip not sent: {e}");
+                    }
+                }
+                Effect::Send { to, message } => {
+                    if let Err(e) = self.transport.send(to, &message) {
+                        warn!(peer = %to, "message not sent: {e}");
+                    }
+                }
+                Effect::Done { call, outcome } => {
+                    if let Some(reply) = self.calls.remove(&call) {
+                        // The caller may have stopped waiting.
+                        let _ = reply.send(outcome);
                     }
                 }
                 Effect::Schedule { after, timer } => self.timers.set(Instant::now() + after, timer),

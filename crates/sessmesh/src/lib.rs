@@ -12,4 +12,4 @@
 mod driver;
 
 pub use driver::{Handle, spawn};
-pub use sessmesh_core::{Member, MemberEvent, MemberState, Node, NodeEvent};
+pub use sessmesh_core::{Level, Member, MemberEvent, MemberState, Node, NodeEvent, Outcome, Write};

@@ -176,6 +176,38 @@ async fn quic_peers_on_loopback_converge_and_detect_a_killed_one() {
         "datagrams carry {limit} bytes"
     );
 
+    // A session written through one peer is read through another.
+    let write = sessmesh::Write::PutField {
+        name: "user".into(),
+        value: "ada".into(),
+    };
+    let written = peers[0]
+        .as_ref()
+        .unwrap()
+        .write("session:1", write, sessmesh::Level::Quorum)
+        .await
+        .unwrap();
+    assert!(
+        matches!(written, sessmesh::Outcome::Written { acks, .. } if acks >= 2),
+        "{written:?}"
+    );
+    match peers[4]
+        .as_ref()
+        .unwrap()
+        .read("session:1", sessmesh::Level::Quorum)
+        .await
+        .unwrap()
+    {
+        sessmesh::Outcome::Read(Some(session)) => {
+            let user = session
+                .registers()
+                .find(|(n, _)| n.as_ref() == b"user")
+                .and_then(|(_, r)| r.val.clone());
+            assert_eq!(user.as_deref(), Some(&b"ada"[..]));
+        }
+        other => panic!("read through node-4 found {other:?}"),
+    }
+
     // Kill node-2: its socket goes silent and its task stops.
     let victim = transports[2].clone();
     for other in &transports {

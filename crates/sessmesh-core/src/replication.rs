@@ -1,0 +1,250 @@
+//! Replication bookkeeping: consistency levels, requests in flight, hints.
+//!
+//! The [`crate::Node`] coordinates every client call it receives: it stamps
+//! a write and sends it to the key's replicas, or asks them for their state of
+//! a key, and answers once enough replicas answered. This module holds what
+//! that takes: the [`Level`]s, the requests in flight, and the hints kept for
+//! replicas that missed a write.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::clock::Stamp;
+use crate::session::{Session, Write};
+
+/// How many replicas must answer before a call completes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Level {
+    /// One replica.
+    One,
+    /// A majority of the replicas.
+    #[default]
+    Quorum,
+    /// Every replica.
+    All,
+}
+
+impl Level {
+    /// The answers needed from `replicas` replicas (at least one).
+    pub fn required(self, replicas: usize) -> usize {
+        match self {
+            Level::One => 1,
+            Level::Quorum => replicas / 2 + 1,
+            Level::All => replicas,
+        }
+        .clamp(1, replicas.max(1))
+    }
+}
+
+/// Identifies a client call, for matching its [`Outcome`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallId(pub u64);
+
+/// How a client call ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The write reached at least the required replicas.
+    Written {
+        /// Replicas that acknowledged before the call completed.
+        acks: usize,
+        /// The write's stamp.
+        stamp: Stamp,
+    },
+    /// Too few replicas acknowledged in time. The write is not rolled back:
+    /// the replicas that took it keep it, and repair spreads it later.
+    WriteTimedOut {
+        /// Replicas that acknowledged.
+        acks: usize,
+        /// Replicas that had to.
+        needed: usize,
+    },
+    /// The newest state the required replicas hold (tombstones included;
+    /// judge visibility at the caller's time).
+    Read(Option<Session>),
+    /// Too few replicas answered a read in time.
+    ReadTimedOut {
+        /// Replicas that answered.
+        answers: usize,
+        /// Replicas that had to.
+        needed: usize,
+    },
+    /// The call was refused before anything was sent.
+    Refused(String),
+}
+
+/// A write waiting for acknowledgements.
+#[derive(Debug)]
+pub(crate) struct PendingWrite {
+    pub(crate) call: CallId,
+    pub(crate) key: Bytes,
+    pub(crate) write: Write,
+    pub(crate) stamp: Stamp,
+    pub(crate) needed: usize,
+    /// Replicas (by name) that have not acknowledged yet.
+    pub(crate) waiting: BTreeSet<String>,
+    pub(crate) acks: usize,
+    /// Whether the client has its answer (later acks still clear hints).
+    pub(crate) answered: bool,
+}
+
+/// A read waiting for answers.
+#[derive(Debug)]
+pub(crate) struct PendingRead {
+    pub(crate) call: CallId,
+    pub(crate) key: Bytes,
+    pub(crate) needed: usize,
+    pub(crate) waiting: BTreeSet<String>,
+    /// Each answer, by replica name.
+    pub(crate) answers: Vec<(String, Option<Session>)>,
+}
+
+/// Requests in flight, by request id.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    next: u64,
+    pub(crate) writes: HashMap<u64, PendingWrite>,
+    pub(crate) reads: HashMap<u64, PendingRead>,
+    /// Hints being replayed, until their replica acknowledges them.
+    pub(crate) replays: HashMap<u64, Hint>,
+}
+
+impl InFlight {
+    pub(crate) fn next_id(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+}
+
+/// A write a replica missed, kept to replay when it is back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hint {
+    /// The replica that missed it.
+    pub replica: String,
+    /// The key.
+    pub key: Bytes,
+    /// The write.
+    pub write: Write,
+    /// Its stamp.
+    pub stamp: Stamp,
+}
+
+impl Hint {
+    fn size(&self) -> usize {
+        self.key.len()
+            + 64
+            + match &self.write {
+                Write::Put { fields, .. } => fields.iter().map(|(n, v)| n.len() + v.len()).sum(),
+                Write::PutField { name, value } => name.len() + value.len(),
+                Write::DeleteField { name } => name.len(),
+                _ => 0,
+            }
+    }
+}
+
+/// Hints, oldest first, bounded in bytes: past the bound the oldest go, and
+/// are counted, because anti-entropy repairs what a dropped hint would have.
+#[derive(Debug)]
+pub struct Hints {
+    queue: VecDeque<Hint>,
+    bytes: usize,
+    max_bytes: usize,
+    dropped: u64,
+}
+
+impl Hints {
+    /// An empty store holding at most `max_bytes`.
+    pub fn new(max_bytes: usize) -> Self {
+        Hints {
+            queue: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+            dropped: 0,
+        }
+    }
+
+    /// Keeps `hint`, dropping the oldest hints if over the bound.
+    pub fn push(&mut self, hint: Hint) {
+        self.bytes += hint.size();
+        self.queue.push_back(hint);
+        while self.bytes > self.max_bytes {
+            let Some(old) = self.queue.pop_front() else {
+                break;
+            };
+            self.bytes -= old.size();
+            self.dropped += 1;
+        }
+    }
+
+    /// Takes every hint for `replica`.
+    pub fn take_for(&mut self, replica: &str) -> Vec<Hint> {
+        self.take_where(|h| h.replica == replica)
+    }
+
+    /// Takes every hint `wanted` picks.
+    pub fn take_where(&mut self, wanted: impl Fn(&Hint) -> bool) -> Vec<Hint> {
+        let (mine, rest): (VecDeque<Hint>, VecDeque<Hint>) =
+            self.queue.drain(..).partition(|h| wanted(h));
+        self.queue = rest;
+        self.bytes = self.queue.iter().map(Hint::size).sum();
+        mine.into()
+    }
+
+    /// Hints waiting.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether no hints wait.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Hints dropped because the store was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_need_one_a_majority_or_all() {
+        assert_eq!(
+            [Level::One, Level::Quorum, Level::All].map(|l| l.required(3)),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            [Level::One, Level::Quorum, Level::All].map(|l| l.required(1)),
+            [1, 1, 1]
+        );
+        assert_eq!(Level::Quorum.required(4), 3);
+        assert_eq!(
+            Level::All.required(0),
+            1,
+            "a call with no replicas still needs an answer"
+        );
+    }
+
+    #[test]
+    fn hints_are_bounded_and_overflow_is_counted() {
+        let hint = |replica: &str, i: u8| Hint {
+            replica: replica.into(),
+            key: Bytes::from(vec![i; 36]),
+            write: Write::Touch,
+            stamp: Stamp::ZERO,
+        };
+        let mut hints = Hints::new(1_000);
+        for i in 0..20 {
+            hints.push(hint(if i % 2 == 0 { "a" } else { "b" }, i));
+        }
+        assert_eq!(hints.len(), 10, "100 bytes each, 1,000 bytes in all");
+        assert_eq!(hints.dropped(), 10);
+        let for_a = hints.take_for("a");
+        assert_eq!(for_a.len(), 5);
+        assert!(for_a.iter().all(|h| h.replica == "a"));
+        assert_eq!(hints.len(), 5);
+    }
+}

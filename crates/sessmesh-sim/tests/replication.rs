@@ -1,0 +1,175 @@
+//! Replication in the simulator: coordinated writes and reads, levels,
+//! timeouts, hints and clock drift. `SIM_SEED=<seed>` replays a run.
+
+use bytes::Bytes;
+use sessmesh_core::{Level, MembershipConfig, Outcome, Write};
+use sessmesh_sim::{Check, Scenario, Sim, seed_from_env};
+
+const NODES: usize = 5;
+
+fn converged(seed: u64) -> Sim {
+    let mut sim = Sim::new(NODES, MembershipConfig::lan(5), seed_from_env(seed));
+    let scenario = Scenario::new("start")
+        .start([0], &[])
+        .start(1..NODES, &[0])
+        .expect_within(Check::Converged, 30_000);
+    if let Err(failure) = scenario.run(&mut sim) {
+        panic!("{failure}");
+    }
+    sim
+}
+
+fn put_field(name: &'static str, value: &str) -> Write {
+    Write::PutField {
+        name: Bytes::from_static(name.as_bytes()),
+        value: Bytes::from(value.to_owned()),
+    }
+}
+
+/// Runs until `call` has an outcome (requests time out after 2 s).
+fn outcome(sim: &mut Sim, call: sessmesh_core::CallId) -> Outcome {
+    sim.run_until(5_000, 10, |s| s.outcome(call).is_some());
+    sim.outcome(call)
+        .cloned()
+        .unwrap_or_else(|| panic!("no outcome for {call:?}; seed {}", sim.seed()))
+}
+
+fn field(outcome: &Outcome, name: &str) -> Option<Vec<u8>> {
+    match outcome {
+        Outcome::Read(Some(session)) => session
+            .registers()
+            .find(|(n, _)| n.as_ref() == name.as_bytes())
+            .and_then(|(_, r)| r.val.as_ref().map(|v| v.to_vec())),
+        _ => None,
+    }
+}
+
+#[test]
+fn reads_at_quorum_see_writes_made_at_quorum_on_another_node() {
+    let mut sim = converged(21);
+    for i in 0..50usize {
+        let key = format!("session:{i}");
+        let writer = i % NODES;
+        let reader = (i * 3 + 1) % NODES;
+        let call = sim_write(&mut sim, writer, &key, &format!("v{i}"));
+        let written = outcome(&mut sim, call);
+        assert!(
+            matches!(written, Outcome::Written { acks, .. } if acks >= 2),
+            "{key}: {written:?}"
+        );
+        let read = sim.read(reader, key.as_bytes(), Level::Quorum);
+        let read = outcome(&mut sim, read);
+        assert_eq!(
+            field(&read, "v"),
+            Some(format!("v{i}").into_bytes()),
+            "{key} written on node-{writer}, read on node-{reader}"
+        );
+    }
+}
+
+fn sim_write(sim: &mut Sim, node: usize, key: &str, value: &str) -> sessmesh_core::CallId {
+    sim.write(node, key.as_bytes(), put_field("v", value), Level::Quorum)
+}
+
+#[test]
+fn concurrent_updates_of_different_fields_on_two_nodes_both_survive() {
+    let mut sim = converged(22);
+    let a = sim.write(1, b"cart", put_field("items", "3"), Level::Quorum);
+    let b = sim.write(4, b"cart", put_field("theme", "dark"), Level::Quorum);
+    assert!(matches!(outcome(&mut sim, a), Outcome::Written { .. }));
+    assert!(matches!(outcome(&mut sim, b), Outcome::Written { .. }));
+    let read = sim.read(2, b"cart", Level::All);
+    let read = outcome(&mut sim, read);
+    assert_eq!(field(&read, "items"), Some(b"3".to_vec()));
+    assert_eq!(field(&read, "theme"), Some(b"dark".to_vec()));
+}
+
+#[test]
+fn a_write_that_misses_replicas_reports_its_acks_and_reaches_them_after_the_heal() {
+    let mut sim = converged(23);
+    // A key that node-0 replicates along with two others.
+    let core = sim.core(0).expect("up");
+    let key = (0..1_000)
+        .map(|i| format!("k{i}"))
+        .find(|k| {
+            core.replicas_for(core.store().partition_of(k.as_bytes()))
+                .contains(&"node-0".to_string())
+        })
+        .expect("some key lives on node-0");
+    let replicas: Vec<String> = core
+        .replicas_for(core.store().partition_of(key.as_bytes()))
+        .to_vec();
+    // Cut node-0 off from everyone: only its own copy takes the write.
+    sim.faults_mut().groups = vec![[0].into_iter().collect(), (1..NODES).collect()];
+    let call = sim.write(
+        0,
+        key.as_bytes(),
+        put_field("v", "while cut off"),
+        Level::All,
+    );
+    let timed_out = outcome(&mut sim, call);
+    assert_eq!(timed_out, Outcome::WriteTimedOut { acks: 1, needed: 3 });
+    assert_eq!(
+        sim.core(0).expect("up").hints().len(),
+        2,
+        "a hint for each replica that missed it"
+    );
+    // Heal: the replicas come back in node-0's view, and the hints go to them.
+    sim.faults_mut().groups.clear();
+    let settle = 2 * MembershipConfig::lan(5).detection_bound_ms();
+    let replica = replicas
+        .iter()
+        .find(|r| **r != "node-0")
+        .expect("another replica");
+    let replica: usize = replica
+        .trim_start_matches("node-")
+        .parse()
+        .expect("node name");
+    sim.run_until(settle, 100, |s| {
+        s.core(0).is_some_and(|c| c.hints().is_empty())
+    });
+    assert!(
+        sim.core(0).expect("up").hints().is_empty(),
+        "hints replayed; seed {}",
+        sim.seed()
+    );
+    sim.run_for(1_000);
+    let stored = sim
+        .core(replica)
+        .expect("up")
+        .store()
+        .session(key.as_bytes());
+    assert!(
+        stored.is_some(),
+        "node-{replica} holds the write after the heal"
+    );
+}
+
+#[test]
+fn a_node_whose_clock_runs_ahead_has_its_writes_refused() {
+    let mut sim = converged(24);
+    sim.set_skew(2, 10_000);
+    for i in 0..20 {
+        sim.write(
+            2,
+            format!("k{i}").as_bytes(),
+            put_field("v", "x"),
+            Level::One,
+        );
+    }
+    sim.run_for(3_000);
+    assert!(sim.drift_refusals(2) > 0, "peers refused stamps 10 s ahead");
+    // Within the bound, nothing is refused. (Not node-2: its clock keeps
+    // stamping ahead until real time catches up with the stamps it issued.)
+    sim.set_skew(3, 300);
+    for i in 0..20 {
+        sim.write(
+            3,
+            format!("j{i}").as_bytes(),
+            put_field("v", "x"),
+            Level::One,
+        );
+    }
+    sim.run_for(3_000);
+    assert_eq!(sim.drift_refusals(3), 0);
+}
