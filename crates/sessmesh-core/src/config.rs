@@ -29,6 +29,16 @@ pub struct Config {
     /// Bytes of hints (writes kept for replicas that missed them) a node
     /// holds; past it the oldest go, counted, and anti-entropy repairs instead.
     pub max_hint_bytes: usize,
+    /// How often each node compares digests with the other replicas of its
+    /// partitions. A membership change starts a round at once. Milliseconds.
+    pub anti_entropy_period_ms: u64,
+    /// Most sessions one anti-entropy answer carries, which bounds the
+    /// bandwidth repair takes from client traffic; what is left over goes in
+    /// the next round.
+    pub anti_entropy_max_entries: usize,
+    /// How often the node sweeps a few partitions for expired sessions and
+    /// old tombstones. Milliseconds.
+    pub sweep_period_ms: u64,
 }
 
 impl Config {
@@ -46,6 +56,9 @@ impl Default for Config {
             max_frame_bytes: 16 << 20,
             request_timeout_ms: 2_000,
             max_hint_bytes: 64 << 20,
+            anti_entropy_period_ms: 10_000,
+            anti_entropy_max_entries: 2_000,
+            sweep_period_ms: 100,
         }
     }
 }
@@ -77,8 +90,17 @@ impl Config {
                 "must be above 0, or no peer's write would be accepted".into(),
             );
         }
-        if self.request_timeout_ms == 0 {
-            return invalid("request_timeout_ms", "must be above 0".into());
+        for (setting, value) in [
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("anti_entropy_period_ms", self.anti_entropy_period_ms),
+            ("sweep_period_ms", self.sweep_period_ms),
+        ] {
+            if value == 0 {
+                return invalid(setting, "must be above 0".into());
+            }
+        }
+        if self.anti_entropy_max_entries == 0 {
+            return invalid("anti_entropy_max_entries", "must be at least 1".into());
         }
         if self.max_frame_bytes < 1024 {
             return invalid(

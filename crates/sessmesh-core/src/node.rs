@@ -30,6 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::clock::{Hlc, NodeId};
+use crate::digest::{KeyDigest, differing_keys};
 use crate::membership::{
     Member, MemberEvent, MemberState, Membership, MembershipConfig, MembershipEffect,
     MembershipTimer,
@@ -52,6 +53,10 @@ pub enum Timer {
     Request(u64),
     /// Replay the hints of replicas that are up.
     ReplayHints,
+    /// Start an anti-entropy round.
+    AntiEntropy,
+    /// Sweep the next few partitions.
+    Sweep,
 }
 
 /// Something the node reports.
@@ -115,6 +120,8 @@ pub struct Node {
     config: Config,
     in_flight: InFlight,
     hints: Hints,
+    /// The next partition to sweep.
+    sweep_cursor: u32,
     /// Address of every active member by name, this node included.
     addrs: HashMap<String, SocketAddr>,
     /// The reverse of `addrs`.
@@ -152,12 +159,15 @@ impl Node {
             config: config.clone(),
             in_flight: InFlight::default(),
             hints: Hints::new(config.max_hint_bytes),
+            sweep_cursor: 0,
             addrs: HashMap::new(),
             names: HashMap::new(),
             effects: Vec::new(),
         };
         node.rebalance();
         node.schedule_hint_replay();
+        node.schedule(config.anti_entropy_period_ms, Timer::AntiEntropy);
+        node.schedule(config.sweep_period_ms, Timer::Sweep);
         node.collect();
         Ok(node)
     }
@@ -229,8 +239,16 @@ impl Node {
     }
 
     /// Handles a timer this node scheduled.
-    pub fn handle_timer(&mut self, timer: Timer) {
+    pub fn handle_timer(&mut self, timer: Timer, now_ms: u64) {
         match timer {
+            Timer::AntiEntropy => {
+                self.anti_entropy_round();
+                self.schedule(self.config.anti_entropy_period_ms, Timer::AntiEntropy);
+            }
+            Timer::Sweep => {
+                self.sweep(now_ms);
+                self.schedule(self.config.sweep_period_ms, Timer::Sweep);
+            }
             Timer::Membership(timer) => self.membership.handle_timer(timer),
             Timer::Request(id) => self.expire_request(id),
             Timer::ReplayHints => {
@@ -343,6 +361,19 @@ impl Node {
                 });
             }
             Message::ReadReply { request, session } => self.answer(request, from, session, now_ms),
+            Message::DigestRoots { roots } => self.compare_roots(from, &roots),
+            Message::DigestBuckets { partition, buckets } => {
+                self.compare_buckets(from, partition, &buckets)
+            }
+            Message::DigestKeys {
+                partition,
+                bucket,
+                keys,
+            } => self.compare_keys(from, partition, bucket, &keys),
+            Message::FetchKeys {
+                partition,
+                key_hashes,
+            } => self.send_entries(from, partition, &key_hashes),
             Message::Merge { entries } => {
                 for Entry { key, session } in entries {
                     match self.hlc.observe(session.newest_stamp(), now_ms) {
@@ -354,9 +385,8 @@ impl Node {
                     }
                 }
             }
-            // Connection set-up is the transport's; gossip arrives as datagrams;
-            // digests are anti-entropy's.
-            _ => {}
+            // Connection set-up is the transport's; gossip arrives as datagrams.
+            Message::Hello | Message::Welcome | Message::Gossip(_) => {}
         }
         self.collect();
     }
@@ -568,11 +598,136 @@ impl Node {
     const HINT_REPLAY_MS: u64 = 1_000;
 
     fn schedule_hint_replay(&mut self) {
-        let after = Duration::from_millis(Self::HINT_REPLAY_MS);
+        self.schedule(Self::HINT_REPLAY_MS, Timer::ReplayHints);
+    }
+
+    fn schedule(&mut self, after_ms: u64, timer: Timer) {
         self.effects.push(Effect::Schedule {
-            after,
-            timer: Timer::ReplayHints,
+            after: Duration::from_millis(after_ms),
+            timer,
         });
+    }
+
+    /// Partitions this node replicates.
+    fn my_partitions(&self) -> Vec<PartitionId> {
+        let me = &self.membership.me().name;
+        self.partitioner.partitions_of(me).collect()
+    }
+
+    /// Starts an anti-entropy round: to every other replica of our
+    /// partitions, the digest roots of the partitions we share.
+    fn anti_entropy_round(&mut self) {
+        let me = self.membership.me().name.clone();
+        let mut shared: HashMap<String, Vec<(PartitionId, u64)>> = HashMap::new();
+        for partition in self.my_partitions() {
+            let root = self.store.digest(partition).root();
+            for replica in self.partitioner.replicas_for(partition) {
+                if *replica != me {
+                    shared
+                        .entry(replica.clone())
+                        .or_default()
+                        .push((partition, root));
+                }
+            }
+        }
+        let mut peers: Vec<(String, Vec<(PartitionId, u64)>)> = shared.into_iter().collect();
+        peers.sort();
+        for (replica, roots) in peers {
+            if let Some(&to) = self.addrs.get(&replica) {
+                self.effects.push(Effect::Send {
+                    to,
+                    message: Message::DigestRoots { roots },
+                });
+            }
+        }
+    }
+
+    /// Step 2: for each shared partition whose root differs, our buckets.
+    fn compare_roots(&mut self, from: SocketAddr, roots: &[(PartitionId, u64)]) {
+        let mine: BTreeSet<PartitionId> = self.my_partitions().into_iter().collect();
+        for &(partition, root) in roots {
+            if mine.contains(&partition) && self.store.digest(partition).root() != root {
+                let buckets = self.store.digest(partition).buckets().to_vec();
+                self.effects.push(Effect::Send {
+                    to: from,
+                    message: Message::DigestBuckets { partition, buckets },
+                });
+            }
+        }
+    }
+
+    /// Whether `partition` exists here (a peer may name any number).
+    fn known(&self, partition: PartitionId) -> bool {
+        partition.0 < self.store.partition_count()
+    }
+
+    /// Step 3: for each bucket that differs, our key digests.
+    fn compare_buckets(&mut self, from: SocketAddr, partition: PartitionId, buckets: &[u64]) {
+        if !self.known(partition) {
+            return;
+        }
+        for bucket in self.store.digest(partition).differing_buckets(buckets) {
+            let keys = self.store.bucket_keys(partition, bucket);
+            self.effects.push(Effect::Send {
+                to: from,
+                message: Message::DigestKeys {
+                    partition,
+                    bucket,
+                    keys,
+                },
+            });
+        }
+    }
+
+    /// Step 4: push our versions of the keys that differ, and ask for theirs.
+    fn compare_keys(
+        &mut self,
+        from: SocketAddr,
+        partition: PartitionId,
+        bucket: u8,
+        keys: &[KeyDigest],
+    ) {
+        if !self.known(partition) {
+            return;
+        }
+        let mut differing = differing_keys(&self.store.bucket_keys(partition, bucket), keys);
+        differing.truncate(self.config.anti_entropy_max_entries);
+        if differing.is_empty() {
+            return;
+        }
+        self.send_entries(from, partition, &differing);
+        self.effects.push(Effect::Send {
+            to: from,
+            message: Message::FetchKeys {
+                partition,
+                key_hashes: differing,
+            },
+        });
+    }
+
+    /// Sends our sessions with these key hashes (at most the round's bound).
+    fn send_entries(&mut self, to: SocketAddr, partition: PartitionId, key_hashes: &[u64]) {
+        if !self.known(partition) {
+            return;
+        }
+        let limit = key_hashes.len().min(self.config.anti_entropy_max_entries);
+        let entries = self.store.entries_by_hash(partition, &key_hashes[..limit]);
+        if !entries.is_empty() {
+            self.effects.push(Effect::Send {
+                to,
+                message: Message::Merge { entries },
+            });
+        }
+    }
+
+    /// Sweeps the next few partitions, so the whole store is swept every
+    /// `partition_count / PARTITIONS_PER_SWEEP` sweep periods.
+    fn sweep(&mut self, now_ms: u64) {
+        const PARTITIONS_PER_SWEEP: u32 = 4;
+        for _ in 0..PARTITIONS_PER_SWEEP.min(self.store.partition_count()) {
+            self.store.sweep(PartitionId(self.sweep_cursor), now_ms);
+            self.sweep_cursor = (self.sweep_cursor + 1) % self.store.partition_count();
+        }
     }
 
     /// Sends every replica that is up the writes it missed, as writes to
@@ -617,6 +772,8 @@ impl Node {
         if membership_changed {
             self.refresh_addresses();
             self.rebalance();
+            // A member came or went: replicas may have diverged, or moved.
+            self.anti_entropy_round();
         }
         if returned {
             self.replay_hints();

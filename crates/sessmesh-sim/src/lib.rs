@@ -487,11 +487,12 @@ impl Sim {
                 }
             }
             Event::Timer { node, start, timer } => {
+                let now = self.wall_ms(node);
                 let n = &mut self.nodes[node];
                 if n.starts == start
                     && let Some(core) = n.core.as_mut()
                 {
-                    core.handle_timer(timer);
+                    core.handle_timer(timer, now);
                     self.drain(node);
                 }
             }

@@ -203,7 +203,7 @@ impl<T: Transport> Driver<T> {
                 () = sleep_until(timer_due) => {
                     let now = Instant::now();
                     while let Some(timer) = self.timers.pop_due(now) {
-                        self.node.handle_timer(timer);
+                        self.node.handle_timer(timer, now_ms());
                     }
                 }
             }
