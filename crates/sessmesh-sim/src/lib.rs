@@ -13,7 +13,8 @@
 //!
 //! Faults: partitions into groups, one-way cuts, loss, duplication, delay with
 //! jitter (which reorders packets), per-node clock drift (a node's timers run
-//! fast or slow), crash, and restart as a new generation.
+//! fast or slow), per-node clock skew (its wall clock, and so its stamps, run
+//! ahead or behind), crash, and restart as a new generation.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};

@@ -64,6 +64,13 @@ pub enum Step {
         /// Parts per million.
         ppm: i64,
     },
+    /// Set a node's wall clock ahead of true time (negative: behind).
+    Skew {
+        /// The node.
+        node: usize,
+        /// Milliseconds.
+        ms: i64,
+    },
     /// Stop a node at once.
     Crash(usize),
     /// Start a stopped node again, as its next generation.
@@ -263,6 +270,7 @@ fn apply(sim: &mut Sim, step: &Step) -> Result<(), String> {
             faults.jitter_ms = *jitter_ms;
         }
         Step::Drift { node, ppm } => sim.set_drift(*node, *ppm),
+        Step::Skew { node, ms } => sim.set_skew(*node, *ms),
         Step::Crash(node) => sim.crash(*node),
         Step::Restart { node, seeds } => sim.start(*node, seeds),
         Step::Leave(node) => sim.leave(*node),
