@@ -1,5 +1,5 @@
 //! Random fault schedules, one per seed: partitions, one-way cuts, loss,
-//! duplication, delay and jitter, clock drift, crashes and restarts. Once the
+//! duplication, delay and jitter, clock drift and skew, crashes and restarts. Once the
 //! faults stop and crashed nodes come back, every schedule must end in one
 //! view. 1,000 seeds run by default; `SIM_SEEDS=n` runs more, and `SIM_SEED=s`
 //! replays one.
@@ -41,9 +41,13 @@ fn schedule(seed: u64, config: &MembershipConfig) -> Scenario {
                 ms: rng.random_range(0..80),
                 jitter_ms: rng.random_range(0..150),
             },
-            5 => Step::Drift {
+            5 if rng.random_range(0..2) == 0 => Step::Drift {
                 node: rng.random_range(0..NODES),
                 ppm: rng.random_range(-200_000..200_000),
+            },
+            5 => Step::Skew {
+                node: rng.random_range(0..NODES),
+                ms: rng.random_range(-400..400),
             },
             6 if down.len() + 1 < NODES => {
                 let node = rng.random_range(0..NODES);
