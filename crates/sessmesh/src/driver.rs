@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sessmesh_core::{CallId, Effect, Level, Member, Node, NodeEvent, Outcome, Timer, Write};
+use sessmesh_core::{
+    CallId, Effect, Level, Member, Node, NodeEvent, Outcome, Session, Timer, Write,
+};
 use sessmesh_net::{Incoming, Transport};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
@@ -19,6 +21,7 @@ enum Command {
     Leave(oneshot::Sender<()>),
     Write(Bytes, Write, Level, oneshot::Sender<Outcome>),
     Read(Bytes, Level, oneshot::Sender<Outcome>),
+    Local(Bytes, oneshot::Sender<Option<Session>>),
 }
 
 /// A cloneable handle to a running peer. The peer stops when the last handle
@@ -85,6 +88,13 @@ impl Handle {
     pub async fn read(&self, key: impl Into<Bytes>, level: Level) -> Option<Outcome> {
         let key = key.into();
         self.ask(|reply| Command::Read(key, level, reply)).await
+    }
+
+    /// This peer's own copy of `key` (tombstones included), without asking
+    /// other replicas: for status and for checking that replicas agree.
+    pub async fn local_session(&self, key: impl Into<Bytes>) -> Option<Session> {
+        let key = key.into();
+        self.ask(|reply| Command::Local(key, reply)).await.flatten()
     }
 
     /// Membership and placement events from now on.
@@ -177,6 +187,9 @@ impl<T: Transport> Driver<T> {
                     Some(Command::Read(key, level, reply)) => {
                         let call = self.call(reply);
                         self.node.read(call, key, level, now_ms());
+                    }
+                    Some(Command::Local(key, reply)) => {
+                        let _ = reply.send(self.node.store().session(&key));
                     }
                     Some(Command::Leave(reply)) => {
                         self.node.prepare_leave();

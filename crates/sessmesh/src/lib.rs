@@ -12,4 +12,6 @@
 mod driver;
 
 pub use driver::{Handle, spawn};
-pub use sessmesh_core::{Level, Member, MemberEvent, MemberState, Node, NodeEvent, Outcome, Write};
+pub use sessmesh_core::{
+    Level, Member, MemberEvent, MemberState, Node, NodeEvent, Outcome, Session, Write,
+};

@@ -315,3 +315,146 @@ fn peers_over_simulated_quic_split_under_a_partition_and_join_after_repair() {
         "seed {seed} did not replay the same trace"
     );
 }
+
+/// Three real nodes over QUIC on loopback: a partition made through the
+/// transport's fault controls, conflicting writes on both sides, a heal, and
+/// every replica read back until they agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_quic_nodes_converge_after_conflicting_writes_across_a_partition() {
+    let ca = ClusterCa::generate("partition-test").unwrap();
+    let config = Config {
+        request_timeout_ms: 500,
+        anti_entropy_period_ms: 500,
+        ..Config::default()
+    };
+    let mut peers = Vec::new();
+    let mut transports: Vec<QuicTransport> = Vec::new();
+    for i in 0..3 {
+        let name = format!("node-{i}");
+        let settings = QuicSettings {
+            identity: ca.issue(&name, &[]).unwrap(),
+            ca: ca.certificate().clone(),
+            cluster: ClusterId::from_name("partition-test"),
+            config: TransportConfig::default(),
+        };
+        let (transport, incoming) =
+            QuicTransport::bind("127.0.0.1:0".parse().unwrap(), settings).unwrap();
+        let me = Member {
+            name: name.clone(),
+            addr: transport.local_addr(),
+            client_addr: None,
+            generation: 1,
+            partition_count: config.partition_count,
+            replication_factor: 3,
+        };
+        let core = Node::new(me, &config, fast(), i as u64).unwrap();
+        let seeds = transports
+            .first()
+            .map(Transport::local_addr)
+            .into_iter()
+            .collect();
+        peers.push(Some(sessmesh::spawn(
+            core,
+            transport.clone(),
+            incoming,
+            seeds,
+        )));
+        transports.push(transport);
+    }
+    wait_for_view(&peers, &names(0..3), Duration::from_secs(20)).await;
+    let (a, c) = (peers[0].clone().unwrap(), peers[2].clone().unwrap());
+    let put = |field: &'static str, value: &'static str| sessmesh::Write::PutField {
+        name: field.into(),
+        value: value.into(),
+    };
+    assert!(matches!(
+        a.write("session:ada", put("user", "ada"), sessmesh::Level::All)
+            .await,
+        Some(sessmesh::Outcome::Written { acks: 3, .. })
+    ));
+    assert!(matches!(
+        a.write("session:bob", put("user", "bob"), sessmesh::Level::All)
+            .await,
+        Some(sessmesh::Outcome::Written { acks: 3, .. })
+    ));
+
+    // Cut node-2 off from the others, both ways, at its socket and theirs.
+    for other in [0, 1] {
+        transports[2].faults().block(transports[other].local_addr());
+        transports[other].faults().block(transports[2].local_addr());
+    }
+    // Both sides write the same session; one side logs bob out.
+    assert!(matches!(
+        a.write(
+            "session:ada",
+            put("theme", "light"),
+            sessmesh::Level::Quorum
+        )
+        .await,
+        Some(sessmesh::Outcome::Written { .. })
+    ));
+    assert!(matches!(
+        c.write("session:ada", put("cart", "3 books"), sessmesh::Level::One)
+            .await,
+        Some(sessmesh::Outcome::Written { .. })
+    ));
+    assert!(matches!(
+        a.write(
+            "session:bob",
+            sessmesh::Write::Delete,
+            sessmesh::Level::Quorum
+        )
+        .await,
+        Some(sessmesh::Outcome::Written { .. })
+    ));
+    // node-2 cannot reach a quorum: it says how many replicas took the write.
+    let cut_off = c
+        .write("session:ada", put("lang", "fr"), sessmesh::Level::Quorum)
+        .await;
+    assert_eq!(
+        cut_off,
+        Some(sessmesh::Outcome::WriteTimedOut { acks: 1, needed: 2 })
+    );
+
+    for transport in &transports {
+        transport.faults().unblock_all();
+    }
+    // Every replica converges to the merge of both sides.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut copies = Vec::new();
+        for peer in peers.iter().flatten() {
+            copies.push((
+                peer.local_session("session:ada").await,
+                peer.local_session("session:bob").await,
+            ));
+        }
+        if copies.windows(2).all(|w| w[0] == w[1]) {
+            let (ada, bob) = copies.remove(0);
+            let ada = ada.expect("every replica holds ada");
+            let field = |name: &str| {
+                ada.registers()
+                    .find(|(n, _)| n.as_ref() == name.as_bytes())
+                    .and_then(|(_, r)| r.val.clone())
+            };
+            assert_eq!(field("user").as_deref(), Some(&b"ada"[..]));
+            assert_eq!(field("theme").as_deref(), Some(&b"light"[..]));
+            assert_eq!(field("cart").as_deref(), Some(&b"3 books"[..]));
+            assert_eq!(
+                field("lang").as_deref(),
+                Some(&b"fr"[..]),
+                "the timed-out write was kept, not rolled back"
+            );
+            assert!(
+                bob.expect("the tombstone is kept").is_tombstone(),
+                "bob stays logged out"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas still differ: {copies:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
