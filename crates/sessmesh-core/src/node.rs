@@ -223,6 +223,8 @@ impl Node {
     pub fn prepare_leave(&mut self) {
         self.membership.prepare_leave();
         self.rebalance();
+        // Hand our data to the partitions' remaining owners while we still answer.
+        self.anti_entropy_round();
         self.collect();
     }
 
@@ -615,11 +617,21 @@ impl Node {
     }
 
     /// Starts an anti-entropy round: to every other replica of our
-    /// partitions, the digest roots of the partitions we share.
+    /// partitions, the digest roots of the partitions we share; and to the
+    /// replicas of partitions we hold data for but no longer replicate (after
+    /// a membership change, or while leaving), the roots of those, so the new
+    /// owners take the data before it can be lost with us. That data is not
+    /// dropped here: expiry and sweeps reclaim it.
     fn anti_entropy_round(&mut self) {
         let me = self.membership.me().name.clone();
         let mut shared: HashMap<String, Vec<(PartitionId, u64)>> = HashMap::new();
-        for partition in self.my_partitions() {
+        let held = (0..self.store.partition_count())
+            .map(PartitionId)
+            .filter(|&p| {
+                self.partitioner.replicas_for(p).contains(&me)
+                    || self.store.entries(p).next().is_some()
+            });
+        for partition in held.collect::<Vec<_>>() {
             let root = self.store.digest(partition).root();
             for replica in self.partitioner.replicas_for(partition) {
                 if *replica != me {

@@ -168,6 +168,8 @@ pub struct Sim {
     nodes: Vec<SimNode>,
     by_addr: HashMap<SocketAddr, usize>,
     config: MembershipConfig,
+    /// The data settings every node runs with (its partition count aside).
+    data: Config,
     faults: Faults,
     observed: Vec<Observed>,
     traffic: Traffic,
@@ -190,6 +192,17 @@ impl fmt::Debug for Sim {
 impl Sim {
     /// A cluster of `nodes` nodes, none started yet, with every random choice drawn from `seed`.
     pub fn new(nodes: usize, config: MembershipConfig, seed: u64) -> Self {
+        Self::with_data_config(nodes, config, Config::default(), seed)
+    }
+
+    /// As [`Sim::new`], with the nodes' data settings (timeouts, hints,
+    /// anti-entropy) taken from `data`.
+    pub fn with_data_config(
+        nodes: usize,
+        config: MembershipConfig,
+        data: Config,
+        seed: u64,
+    ) -> Self {
         let rng = SmallRng::seed_from_u64(seed);
         let nodes: Vec<SimNode> = (0..nodes)
             .map(|i| SimNode {
@@ -211,6 +224,7 @@ impl Sim {
             nodes,
             by_addr,
             config,
+            data,
             faults: Faults::default(),
             observed: Vec::new(),
             traffic: Traffic::default(),
@@ -369,7 +383,7 @@ impl Sim {
         let config = Config {
             partition_count,
             replication_factor: REPLICATION_FACTOR as usize,
-            ..Config::default()
+            ..self.data.clone()
         };
         let mut core = Node::new(me, &config, self.config.clone(), node_seed)
             .expect("the simulation's config is valid");

@@ -173,3 +173,61 @@ fn a_node_whose_clock_runs_ahead_has_its_writes_refused() {
     sim.run_for(3_000);
     assert_eq!(sim.drift_refusals(3), 0);
 }
+
+#[test]
+fn a_leaving_node_hands_its_only_copies_to_the_remaining_owners() {
+    // No room for hints: only the leaving node's hand-off can save its writes.
+    let data = sessmesh_core::Config {
+        max_hint_bytes: 1,
+        ..sessmesh_core::Config::default()
+    };
+    let mut sim = Sim::with_data_config(NODES, MembershipConfig::lan(5), data, seed_from_env(25));
+    let scenario = Scenario::new("start")
+        .start([0], &[])
+        .start(1..NODES, &[0])
+        .expect_within(Check::Converged, 30_000);
+    if let Err(failure) = scenario.run(&mut sim) {
+        panic!("{failure}");
+    }
+    // node-4 is cut off and takes writes at level One: for the keys it
+    // replicates, it holds the only copy.
+    sim.faults_mut().groups = vec![[4].into_iter().collect(), (0..4).collect()];
+    let keys: Vec<String> = (0..60).map(|i| format!("only-on-4:{i}")).collect();
+    let calls: Vec<_> = keys
+        .iter()
+        .map(|k| {
+            (
+                k.clone(),
+                sim.write(4, k.as_bytes(), put_field("v", k), Level::One),
+            )
+        })
+        .collect();
+    sim.run_for(3_000);
+    let acked: Vec<String> = calls
+        .into_iter()
+        .filter(|(_, call)| matches!(sim.outcome(*call), Some(Outcome::Written { .. })))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        acked.len() > 10,
+        "node-4 replicates some of the keys: {} acked",
+        acked.len()
+    );
+    // Heal, and node-4 leaves at once, before any periodic round could run.
+    sim.faults_mut().groups.clear();
+    assert!(
+        sim.core(4).expect("up").hints().is_empty(),
+        "every hint was dropped"
+    );
+    sim.leave(4);
+    sim.run_for(5_000);
+    for key in &acked {
+        let read = sim.read(0, key.as_bytes(), Level::All);
+        let read = outcome(&mut sim, read);
+        assert_eq!(
+            field(&read, "v"),
+            Some(key.clone().into_bytes()),
+            "{key} was acknowledged by node-4, which left"
+        );
+    }
+}
