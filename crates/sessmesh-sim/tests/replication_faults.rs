@@ -1,7 +1,11 @@
-//! Writes and deletes on both sides of random partitions, then a heal: every
-//! replica of every key ends identical, no acknowledged write is lost unless
-//! a newer stamp superseded it, and no acknowledged delete is undone by older
-//! data. 1,000 seeds by default; `SIM_SEEDS=n` runs more; `SIM_SEED=s` replays one.
+//! Writes and deletes on both sides of random partitions, with some runs also
+//! crashing and restarting a replica, skewing a clock within the drift bound,
+//! or starting a node mid-run; then a heal: every replica of every key ends
+//! identical, no acknowledged write is lost unless a newer stamp superseded
+//! it, and no acknowledged delete is undone by older data. A restarted node
+//! comes back empty (the cache is in memory), so in runs with a crash only
+//! writes acknowledged by two or more replicas are held to that. 1,000 seeds
+//! by default; `SIM_SEEDS=n` runs more; `SIM_SEED=s` replays one.
 
 use std::collections::BTreeSet;
 
@@ -28,13 +32,19 @@ fn run(seed: u64) -> Result<(), String> {
     let config = MembershipConfig::lan(u32::try_from(NODES).unwrap_or(u32::MAX));
     let mut sim = Sim::new(NODES, config.clone(), seed);
     let everyone: Vec<usize> = (0..NODES).collect();
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0xFA_u64.rotate_left(40));
+    // Some runs start one node only after the writes began.
+    let late = (rng.random_range(0..4) == 0).then_some(NODES - 1);
+    let first: Vec<usize> = (0..NODES).filter(|n| Some(*n) != late).collect();
     Scenario::new("start")
-        .start(0..NODES, &everyone)
+        .start(first.iter().copied(), &everyone)
         .expect_within(Check::Converged, 30_000)
         .run(&mut sim)
         .map_err(|f| f.to_string())?;
-
-    let mut rng = SmallRng::seed_from_u64(seed ^ 0xFA_u64.rotate_left(40));
+    if rng.random_range(0..3) == 0 {
+        sim.set_skew(rng.random_range(0..NODES), rng.random_range(-400..400));
+    }
+    let crashed = (rng.random_range(0..3) == 0).then(|| first[rng.random_range(0..first.len())]);
     let mut calls: Vec<(CallId, Op)> = Vec::new();
     for phase in 0..3 {
         if phase == 1 {
@@ -45,11 +55,25 @@ fn run(seed: u64) -> Result<(), String> {
             }
             sim.faults_mut().groups = sides;
         }
+        if phase == 1
+            && let Some(node) = crashed
+        {
+            sim.crash(node);
+        }
         if phase == 2 {
             sim.faults_mut().groups.clear();
+            if let Some(node) = crashed {
+                sim.start(node, &everyone);
+            }
+            if let Some(node) = late {
+                sim.start(node, &everyone);
+            }
         }
         for _ in 0..rng.random_range(10..40) {
             let node = rng.random_range(0..NODES);
+            if !sim.is_up(node) {
+                continue;
+            }
             let k = rng.random_range(0..KEYS);
             let level = [Level::One, Level::Quorum, Level::All][rng.random_range(0..3)];
             if rng.random_range(0..10) == 0 {
