@@ -561,9 +561,11 @@ impl Sim {
         }
     }
 
-    /// Delivers a message like a stream would: lost only while the network
-    /// blocks the link (as a connection that timed out loses what it held),
-    /// never to random loss or duplication, which QUIC repairs.
+    /// Delivers a message like the transport's streams do: never lost to
+    /// random loss, which QUIC repairs, but lost while the network blocks the
+    /// link (as a connection that timed out loses what it held), and sent
+    /// twice at the duplication rate (the transport resends a batch whose
+    /// write failed, so messages are at least once across reconnects).
     fn deliver(&mut self, from: usize, to: SocketAddr, message: Message) {
         let Some(&to) = self.by_addr.get(&to) else {
             return;
@@ -571,13 +573,27 @@ impl Sim {
         if self.faults.blocks(from, to) {
             return;
         }
-        let jitter = if self.faults.jitter_ms == 0 {
-            0
+        let copies = if self.rng.random_range(0..100) < self.faults.duplicate_percent {
+            2
         } else {
-            self.rng.random_range(0..=self.faults.jitter_ms)
+            1
         };
-        let delay = (self.faults.delay_ms + jitter).max(1);
-        self.schedule(delay, Event::Message { from, to, message });
+        for _ in 0..copies {
+            let jitter = if self.faults.jitter_ms == 0 {
+                0
+            } else {
+                self.rng.random_range(0..=self.faults.jitter_ms)
+            };
+            let delay = (self.faults.delay_ms + jitter).max(1);
+            self.schedule(
+                delay,
+                Event::Message {
+                    from,
+                    to,
+                    message: message.clone(),
+                },
+            );
+        }
     }
 
     fn send(&mut self, from: usize, to: SocketAddr, payload: Bytes) {

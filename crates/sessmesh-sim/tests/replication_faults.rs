@@ -1,11 +1,12 @@
 //! Writes and deletes on both sides of random partitions, with some runs also
 //! crashing and restarting a replica, skewing a clock within the drift bound,
-//! or starting a node mid-run; then a heal: every replica of every key ends
-//! identical, no acknowledged write is lost unless a newer stamp superseded
-//! it, and no acknowledged delete is undone by older data. A restarted node
-//! comes back empty (the cache is in memory), so in runs with a crash only
-//! writes acknowledged by two or more replicas are held to that. 1,000 seeds
-//! by default; `SIM_SEEDS=n` runs more; `SIM_SEED=s` replays one.
+//! starting a node mid-run, or losing and duplicating 10% of packets; then a
+//! heal: every replica of every key ends identical, no acknowledged write is
+//! lost unless a newer stamp superseded it, and no acknowledged delete is
+//! undone by older data. A restarted node comes back empty (the cache is in
+//! memory), so in runs with a crash only writes acknowledged by two or more
+//! replicas are held to that. 1,000 seeds by default; `SIM_SEEDS=n` runs more;
+//! `SIM_SEED=s` replays one.
 
 use std::collections::BTreeSet;
 
@@ -44,6 +45,13 @@ fn run(seed: u64) -> Result<(), String> {
     if rng.random_range(0..3) == 0 {
         sim.set_skew(rng.random_range(0..NODES), rng.random_range(-400..400));
     }
+    if rng.random_range(0..3) == 0 {
+        // 10% loss (gossip) and duplication (gossip and messages), with jitter.
+        let faults = sim.faults_mut();
+        faults.loss_percent = 10;
+        faults.duplicate_percent = 10;
+        faults.jitter_ms = 50;
+    }
     let crashed = (rng.random_range(0..3) == 0).then(|| first[rng.random_range(0..first.len())]);
     let mut calls: Vec<(CallId, Op)> = Vec::new();
     for phase in 0..3 {
@@ -61,7 +69,7 @@ fn run(seed: u64) -> Result<(), String> {
             sim.crash(node);
         }
         if phase == 2 {
-            sim.faults_mut().groups.clear();
+            *sim.faults_mut() = sessmesh_sim::Faults::default();
             if let Some(node) = crashed {
                 sim.start(node, &everyone);
             }
