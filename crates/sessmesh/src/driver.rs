@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sessmesh_core::{
-    CallId, Effect, Level, Member, Node, NodeEvent, Outcome, Session, Timer, Write,
+    CallId, Effect, Level, Member, Node, NodeEvent, Outcome, PartitionId, Session, Timer, Write,
 };
 use sessmesh_net::{Incoming, Transport};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -22,6 +22,7 @@ enum Command {
     Write(Bytes, Write, Level, oneshot::Sender<Outcome>),
     Read(Bytes, Level, oneshot::Sender<Outcome>),
     Local(Bytes, oneshot::Sender<Option<Session>>),
+    Roots(oneshot::Sender<Vec<u64>>),
 }
 
 /// A cloneable handle to a running peer. The peer stops when the last handle
@@ -95,6 +96,13 @@ impl Handle {
     pub async fn local_session(&self, key: impl Into<Bytes>) -> Option<Session> {
         let key = key.into();
         self.ask(|reply| Command::Local(key, reply)).await.flatten()
+    }
+
+    /// The anti-entropy digest root of every partition of this peer's store:
+    /// two peers that replicate the same partitions hold the same data when
+    /// their roots are equal.
+    pub async fn digest_roots(&self) -> Option<Vec<u64>> {
+        self.ask(Command::Roots).await
     }
 
     /// Membership and placement events from now on.
@@ -187,6 +195,11 @@ impl<T: Transport> Driver<T> {
                     Some(Command::Read(key, level, reply)) => {
                         let call = self.call(reply);
                         self.node.read(call, key, level, now_ms());
+                    }
+                    Some(Command::Roots(reply)) => {
+                        let store = self.node.store();
+                        let roots = (0..store.partition_count()).map(|p| store.digest(PartitionId(p)).root()).collect();
+                        let _ = reply.send(roots);
                     }
                     Some(Command::Local(key, reply)) => {
                         let _ = reply.send(self.node.store().session(&key));
