@@ -123,7 +123,7 @@ fn main() {
         // Digest traffic per partition per round, when replicas agree: one
         // DigestRoots message per co-replica, and no answers.
         let codec = Codec::new(ClusterId::from_name("heal-bench"), config.max_frame_bytes);
-        let roots: Vec<(PartitionId, u64)> = peers[0].digest_roots().await.unwrap().into_iter().enumerate().map(|(p, r)| (PartitionId(p as u32), r)).collect();
+        let roots: Vec<(PartitionId, u64)> = peers[0].digest_roots().await.unwrap().into_iter().enumerate().map(|(p, r)| (PartitionId(u32::try_from(p).unwrap()), r)).collect();
         let mut frame = Vec::new();
         codec.encode_frame(&Message::DigestRoots { roots }, &mut frame).unwrap();
         println!(
