@@ -36,6 +36,9 @@ pub struct Config {
     /// bandwidth repair takes from client traffic; what is left over goes in
     /// the next round.
     pub anti_entropy_max_entries: usize,
+    /// Repair bandwidth: session bytes a node sends for anti-entropy per
+    /// second, so repair after a long partition cannot starve client traffic.
+    pub anti_entropy_bytes_per_sec: u64,
     /// How often the node sweeps a few partitions for expired sessions and
     /// old tombstones. Milliseconds.
     pub sweep_period_ms: u64,
@@ -58,6 +61,7 @@ impl Default for Config {
             max_hint_bytes: 64 << 20,
             anti_entropy_period_ms: 10_000,
             anti_entropy_max_entries: 2_000,
+            anti_entropy_bytes_per_sec: 64 << 20,
             sweep_period_ms: 100,
         }
     }
@@ -98,6 +102,9 @@ impl Config {
             if value == 0 {
                 return invalid(setting, "must be above 0".into());
             }
+        }
+        if self.anti_entropy_bytes_per_sec == 0 {
+            return invalid("anti_entropy_bytes_per_sec", "must be above 0".into());
         }
         if self.anti_entropy_max_entries == 0 {
             return invalid("anti_entropy_max_entries", "must be at least 1".into());

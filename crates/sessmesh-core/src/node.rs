@@ -122,6 +122,12 @@ pub struct Node {
     hints: Hints,
     /// The next partition to sweep.
     sweep_cursor: u32,
+    /// Start of the current repair metering window, ms.
+    repair_window_start_ms: u64,
+    /// Repair bytes sent in it.
+    repair_window_bytes: u64,
+    /// Whether an answer was skipped for the budget since the last round.
+    repair_throttled: bool,
     /// Address of every active member by name, this node included.
     addrs: HashMap<String, SocketAddr>,
     /// The reverse of `addrs`.
@@ -160,6 +166,9 @@ impl Node {
             in_flight: InFlight::default(),
             hints: Hints::new(config.max_hint_bytes),
             sweep_cursor: 0,
+            repair_window_start_ms: 0,
+            repair_window_bytes: 0,
+            repair_throttled: false,
             addrs: HashMap::new(),
             names: HashMap::new(),
             effects: Vec::new(),
@@ -245,7 +254,13 @@ impl Node {
         match timer {
             Timer::AntiEntropy => {
                 self.anti_entropy_round();
-                self.schedule(self.config.anti_entropy_period_ms, Timer::AntiEntropy);
+                // A throttled repair goes on in the next window.
+                let next = if std::mem::take(&mut self.repair_throttled) {
+                    self.config.anti_entropy_period_ms.min(1_000)
+                } else {
+                    self.config.anti_entropy_period_ms
+                };
+                self.schedule(next, Timer::AntiEntropy);
             }
             Timer::Sweep => {
                 self.sweep(now_ms);
@@ -371,11 +386,11 @@ impl Node {
                 partition,
                 bucket,
                 keys,
-            } => self.compare_keys(from, partition, bucket, &keys),
+            } => self.compare_keys(from, partition, bucket, &keys, now_ms),
             Message::FetchKeys {
                 partition,
                 key_hashes,
-            } => self.send_entries(from, partition, &key_hashes),
+            } => self.send_entries(from, partition, &key_hashes, now_ms),
             Message::Merge { entries } => {
                 for Entry { key, session } in entries {
                     match self.hlc.observe(session.newest_stamp(), now_ms) {
@@ -698,6 +713,7 @@ impl Node {
         partition: PartitionId,
         bucket: u8,
         keys: &[KeyDigest],
+        now_ms: u64,
     ) {
         if !self.known(partition) {
             return;
@@ -707,7 +723,7 @@ impl Node {
         if differing.is_empty() {
             return;
         }
-        self.send_entries(from, partition, &differing);
+        self.send_entries(from, partition, &differing, now_ms);
         self.effects.push(Effect::Send {
             to: from,
             message: Message::FetchKeys {
@@ -718,18 +734,45 @@ impl Node {
     }
 
     /// Sends our sessions with these key hashes (at most the round's bound).
-    fn send_entries(&mut self, to: SocketAddr, partition: PartitionId, key_hashes: &[u64]) {
+    ///
+    /// Repair traffic is metered in one-second windows against
+    /// `anti_entropy_bytes_per_sec`: an answer that would pass the window's
+    /// budget is skipped (the first answer of a window always goes), and the
+    /// next round comes a window later instead of a period later.
+    fn send_entries(
+        &mut self,
+        to: SocketAddr,
+        partition: PartitionId,
+        key_hashes: &[u64],
+        now_ms: u64,
+    ) {
         if !self.known(partition) {
             return;
         }
         let limit = key_hashes.len().min(self.config.anti_entropy_max_entries);
         let entries = self.store.entries_by_hash(partition, &key_hashes[..limit]);
-        if !entries.is_empty() {
-            self.effects.push(Effect::Send {
-                to,
-                message: Message::Merge { entries },
-            });
+        if entries.is_empty() {
+            return;
         }
+        let bytes: u64 = entries
+            .iter()
+            .map(|e| (e.key.len() + e.session.approx_bytes()) as u64)
+            .sum();
+        if now_ms >= self.repair_window_start_ms + 1_000 {
+            self.repair_window_start_ms = now_ms;
+            self.repair_window_bytes = 0;
+        }
+        if self.repair_window_bytes > 0
+            && self.repair_window_bytes + bytes > self.config.anti_entropy_bytes_per_sec
+        {
+            self.repair_throttled = true;
+            return;
+        }
+        self.repair_window_bytes += bytes;
+        self.effects.push(Effect::Send {
+            to,
+            message: Message::Merge { entries },
+        });
     }
 
     /// Sweeps the next few partitions, so the whole store is swept every

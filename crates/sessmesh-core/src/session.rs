@@ -287,6 +287,16 @@ impl Session {
             .unwrap_or(Stamp::ZERO)
     }
 
+    /// Roughly how many bytes the session takes on the wire: names, values,
+    /// and a stamp per register.
+    pub fn approx_bytes(&self) -> usize {
+        64 + self
+            .fields
+            .iter()
+            .map(|(name, f)| name.len() + f.val.as_ref().map_or(0, Bytes::len) + 24)
+            .sum::<usize>()
+    }
+
     /// Whether no live field holds a value (deleted, emptied, or never written).
     pub fn is_tombstone(&self) -> bool {
         !self.fields.values().any(|f| f.val.is_some())

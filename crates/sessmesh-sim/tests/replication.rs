@@ -231,3 +231,58 @@ fn a_leaving_node_hands_its_only_copies_to_the_remaining_owners() {
         );
     }
 }
+
+/// Runs a repair of 100 sessions (about 50 KB) missed by node-2, with hints
+/// off so only anti-entropy carries them, at `rate` bytes per second; returns
+/// how long after the heal node-2 held them all.
+fn repair_time_ms(rate: u64) -> u64 {
+    let data = sessmesh_core::Config {
+        max_hint_bytes: 1,
+        anti_entropy_period_ms: 1_000,
+        anti_entropy_bytes_per_sec: rate,
+        ..sessmesh_core::Config::default()
+    };
+    let mut sim = Sim::with_data_config(3, MembershipConfig::lan(3), data, seed_from_env(26));
+    let scenario = Scenario::new("start")
+        .start([0], &[])
+        .start(1..3, &[0])
+        .expect_within(Check::Converged, 30_000);
+    if let Err(failure) = scenario.run(&mut sim) {
+        panic!("{failure}");
+    }
+    sim.faults_mut().groups = vec![(0..2).collect(), [2].into_iter().collect()];
+    let keys: Vec<String> = (0..100).map(|i| format!("repair:{i}")).collect();
+    for key in &keys {
+        let value = Bytes::from(vec![b'x'; 400]);
+        sim.write(
+            0,
+            key.as_bytes(),
+            Write::PutField {
+                name: Bytes::from_static(b"v"),
+                value,
+            },
+            Level::Quorum,
+        );
+    }
+    sim.run_for(1_000);
+    sim.faults_mut().groups.clear();
+    let healed = sim.now_ms();
+    let done = sim.run_until(60_000, 50, |s| {
+        keys.iter().all(|k| {
+            s.core(2).and_then(|c| c.store().session(k.as_bytes()))
+                == s.core(0).and_then(|c| c.store().session(k.as_bytes()))
+        })
+    });
+    done.unwrap_or_else(|| {
+        panic!("node-2 not repaired within 60 s at {rate} B/s (healed at {healed} ms)")
+    })
+}
+
+#[test]
+fn repair_bandwidth_is_bounded_by_the_configured_rate() {
+    let unbounded = repair_time_ms(64 << 20);
+    let bounded = repair_time_ms(8_000);
+    // About 50 KB at 8 KB/s takes at least five windows; unbounded, one round.
+    assert!(unbounded <= 2_000, "unbounded repair took {unbounded} ms");
+    assert!(bounded >= 5_000, "repair at 8 KB/s took only {bounded} ms");
+}
