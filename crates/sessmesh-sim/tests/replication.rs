@@ -286,3 +286,68 @@ fn repair_bandwidth_is_bounded_by_the_configured_rate() {
     assert!(unbounded <= 2_000, "unbounded repair took {unbounded} ms");
     assert!(bounded >= 5_000, "repair at 8 KB/s took only {bounded} ms");
 }
+
+#[test]
+fn an_expired_session_stays_gone_after_a_partition_heals() {
+    let data = sessmesh_core::Config {
+        tombstone_grace_ms: 5_000,
+        anti_entropy_period_ms: 2_000,
+        ..sessmesh_core::Config::default()
+    };
+    let mut sim = Sim::with_data_config(NODES, MembershipConfig::lan(5), data, seed_from_env(27));
+    let scenario = Scenario::new("start")
+        .start([0], &[])
+        .start(1..NODES, &[0])
+        .expect_within(Check::Converged, 30_000);
+    if let Err(failure) = scenario.run(&mut sim) {
+        panic!("{failure}");
+    }
+    let key = b"short-lived";
+    let deadline = sim.wall_ms(0) + 2_000;
+    let put = Write::Put {
+        fields: vec![(Bytes::from_static(b"user"), Bytes::from_static(b"ada"))],
+        expiry: sessmesh_core::Expiry {
+            expires_at_ms: Some(deadline),
+            max_idle_ms: None,
+        },
+    };
+    let written = sim.write(0, key, put, Level::All);
+    assert!(matches!(
+        outcome(&mut sim, written),
+        Outcome::Written { acks: 3, .. }
+    ));
+    // One replica is cut off while the session expires and the others collect it.
+    let core = sim.core(0).expect("up");
+    let replicas: Vec<usize> = core
+        .replicas_for(core.store().partition_of(key))
+        .iter()
+        .map(|r| r.trim_start_matches("node-").parse().expect("node name"))
+        .collect();
+    let stale = replicas[1];
+    sim.faults_mut().groups = vec![
+        [stale].into_iter().collect(),
+        (0..NODES).filter(|n| *n != stale).collect(),
+    ];
+    sim.run_for(20_000);
+    sim.faults_mut().groups.clear();
+    sim.run_for(20_000);
+    let now = sim.wall_ms(0);
+    for node in 0..NODES {
+        let read = sim.read(node, key, Level::All);
+        match outcome(&mut sim, read) {
+            Outcome::Read(state) => assert!(
+                state.is_none_or(|s| !s.is_visible(now)),
+                "node-{node} reads the expired session"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+    let copies: Vec<_> = replicas
+        .iter()
+        .map(|&n| sim.core(n).expect("up").store().session(key))
+        .collect();
+    assert!(
+        copies.windows(2).all(|w| w[0] == w[1]),
+        "replicas disagree: {copies:?}"
+    );
+}
