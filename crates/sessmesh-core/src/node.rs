@@ -128,6 +128,10 @@ pub struct Node {
     repair_window_bytes: u64,
     /// Whether an answer was skipped for the budget since the last round.
     repair_throttled: bool,
+    /// Handoff batches in flight: request id to partition and replica.
+    handoff_batches: HashMap<u64, (PartitionId, String)>,
+    /// Partitions being handed off: batches still unacknowledged, per replica.
+    handoffs: HashMap<PartitionId, HashMap<String, usize>>,
     /// Address of every active member by name, this node included.
     addrs: HashMap<String, SocketAddr>,
     /// The reverse of `addrs`.
@@ -169,6 +173,8 @@ impl Node {
             repair_window_start_ms: 0,
             repair_window_bytes: 0,
             repair_throttled: false,
+            handoff_batches: HashMap::new(),
+            handoffs: HashMap::new(),
             addrs: HashMap::new(),
             names: HashMap::new(),
             effects: Vec::new(),
@@ -391,6 +397,29 @@ impl Node {
                 partition,
                 key_hashes,
             } => self.send_entries(from, partition, &key_hashes, now_ms),
+            Message::Handoff {
+                request, entries, ..
+            } => {
+                let mut all_applied = true;
+                for Entry { key, session } in entries {
+                    match self.hlc.observe(session.newest_stamp(), now_ms) {
+                        Err(e) => {
+                            self.refuse_drift(from, &e);
+                            all_applied = false;
+                        }
+                        Ok(()) => {
+                            all_applied &= self.store.merge_remote(&key, session, now_ms).is_ok()
+                        }
+                    }
+                }
+                // Acknowledged only when all of it is here: the sender drops its copy then.
+                if all_applied {
+                    self.effects.push(Effect::Send {
+                        to: from,
+                        message: Message::WriteAck { request },
+                    });
+                }
+            }
             Message::Merge { entries } => {
                 for Entry { key, session } in entries {
                     match self.hlc.observe(session.newest_stamp(), now_ms) {
@@ -481,6 +510,10 @@ impl Node {
 
     fn acknowledge(&mut self, request: u64, from: SocketAddr) {
         if self.in_flight.replays.remove(&request).is_some() {
+            return;
+        }
+        if let Some((partition, replica)) = self.handoff_batches.remove(&request) {
+            self.handoff_acknowledged(partition, &replica);
             return;
         }
         let Some(name) = self.names.get(&from).cloned() else {
@@ -609,6 +642,83 @@ impl Node {
             // Not acknowledged: keep it for the next attempt.
             self.hints.push(hint);
         }
+        if let Some((partition, _)) = self.handoff_batches.remove(&id) {
+            // Abandon this attempt; the next round starts another.
+            self.handoffs.remove(&partition);
+        }
+    }
+
+    /// Hands each partition we hold data for but do not replicate to its
+    /// current replicas, in acknowledged batches.
+    fn start_handoffs(&mut self) {
+        let me = self.membership.me().name.clone();
+        let orphans: Vec<PartitionId> = (0..self.store.partition_count())
+            .map(PartitionId)
+            .filter(|p| !self.handoffs.contains_key(p))
+            .filter(|&p| {
+                !self.partitioner.replicas_for(p).contains(&me)
+                    && self.store.entries(p).next().is_some()
+            })
+            .collect();
+        for partition in orphans {
+            let replicas: Vec<(String, SocketAddr)> = self
+                .partitioner
+                .replicas_for(partition)
+                .iter()
+                .filter_map(|r| self.addrs.get(r).map(|a| (r.clone(), *a)))
+                .collect();
+            if replicas.is_empty() {
+                continue;
+            }
+            let entries: Vec<Entry> = self
+                .store
+                .entries(partition)
+                .map(|e| e.to_entry())
+                .collect();
+            let mut outstanding = HashMap::new();
+            for (replica, to) in replicas {
+                for batch in entries.chunks(self.config.anti_entropy_max_entries) {
+                    let request = self.in_flight.next_id();
+                    let message = Message::Handoff {
+                        request,
+                        partition,
+                        entries: batch.to_vec(),
+                    };
+                    self.effects.push(Effect::Send { to, message });
+                    self.handoff_batches
+                        .insert(request, (partition, replica.clone()));
+                    self.schedule_deadline(request);
+                    *outstanding.entry(replica.clone()).or_insert(0) += 1;
+                }
+            }
+            self.handoffs.insert(partition, outstanding);
+        }
+    }
+
+    /// Drops a handed-off partition once every one of its current replicas
+    /// acknowledged every batch, if we still do not replicate it.
+    fn handoff_acknowledged(&mut self, partition: PartitionId, replica: &str) {
+        let Some(outstanding) = self.handoffs.get_mut(&partition) else {
+            return;
+        };
+        if let Some(count) = outstanding.get_mut(replica) {
+            *count = count.saturating_sub(1);
+        }
+        if outstanding.values().any(|&c| c > 0) {
+            return;
+        }
+        let acknowledged: BTreeSet<String> = outstanding.keys().cloned().collect();
+        self.handoffs.remove(&partition);
+        let owners: BTreeSet<String> = self
+            .partitioner
+            .replicas_for(partition)
+            .iter()
+            .cloned()
+            .collect();
+        let me = &self.membership.me().name;
+        if !owners.contains(me) && !owners.is_empty() && owners.is_subset(&acknowledged) {
+            self.store.drop_partition(partition);
+        }
     }
 
     /// How often hints are retried, at most.
@@ -632,21 +742,14 @@ impl Node {
     }
 
     /// Starts an anti-entropy round: to every other replica of our
-    /// partitions, the digest roots of the partitions we share; and to the
-    /// replicas of partitions we hold data for but no longer replicate (after
-    /// a membership change, or while leaving), the roots of those, so the new
-    /// owners take the data before it can be lost with us. That data is not
-    /// dropped here: expiry and sweeps reclaim it.
+    /// partitions, the digest roots of the partitions we share; and for each
+    /// partition we hold data for but no longer replicate (after a membership
+    /// change, or while leaving), a handoff to its replicas.
     fn anti_entropy_round(&mut self) {
+        self.start_handoffs();
         let me = self.membership.me().name.clone();
         let mut shared: HashMap<String, Vec<(PartitionId, u64)>> = HashMap::new();
-        let held = (0..self.store.partition_count())
-            .map(PartitionId)
-            .filter(|&p| {
-                self.partitioner.replicas_for(p).contains(&me)
-                    || self.store.entries(p).next().is_some()
-            });
-        for partition in held.collect::<Vec<_>>() {
+        for partition in self.my_partitions() {
             let root = self.store.digest(partition).root();
             for replica in self.partitioner.replicas_for(partition) {
                 if *replica != me {

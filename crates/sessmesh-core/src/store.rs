@@ -275,6 +275,16 @@ impl Store {
         }
     }
 
+    /// Drops everything stored in `partition` (after handing it off); returns
+    /// how many entries went.
+    pub fn drop_partition(&mut self, partition: PartitionId) -> usize {
+        let slot = &mut self.partitions[partition.0 as usize];
+        let dropped = slot.entries.len();
+        *slot = Partition::default();
+        self.len -= dropped;
+        dropped
+    }
+
     /// Every entry of `partition`, tombstones included, in no particular order.
     pub fn entries(&self, partition: PartitionId) -> impl Iterator<Item = StoredEntry<'_>> {
         self.partitions[partition.0 as usize]

@@ -81,6 +81,17 @@ pub enum Message {
         /// The full state, tombstones included.
         session: Option<Session>,
     },
+    /// Sessions of a partition the sender no longer replicates, for a
+    /// current replica to merge and acknowledge (with `WriteAck`), after
+    /// which the sender may drop its copy.
+    Handoff {
+        /// Echoed in the acknowledgement.
+        request: u64,
+        /// The partition.
+        partition: PartitionId,
+        /// Its sessions, or a batch of them.
+        entries: Vec<Entry>,
+    },
     /// Sessions to merge: read repair, hinted handoff and anti-entropy.
     Merge {
         /// The sessions.
@@ -383,6 +394,14 @@ mod tests {
                 session: None,
             },
             Message::Merge {
+                entries: vec![Entry {
+                    key: key.clone(),
+                    session: session(),
+                }],
+            },
+            Message::Handoff {
+                request: 4,
+                partition: PartitionId(9),
                 entries: vec![Entry {
                     key,
                     session: session(),

@@ -657,6 +657,7 @@ fn kind(message: &Message) -> &'static str {
         Message::Read { .. } => "Read",
         Message::ReadReply { .. } => "ReadReply",
         Message::Merge { .. } => "Merge",
+        Message::Handoff { .. } => "Handoff",
         Message::DigestRoots { .. } => "DigestRoots",
         Message::DigestBuckets { .. } => "DigestBuckets",
         Message::DigestKeys { .. } => "DigestKeys",

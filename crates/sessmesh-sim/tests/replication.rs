@@ -351,3 +351,70 @@ fn an_expired_session_stays_gone_after_a_partition_heals() {
         "replicas disagree: {copies:?}"
     );
 }
+
+#[test]
+fn joining_nodes_take_their_partitions_and_old_owners_drop_them_after_handoff() {
+    let mut sim = Sim::new(NODES, MembershipConfig::lan(5), seed_from_env(28));
+    let scenario = Scenario::new("three nodes")
+        .start([0], &[])
+        .start(1..3, &[0])
+        .expect_within(Check::Converged, 30_000);
+    if let Err(failure) = scenario.run(&mut sim) {
+        panic!("{failure}");
+    }
+    let keys: Vec<String> = (0..200).map(|i| format!("moving:{i}")).collect();
+    for key in &keys {
+        let call = sim.write(0, key.as_bytes(), put_field("v", key), Level::All);
+        assert!(matches!(
+            outcome(&mut sim, call),
+            Outcome::Written { acks: 3, .. }
+        ));
+    }
+    // With three members every node holds every session.
+    assert!((0..3).all(|n| sim.core(n).expect("up").store().len() == keys.len()));
+
+    // Two more join: each partition's replicas are now 3 of 5.
+    let scenario = Scenario::new("two join")
+        .start(3..5, &[0])
+        .expect_within(Check::Converged, 30_000)
+        .wait(10_000);
+    if let Err(failure) = scenario.run(&mut sim) {
+        panic!("{failure}");
+    }
+    for key in &keys {
+        let core = sim.core(0).expect("up");
+        let replicas: Vec<usize> = core
+            .replicas_for(core.store().partition_of(key.as_bytes()))
+            .iter()
+            .map(|r| r.trim_start_matches("node-").parse().expect("node name"))
+            .collect();
+        for &r in &replicas {
+            assert!(
+                sim.core(r)
+                    .expect("up")
+                    .store()
+                    .session(key.as_bytes())
+                    .is_some(),
+                "{key} missing on its replica node-{r}"
+            );
+        }
+        for n in (0..NODES).filter(|n| !replicas.contains(n)) {
+            assert!(
+                sim.core(n)
+                    .expect("up")
+                    .store()
+                    .session(key.as_bytes())
+                    .is_none(),
+                "node-{n} kept {key} after handing it off"
+            );
+        }
+    }
+    let held: usize = (0..NODES)
+        .map(|n| sim.core(n).expect("up").store().len())
+        .sum();
+    assert_eq!(
+        held,
+        3 * keys.len(),
+        "three copies of each session, no more"
+    );
+}

@@ -1,7 +1,7 @@
 //! Writes and deletes on both sides of random partitions, with some runs also
 //! crashing and restarting a replica, skewing a clock within the drift bound,
-//! starting a node mid-run, or losing and duplicating 10% of packets; then a
-//! heal: every replica of every key ends identical, no acknowledged write is
+//! starting a node mid-run or having one leave, or losing and duplicating 10%
+//! of packets; then a heal: every replica of every key ends identical, no acknowledged write is
 //! lost unless a newer stamp superseded it, and no acknowledged delete is
 //! undone by older data. A restarted node comes back empty (the cache is in
 //! memory), so in runs with a crash only writes acknowledged by two or more
@@ -53,6 +53,11 @@ fn run(seed: u64) -> Result<(), String> {
         faults.jitter_ms = 50;
     }
     let crashed = (rng.random_range(0..3) == 0).then(|| first[rng.random_range(0..first.len())]);
+    // Some runs have a node leave on purpose once the network heals, while
+    // writes go on (never node 0, which the checks below ask for placement).
+    let leaver = (rng.random_range(0..4) == 0)
+        .then(|| first[rng.random_range(1..first.len())])
+        .filter(|n| Some(*n) != crashed);
     let mut calls: Vec<(CallId, Op)> = Vec::new();
     for phase in 0..3 {
         if phase == 1 {
@@ -75,6 +80,9 @@ fn run(seed: u64) -> Result<(), String> {
             }
             if let Some(node) = late {
                 sim.start(node, &everyone);
+            }
+            if let Some(node) = leaver {
+                sim.leave(node);
             }
         }
         for _ in 0..rng.random_range(10..40) {
