@@ -1,12 +1,12 @@
 //! Writes and deletes on both sides of random partitions, with some runs also
 //! crashing and restarting a replica, skewing a clock within the drift bound,
 //! starting a node mid-run or having one leave, or losing and duplicating 10%
-//! of packets; then a heal: every replica of every key ends identical, no acknowledged write is
-//! lost unless a newer stamp superseded it, and no acknowledged delete is
-//! undone by older data. A restarted node comes back empty (the cache is in
-//! memory), so in runs with a crash only writes acknowledged by two or more
-//! replicas are held to that. 1,000 seeds by default; `SIM_SEEDS=n` runs more;
-//! `SIM_SEED=s` replays one.
+//! of packets; then a heal: every replica of every key ends identical, no
+//! acknowledged write is lost unless a newer stamp superseded it, and no
+//! acknowledged delete is undone by older data. A restarted node comes back
+//! empty (the cache is in memory), so in runs with a crash only writes
+//! acknowledged by two or more replicas are held to that. 1,000 seeds by
+//! default; `SIM_SEEDS=n` runs more; `SIM_SEED=s` replays one.
 
 use std::collections::BTreeSet;
 
