@@ -573,27 +573,11 @@ impl Sim {
         if self.faults.blocks(from, to) {
             return;
         }
-        let copies = if self.rng.random_range(0..100) < self.faults.duplicate_percent {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let jitter = if self.faults.jitter_ms == 0 {
-                0
-            } else {
-                self.rng.random_range(0..=self.faults.jitter_ms)
-            };
-            let delay = (self.faults.delay_ms + jitter).max(1);
-            self.schedule(
-                delay,
-                Event::Message {
-                    from,
-                    to,
-                    message: message.clone(),
-                },
-            );
-        }
+        self.transmit(|| Event::Message {
+            from,
+            to,
+            message: message.clone(),
+        });
     }
 
     fn send(&mut self, from: usize, to: SocketAddr, payload: Bytes) {
@@ -606,6 +590,16 @@ impl Sim {
         {
             return;
         }
+        self.transmit(|| Event::Packet {
+            from,
+            to,
+            payload: payload.clone(),
+        });
+    }
+
+    /// Schedules the event `make` builds after the path's delay and jitter,
+    /// twice at the duplication rate.
+    fn transmit(&mut self, make: impl Fn() -> Event) {
         let copies = if self.rng.random_range(0..100) < self.faults.duplicate_percent {
             2
         } else {
@@ -618,14 +612,7 @@ impl Sim {
                 self.rng.random_range(0..=self.faults.jitter_ms)
             };
             let delay = (self.faults.delay_ms + jitter).max(1);
-            self.schedule(
-                delay,
-                Event::Packet {
-                    from,
-                    to,
-                    payload: payload.clone(),
-                },
-            );
+            self.schedule(delay, make());
         }
     }
 }
