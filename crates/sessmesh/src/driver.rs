@@ -23,6 +23,7 @@ enum Command {
     Read(Bytes, Level, oneshot::Sender<Outcome>),
     Local(Bytes, oneshot::Sender<Option<Session>>),
     Roots(oneshot::Sender<Vec<u64>>),
+    Replicas(Bytes, oneshot::Sender<Vec<String>>),
 }
 
 /// A cloneable handle to a running peer. The peer stops when the last handle
@@ -103,6 +104,12 @@ impl Handle {
     /// their roots are equal.
     pub async fn digest_roots(&self) -> Option<Vec<u64>> {
         self.ask(Command::Roots).await
+    }
+
+    /// The names of the members that replicate `key`, as this peer sees them.
+    pub async fn replicas_of(&self, key: impl Into<Bytes>) -> Option<Vec<String>> {
+        let key = key.into();
+        self.ask(|reply| Command::Replicas(key, reply)).await
     }
 
     /// Membership and placement events from now on.
@@ -195,6 +202,10 @@ impl<T: Transport> Driver<T> {
                     Some(Command::Read(key, level, reply)) => {
                         let call = self.call(reply);
                         self.node.read(call, key, level, now_ms());
+                    }
+                    Some(Command::Replicas(key, reply)) => {
+                        let partition = self.node.store().partition_of(&key);
+                        let _ = reply.send(self.node.replicas_for(partition).to_vec());
                     }
                     Some(Command::Roots(reply)) => {
                         let store = self.node.store();
