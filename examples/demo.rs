@@ -15,19 +15,6 @@ use sessmesh_net::{ClusterCa, QuicSettings, QuicTransport, Transport, TransportC
 
 const PEERS: usize = 5;
 
-/// Membership tuned for a demo on one machine: a crash is noticed in about two seconds.
-fn membership() -> MembershipConfig {
-    MembershipConfig {
-        probe_period_ms: 300,
-        probe_rtt_ms: 100,
-        suspect_to_down_after_ms: 1_000,
-        gossip_period_ms: 100,
-        rejoin_period_ms: 500,
-        announce_to_down_period_ms: 1_000,
-        ..MembershipConfig::lan(5)
-    }
-}
-
 fn say(start: Instant, what: &str) {
     println!("[{:>6.2} s] {what}", start.elapsed().as_secs_f64());
 }
@@ -172,7 +159,8 @@ async fn main() -> Result<(), String> {
             partition_count: config.partition_count,
             replication_factor: 3,
         };
-        let node = Node::new(me, &config, membership(), i as u64).map_err(|e| e.to_string())?;
+        let node = Node::new(me, &config, MembershipConfig::local(), i as u64)
+            .map_err(|e| e.to_string())?;
         let seeds = transports
             .first()
             .map(Transport::local_addr)

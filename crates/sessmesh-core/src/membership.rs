@@ -286,6 +286,21 @@ impl MembershipConfig {
         Self::from_foca(&foca::Config::new_lan(size(cluster_size)), cluster_size)
     }
 
+    /// For a few members on one machine (tests, demos): 300 ms probes, 100 ms
+    /// gossip, a one-second suspicion window, so a crash is declared in
+    /// about 2.5 s. Far too eager for a real network.
+    pub fn local() -> Self {
+        MembershipConfig {
+            probe_period_ms: 300,
+            probe_rtt_ms: 100,
+            suspect_to_down_after_ms: 1_000,
+            gossip_period_ms: 100,
+            rejoin_period_ms: 500,
+            announce_to_down_period_ms: 1_000,
+            ..Self::lan(5)
+        }
+    }
+
     /// For a WAN of about `cluster_size` members: 5 s probes, 500 ms gossip,
     /// and a 25 s announce to members declared down.
     pub fn wan(cluster_size: u32) -> Self {

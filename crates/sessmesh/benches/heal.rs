@@ -37,15 +37,7 @@ fn main() {
     runtime.block_on(async move {
         let ca = ClusterCa::generate("heal-bench").unwrap();
         let config = Config::default();
-        let membership = MembershipConfig {
-            probe_period_ms: 300,
-            probe_rtt_ms: 100,
-            suspect_to_down_after_ms: 1_000,
-            gossip_period_ms: 100,
-            rejoin_period_ms: 500,
-            announce_to_down_period_ms: 1_000,
-            ..MembershipConfig::lan(3)
-        };
+        let membership = MembershipConfig::local();
         let mut peers: Vec<Handle> = Vec::new();
         let mut transports: Vec<QuicTransport> = Vec::new();
         for i in 0..3 {

@@ -13,19 +13,6 @@ use sessmesh_net::mem::MemNetwork;
 use sessmesh_net::{ClusterCa, QuicSettings, QuicTransport, Transport, TransportConfig};
 use tokio::time::Instant;
 
-/// Membership tuned for tests: detects a crash in about two seconds.
-fn fast() -> MembershipConfig {
-    MembershipConfig {
-        probe_period_ms: 300,
-        probe_rtt_ms: 100,
-        suspect_to_down_after_ms: 1_000,
-        gossip_period_ms: 100,
-        rejoin_period_ms: 500,
-        announce_to_down_period_ms: 1_000,
-        ..MembershipConfig::lan(5)
-    }
-}
-
 fn node(name: &str, addr: SocketAddr, seed: u64) -> Node {
     let config = Config::default();
     let me = Member {
@@ -36,7 +23,7 @@ fn node(name: &str, addr: SocketAddr, seed: u64) -> Node {
         partition_count: config.partition_count,
         replication_factor: u32::try_from(config.replication_factor).unwrap(),
     };
-    Node::new(me, &config, fast(), seed).unwrap()
+    Node::new(me, &config, MembershipConfig::local(), seed).unwrap()
 }
 
 /// The names each live peer sees, itself included.
@@ -110,10 +97,10 @@ async fn in_memory_peers_converge_and_see_a_crash_and_a_leave() {
     let took = wait_for_view(
         &peers,
         &names([0, 1, 2, 4].into_iter()),
-        Duration::from_millis(fast().detection_bound_ms()),
+        Duration::from_millis(MembershipConfig::local().detection_bound_ms()),
     )
     .await;
-    assert!(took.as_millis() <= u128::from(fast().detection_bound_ms()));
+    assert!(took.as_millis() <= u128::from(MembershipConfig::local().detection_bound_ms()));
     let down = loop {
         if let NodeEvent::Member(MemberEvent::Down(m)) = events.recv().await.unwrap() {
             break m;
@@ -214,7 +201,7 @@ async fn quic_peers_on_loopback_converge_and_detect_a_killed_one() {
         victim.faults().block(other.local_addr());
     }
     peers[2] = None;
-    let bound = Duration::from_millis(fast().detection_bound_ms());
+    let bound = Duration::from_millis(MembershipConfig::local().detection_bound_ms());
     let took = wait_for_view(&peers, &names([0, 1, 3, 4].into_iter()), bound).await;
     eprintln!("the killed peer was seen down by all in {took:?} (bound {bound:?})");
 }
@@ -279,7 +266,7 @@ fn turmoil_partition(seed: u64, ca: &std::sync::Arc<ClusterCa>) -> Vec<String> {
         note("converged");
         turmoil::partition("node-0", "node-1");
         turmoil::partition("node-0", "node-2");
-        let bound = Duration::from_millis(fast().detection_bound_ms());
+        let bound = Duration::from_millis(MembershipConfig::local().detection_bound_ms());
         wait_for_view(&peers[1..], &names(1..3), bound).await;
         wait_for_view(&peers[..1], &names(0..1), bound).await;
         note("split");
@@ -288,7 +275,7 @@ fn turmoil_partition(seed: u64, ca: &std::sync::Arc<ClusterCa>) -> Vec<String> {
         wait_for_view(
             &peers,
             &names(0..3),
-            bound + Duration::from_millis(4 * fast().announce_to_down_period_ms),
+            bound + Duration::from_millis(4 * MembershipConfig::local().announce_to_down_period_ms),
         )
         .await;
         note("healed");
@@ -347,7 +334,7 @@ async fn three_quic_nodes_converge_after_conflicting_writes_across_a_partition()
             partition_count: config.partition_count,
             replication_factor: 3,
         };
-        let core = Node::new(me, &config, fast(), i as u64).unwrap();
+        let core = Node::new(me, &config, MembershipConfig::local(), i as u64).unwrap();
         let seeds = transports
             .first()
             .map(Transport::local_addr)
