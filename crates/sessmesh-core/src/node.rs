@@ -474,17 +474,7 @@ impl Node {
     }
 
     fn track_write(&mut self, id: u64, mut pending: PendingWrite) {
-        if pending.acks >= pending.needed {
-            pending.answered = true;
-            let outcome = Outcome::Written {
-                acks: pending.acks,
-                stamp: pending.stamp,
-            };
-            self.effects.push(Effect::Done {
-                call: pending.call,
-                outcome,
-            });
-        }
+        answer_when_written(&mut self.effects, &mut pending);
         if !pending.waiting.is_empty() {
             self.schedule_deadline(id);
             self.in_flight.writes.insert(id, pending);
@@ -501,11 +491,7 @@ impl Node {
     }
 
     fn schedule_deadline(&mut self, id: u64) {
-        let after = Duration::from_millis(self.config.request_timeout_ms);
-        self.effects.push(Effect::Schedule {
-            after,
-            timer: Timer::Request(id),
-        });
+        self.schedule(self.config.request_timeout_ms, Timer::Request(id));
     }
 
     fn acknowledge(&mut self, request: u64, from: SocketAddr) {
@@ -526,17 +512,7 @@ impl Node {
             return;
         }
         pending.acks += 1;
-        if !pending.answered && pending.acks >= pending.needed {
-            pending.answered = true;
-            let outcome = Outcome::Written {
-                acks: pending.acks,
-                stamp: pending.stamp,
-            };
-            self.effects.push(Effect::Done {
-                call: pending.call,
-                outcome,
-            });
-        }
+        answer_when_written(&mut self.effects, pending);
         if pending.waiting.is_empty() {
             self.in_flight.writes.remove(&request);
         }
@@ -973,5 +949,20 @@ impl Node {
             self.effects
                 .push(Effect::Event(NodeEvent::ReplicasChanged(changed)));
         }
+    }
+}
+
+/// Answers a write's client, once, when enough replicas have acknowledged it.
+fn answer_when_written(effects: &mut Vec<Effect>, pending: &mut PendingWrite) {
+    if !pending.answered && pending.acks >= pending.needed {
+        pending.answered = true;
+        let outcome = Outcome::Written {
+            acks: pending.acks,
+            stamp: pending.stamp,
+        };
+        effects.push(Effect::Done {
+            call: pending.call,
+            outcome,
+        });
     }
 }
