@@ -9,20 +9,20 @@ use bytes::Bytes;
 use sessmesh_core::{Config, Expiry, Hlc, NodeId, Store, Write};
 
 fn show(name: &str, store: &Store, key: &[u8], now_ms: u64) {
-    match store.get(key, now_ms) {
-        Some(session) => {
-            let fields: Vec<String> = session
-                .fields()
-                .map(|(k, v)| {
-                    format!(
-                        "{}={}",
-                        String::from_utf8_lossy(k),
-                        String::from_utf8_lossy(v)
-                    )
-                })
-                .collect();
-            println!("  {name}: {}", fields.join(", "));
-        }
+    let fields = store.read(key, now_ms, |session| {
+        session
+            .fields()
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    String::from_utf8_lossy(k),
+                    String::from_utf8_lossy(v)
+                )
+            })
+            .collect::<Vec<String>>()
+    });
+    match fields {
+        Some(fields) => println!("  {name}: {}", fields.join(", ")),
         None => println!("  {name}: (no session)"),
     }
 }
@@ -100,6 +100,6 @@ fn main() -> Result<(), sessmesh_core::Error> {
     exchange(&mut a, &mut b, key, now_ms)?;
     show("a", &a, key, now_ms);
     show("b", &b, key, now_ms);
-    assert!(a.get(key, now_ms).is_none() && b.get(key, now_ms).is_none());
+    assert!(a.read(key, now_ms, |_| ()).is_none() && b.read(key, now_ms, |_| ()).is_none());
     Ok(())
 }

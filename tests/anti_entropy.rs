@@ -213,11 +213,15 @@ fn digests_find_exactly_the_differing_keys_for_under_one_percent_of_the_data() {
     for p in partitions {
         assert_eq!(a.digest(p), b.digest(p), "partition {p:?} still differs");
     }
-    let merged = a.get(&key(99_999), NOW_MS).expect("visible");
-    assert_eq!(merged.field(b"theme"), Some(&b"dark"[..]));
-    assert_eq!(merged.field(b"lang"), Some(&b"fr"[..]));
+    let merged = a.read(&key(99_999), NOW_MS, |merged| {
+        (
+            merged.field(b"theme").map(<[u8]>::to_vec),
+            merged.field(b"lang").map(<[u8]>::to_vec),
+        )
+    });
+    assert_eq!(merged, Some((Some(b"dark".to_vec()), Some(b"fr".to_vec()))));
     assert!(
-        a.get(&key(4_242), NOW_MS).is_none(),
+        a.read(&key(4_242), NOW_MS, |_| ()).is_none(),
         "the delete won on both"
     );
 }

@@ -91,9 +91,10 @@ mod get {
         let mut walk = Walk(0x9E37_79B9);
         bencher.bench_local(|| {
             store
-                .get(&KEYS[walk.next()], NOW_MS)
-                .and_then(|s| s.field(b""))
-                .map(|v| black_box(v).len())
+                .read(&KEYS[walk.next()], NOW_MS, |s| {
+                    s.field(b"").map(|v| black_box(v).len())
+                })
+                .flatten()
         });
     }
 }
@@ -124,12 +125,11 @@ mod get_copy {
         let mut reply = Vec::with_capacity(512);
         bencher.bench_local(|| {
             reply.clear();
-            if let Some(v) = store
-                .get(&KEYS[walk.next()], NOW_MS)
-                .and_then(|s| s.field(b""))
-            {
-                reply.extend_from_slice(v);
-            }
+            store.read(&KEYS[walk.next()], NOW_MS, |s| {
+                if let Some(v) = s.field(b"") {
+                    reply.extend_from_slice(v);
+                }
+            });
             black_box(&reply);
         });
     }

@@ -40,9 +40,10 @@
 //! a.merge_remote(b"session:42", from_b, now_ms)?;
 //! b.merge_remote(b"session:42", from_a, now_ms)?;
 //! for store in [&a, &b] {
-//!     let session = store.get(b"session:42", now_ms).expect("visible");
-//!     assert_eq!(session.field(b"cart"), Some(&b"3 items"[..]));
-//!     assert_eq!(session.field(b"theme"), Some(&b"dark"[..]));
+//!     store.read(b"session:42", now_ms, |session| {
+//!         assert_eq!(session.field(b"cart"), Some(&b"3 items"[..]));
+//!         assert_eq!(session.field(b"theme"), Some(&b"dark"[..]));
+//!     }).expect("visible");
 //! }
 //! # Ok::<(), sessmesh_core::Error>(())
 //! ```
@@ -75,5 +76,5 @@ pub use node::{Effect, Node, NodeEvent, Timer};
 pub use partition::{PartitionId, Partitioner, key_hash};
 pub use replication::{CallId, Hint, Hints, Level, Outcome};
 pub use session::{Expiry, Session, Write};
-pub use store::{Entry, MAX_KEY_LEN, SessionRef, Store, SweepStats};
+pub use store::{Entry, MAX_KEY_LEN, NotReplicated, SessionRef, Store, StoreReader, SweepStats};
 pub use wire::{ClusterId, Codec, DecodeError, Message, PROTOCOL_VERSION};

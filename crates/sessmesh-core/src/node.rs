@@ -632,8 +632,7 @@ impl Node {
             .map(PartitionId)
             .filter(|p| !self.handoffs.contains_key(p))
             .filter(|&p| {
-                !self.partitioner.replicas_for(p).contains(&me)
-                    && self.store.entries(p).next().is_some()
+                !self.partitioner.replicas_for(p).contains(&me) && self.store.partition_len(p) > 0
             })
             .collect();
         for partition in orphans {
@@ -646,11 +645,7 @@ impl Node {
             if replicas.is_empty() {
                 continue;
             }
-            let entries: Vec<Entry> = self
-                .store
-                .entries(partition)
-                .map(|e| e.to_entry())
-                .collect();
+            let entries: Vec<Entry> = self.store.entries(partition);
             let mut outstanding = HashMap::new();
             for (replica, to) in replicas {
                 for batch in entries.chunks(self.config.anti_entropy_max_entries) {
@@ -945,6 +940,10 @@ impl Node {
             owners.insert(me.name.clone());
         }
         let changed = self.partitioner.set_members(owners);
+        for partition in (0..self.store.partition_count()).map(PartitionId) {
+            let mine = self.partitioner.replicas_for(partition).contains(&me.name);
+            self.store.set_replicated(partition, mine);
+        }
         if !changed.is_empty() {
             self.effects
                 .push(Effect::Event(NodeEvent::ReplicasChanged(changed)));

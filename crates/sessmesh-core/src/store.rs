@@ -10,6 +10,9 @@
 //! reads borrow from it. A change unpacks the session, merges, and packs it
 //! again; an unchanged result is not rewritten and does not touch the digest.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
 use bytes::Bytes;
 use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
@@ -44,13 +47,10 @@ pub struct SweepStats {
     pub field_tombstones_dropped: usize,
 }
 
-#[derive(Debug, Default)]
-struct Partition {
-    /// Packed sessions, found by the key hash with its halves swapped (the
-    /// low bits pick the partition, so they cannot also pick the slot).
-    entries: HashTable<Box<[u8]>>,
-    digest: PartitionDigest,
-}
+/// The packed sessions of one partition, found by the key hash with its
+/// halves swapped (the low bits pick the partition, so they cannot also pick
+/// the slot).
+type Table = HashTable<Box<[u8]>>;
 
 fn slot_hash(key_hash: u64) -> u64 {
     key_hash.rotate_left(32)
@@ -60,11 +60,61 @@ fn packed_slot_hash(packed: &[u8]) -> u64 {
     slot_hash(key_hash(packed::key_of(packed)))
 }
 
+fn find<'t>(table: &'t Table, hash: u64, key: &[u8]) -> Option<&'t [u8]> {
+    table
+        .find(slot_hash(hash), |packed| packed::key_of(packed) == key)
+        .map(|b| &**b)
+}
+
+/// What the [`Store`] shares with its [`StoreReader`]s: each partition's
+/// table behind its own lock, and whether the owning node replicates it.
+#[derive(Debug)]
+struct Shared {
+    tables: Box<[RwLock<Table>]>,
+    replicated: Box<[AtomicBool]>,
+    partition_count: u32,
+}
+
+impl Shared {
+    fn read(&self, partition: PartitionId) -> RwLockReadGuard<'_, Table> {
+        // Nothing panics while holding a table lock; were it poisoned, the
+        // table would still be whole (every change is one table operation).
+        self.tables[partition.0 as usize]
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read_key<R>(
+        &self,
+        key: &[u8],
+        now_ms: u64,
+        f: impl FnOnce(SessionRef<'_>) -> R,
+    ) -> Option<R> {
+        let hash = key_hash(key);
+        let table = self.read(partition_of(hash, self.partition_count));
+        let packed = Packed::parse(find(&table, hash, key)?);
+        packed.is_visible(now_ms).then(|| f(SessionRef { packed }))
+    }
+
+    fn write(&self, partition: PartitionId) -> RwLockWriteGuard<'_, Table> {
+        self.tables[partition.0 as usize]
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// A node's sessions. See the [module docs](self).
+///
+/// One owner changes the store (`&mut self`); [`StoreReader`]s made by
+/// [`Store::reader`] read it from any thread at the same time. Each partition
+/// has its own lock, held for one table operation at a time, so readers of
+/// different partitions never wait for each other and a reader waits for the
+/// owner only while it changes that partition.
 #[derive(Debug)]
 pub struct Store {
-    partitions: Box<[Partition]>,
-    partition_count: u32,
+    shared: Arc<Shared>,
+    /// Anti-entropy digests, which only the owner reads.
+    digests: Box<[PartitionDigest]>,
     tombstone_grace_ms: u64,
     len: usize,
 }
@@ -77,19 +127,36 @@ impl Store {
             config.partition_count.is_power_of_two(),
             "partition count must be a power of two"
         );
+        let count = config.partition_count as usize;
         Store {
-            partitions: (0..config.partition_count)
-                .map(|_| Partition::default())
-                .collect(),
-            partition_count: config.partition_count,
+            shared: Arc::new(Shared {
+                tables: (0..count).map(|_| RwLock::default()).collect(),
+                replicated: (0..count).map(|_| AtomicBool::new(false)).collect(),
+                partition_count: config.partition_count,
+            }),
+            digests: (0..count).map(|_| PartitionDigest::default()).collect(),
             tombstone_grace_ms: config.tombstone_grace_ms,
             len: 0,
         }
     }
 
+    /// A reader of this store that other threads can use while the owner
+    /// keeps changing it.
+    pub fn reader(&self) -> StoreReader {
+        StoreReader {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Records whether the owning node replicates `partition`, which decides
+    /// whether [`StoreReader::read_replicated`] answers for its keys.
+    pub fn set_replicated(&self, partition: PartitionId, replicated: bool) {
+        self.shared.replicated[partition.0 as usize].store(replicated, Ordering::Release);
+    }
+
     /// The number of partitions.
     pub fn partition_count(&self) -> u32 {
-        self.partition_count
+        self.shared.partition_count
     }
 
     /// Stored entries, tombstones and not-yet-swept expired sessions included.
@@ -102,32 +169,34 @@ impl Store {
         self.len == 0
     }
 
+    /// Stored entries of `partition`, tombstones included.
+    pub fn partition_len(&self, partition: PartitionId) -> usize {
+        self.shared.read(partition).len()
+    }
+
     /// The partition of `key`.
     pub fn partition_of(&self, key: &[u8]) -> PartitionId {
-        partition_of(key_hash(key), self.partition_count)
+        partition_of(key_hash(key), self.partition_count())
     }
 
-    fn find(&self, key: &[u8]) -> Option<&[u8]> {
-        let hash = key_hash(key);
-        let partition = &self.partitions[partition_of(hash, self.partition_count).0 as usize];
-        partition
-            .entries
-            .find(slot_hash(hash), |packed| packed::key_of(packed) == key)
-            .map(|b| &**b)
-    }
-
-    /// The session stored under `key` as a reader at `now_ms` sees it: `None`
-    /// when absent, deleted or expired.
-    pub fn get(&self, key: &[u8], now_ms: u64) -> Option<SessionRef<'_>> {
-        let packed = Packed::parse(self.find(key)?);
-        packed.is_visible(now_ms).then_some(SessionRef { packed })
+    /// Calls `f` with the session stored under `key` as a reader at `now_ms`
+    /// sees it; `None` when absent, deleted or expired. The partition stays
+    /// locked against changes while `f` runs, so copy out what you need.
+    pub fn read<R>(
+        &self,
+        key: &[u8],
+        now_ms: u64,
+        f: impl FnOnce(SessionRef<'_>) -> R,
+    ) -> Option<R> {
+        self.shared.read_key(key, now_ms, f)
     }
 
     /// The full replicated state under `key`, tombstones included, for
     /// replication and repair.
     pub fn session(&self, key: &[u8]) -> Option<Session> {
-        self.find(key)
-            .map(|packed| Packed::parse(packed).to_session())
+        let hash = key_hash(key);
+        let table = self.shared.read(partition_of(hash, self.partition_count()));
+        find(&table, hash, key).map(|packed| Packed::parse(packed).to_session())
     }
 
     /// Applies a write stamped by its coordinator. Returns whether the stored
@@ -226,10 +295,10 @@ impl Store {
         }
         let grace_ms = self.tombstone_grace_ms;
         let hash = key_hash(key);
-        let partition = &mut self.partitions[partition_of(hash, self.partition_count).0 as usize];
-        let found = partition
-            .entries
-            .find_entry(slot_hash(hash), |packed| packed::key_of(packed) == key);
+        let partition = partition_of(hash, self.partition_count());
+        let digest = &mut self.digests[partition.0 as usize];
+        let mut table = self.shared.write(partition);
+        let found = table.find_entry(slot_hash(hash), |packed| packed::key_of(packed) == key);
         let (old_fingerprint, mut session) = match &found {
             Ok(slot) => {
                 let old = Packed::parse(slot.get());
@@ -244,7 +313,7 @@ impl Store {
         match (found, old_fingerprint) {
             (Ok(slot), Some(old_fingerprint)) if !keep => {
                 slot.remove();
-                partition.digest.remove(hash, old_fingerprint);
+                digest.remove(hash, old_fingerprint);
                 self.len -= 1;
                 Ok(true)
             }
@@ -253,18 +322,14 @@ impl Store {
                 if new == *slot.get() {
                     return Ok(false);
                 }
-                partition.digest.remove(hash, old_fingerprint);
-                partition
-                    .digest
-                    .add(hash, Packed::parse(&new).fingerprint());
+                digest.remove(hash, old_fingerprint);
+                digest.add(hash, Packed::parse(&new).fingerprint());
                 *slot.get_mut() = new;
                 Ok(true)
             }
             (Err(vacant), _) if keep => {
                 let new = packed::encode(key, &session);
-                partition
-                    .digest
-                    .add(hash, Packed::parse(&new).fingerprint());
+                digest.add(hash, Packed::parse(&new).fingerprint());
                 vacant
                     .into_table()
                     .insert_unique(slot_hash(hash), new, |p| packed_slot_hash(p));
@@ -278,48 +343,58 @@ impl Store {
     /// Drops everything stored in `partition` (after handing it off); returns
     /// how many entries went.
     pub fn drop_partition(&mut self, partition: PartitionId) -> usize {
-        let slot = &mut self.partitions[partition.0 as usize];
-        let dropped = slot.entries.len();
-        *slot = Partition::default();
-        self.len -= dropped;
-        dropped
+        let dropped = std::mem::take(&mut *self.shared.write(partition));
+        self.digests[partition.0 as usize] = PartitionDigest::default();
+        self.len -= dropped.len();
+        dropped.len()
     }
 
-    /// Every entry of `partition`, tombstones included, in no particular order.
-    pub fn entries(&self, partition: PartitionId) -> impl Iterator<Item = StoredEntry<'_>> {
-        self.partitions[partition.0 as usize]
-            .entries
-            .iter()
-            .map(|packed| StoredEntry {
-                packed: Packed::parse(packed),
-            })
+    /// Calls `f` with every entry of `partition`, tombstones included, in no
+    /// particular order. The partition stays locked against changes while
+    /// `f` runs.
+    pub fn with_entries<R>(
+        &self,
+        partition: PartitionId,
+        f: impl FnOnce(&mut dyn Iterator<Item = StoredEntry<'_>>) -> R,
+    ) -> R {
+        let table = self.shared.read(partition);
+        f(&mut table.iter().map(|packed| StoredEntry {
+            packed: Packed::parse(packed),
+        }))
+    }
+
+    /// Every entry of `partition`, tombstones included, as replicas exchange them.
+    pub fn entries(&self, partition: PartitionId) -> Vec<Entry> {
+        self.with_entries(partition, |entries| entries.map(|e| e.to_entry()).collect())
     }
 
     /// The anti-entropy digest of `partition`.
     pub fn digest(&self, partition: PartitionId) -> &PartitionDigest {
-        &self.partitions[partition.0 as usize].digest
+        &self.digests[partition.0 as usize]
     }
 
     /// The `(key hash, fingerprint)` of every entry in one digest bucket of
     /// `partition` (step 3 of the exchange in [`crate::digest`]).
     pub fn bucket_keys(&self, partition: PartitionId, bucket: u8) -> Vec<KeyDigest> {
-        self.entries(partition)
-            .filter(|e| bucket_of(e.key_hash()) == bucket)
-            .map(|e| KeyDigest {
-                key_hash: e.key_hash(),
-                fingerprint: e.fingerprint(),
-            })
-            .collect()
+        self.with_entries(partition, |entries| {
+            entries
+                .filter(|e| bucket_of(e.key_hash()) == bucket)
+                .map(|e| KeyDigest {
+                    key_hash: e.key_hash(),
+                    fingerprint: e.fingerprint(),
+                })
+                .collect()
+        })
     }
 
     /// The entries of `partition` whose key hashes are listed (the answer to a
     /// fetch in the exchange); hashes this store does not hold are skipped.
     pub fn entries_by_hash(&self, partition: PartitionId, key_hashes: &[u64]) -> Vec<Entry> {
-        let partition_store = &self.partitions[partition.0 as usize];
+        let table = self.shared.read(partition);
         let mut found = Vec::new();
         for &hash in key_hashes {
             // A table probe by hash visits every key sharing it (collisions included).
-            for packed in partition_store.entries.iter_hash(slot_hash(hash)) {
+            for packed in table.iter_hash(slot_hash(hash)) {
                 let packed = Packed::parse(packed);
                 if key_hash(packed.key) == hash {
                     found.push(Entry {
@@ -339,9 +414,9 @@ impl Store {
     pub fn sweep(&mut self, partition: PartitionId, now_ms: u64) -> SweepStats {
         let grace_ms = self.tombstone_grace_ms;
         let field_cutoff_ms = now_ms.saturating_sub(grace_ms);
-        let Partition { entries, digest } = &mut self.partitions[partition.0 as usize];
+        let digest = &mut self.digests[partition.0 as usize];
         let mut stats = SweepStats::default();
-        entries.retain(|slot| {
+        self.shared.write(partition).retain(|slot| {
             let old = Packed::parse(slot);
             let expired = old.deadline_ms().is_some_and(|d| d <= now_ms);
             let stale_field_tombstones = old
@@ -374,6 +449,50 @@ impl Store {
     }
 }
 
+/// Reads a [`Store`] from any thread while its owner changes it; cheap to
+/// clone. Made by [`Store::reader`].
+#[derive(Clone, Debug)]
+pub struct StoreReader {
+    shared: Arc<Shared>,
+}
+
+impl StoreReader {
+    /// Calls `f` with the session stored under `key` as a reader at `now_ms`
+    /// sees it; `None` when absent, deleted or expired. The partition stays
+    /// locked against changes while `f` runs, so copy out what you need.
+    pub fn read<R>(
+        &self,
+        key: &[u8],
+        now_ms: u64,
+        f: impl FnOnce(SessionRef<'_>) -> R,
+    ) -> Option<R> {
+        self.shared.read_key(key, now_ms, f)
+    }
+
+    /// Like [`read`](Self::read), but only for keys of partitions the owning
+    /// node replicates (see [`Store::set_replicated`]): `Err(NotReplicated)`
+    /// for any other key, whose data this store may not hold.
+    ///
+    /// # Errors
+    /// [`NotReplicated`] when the key's partition is not replicated here.
+    pub fn read_replicated<R>(
+        &self,
+        key: &[u8],
+        now_ms: u64,
+        f: impl FnOnce(SessionRef<'_>) -> R,
+    ) -> Result<Option<R>, NotReplicated> {
+        let partition = partition_of(key_hash(key), self.shared.partition_count);
+        if !self.shared.replicated[partition.0 as usize].load(Ordering::Acquire) {
+            return Err(NotReplicated);
+        }
+        Ok(self.shared.read_key(key, now_ms, f))
+    }
+}
+
+/// The key's partition is not replicated by the node that owns the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotReplicated;
+
 /// A session as a reader sees it, borrowed from the [`Store`].
 #[derive(Clone, Debug)]
 pub struct SessionRef<'a> {
@@ -404,7 +523,7 @@ impl<'a> SessionRef<'a> {
     }
 }
 
-/// One stored entry, as [`Store::entries`] yields it.
+/// One stored entry, as [`Store::with_entries`] yields it.
 #[derive(Clone, Debug)]
 pub struct StoredEntry<'a> {
     packed: Packed<'a>,
@@ -471,9 +590,11 @@ mod tests {
     /// The digest a store would have if it were built from scratch.
     fn recomputed_digest(store: &Store, partition: PartitionId) -> PartitionDigest {
         let mut digest = PartitionDigest::default();
-        for entry in store.entries(partition) {
-            digest.add(entry.key_hash(), entry.fingerprint());
-        }
+        store.with_entries(partition, |entries| {
+            for entry in entries {
+                digest.add(entry.key_hash(), entry.fingerprint());
+            }
+        });
         digest
     }
 
@@ -484,19 +605,44 @@ mod tests {
             s.put(b"k", value("v"), Expiry::default(), stamp(1, 1), 1)
                 .unwrap()
         );
-        let got = s.get(b"k", 2).expect("visible");
-        assert_eq!(got.key(), b"k");
-        assert_eq!(
-            got.fields().collect::<Vec<_>>(),
-            vec![(&b""[..], &b"v"[..])]
-        );
-        assert!(s.get(b"other", 2).is_none());
+        let got = s.read(b"k", 2, |got| {
+            assert_eq!(got.key(), b"k");
+            got.fields()
+                .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(got, Some(vec![(b"".to_vec(), b"v".to_vec())]));
+        assert!(s.read(b"other", 2, |_| ()).is_none());
         assert_eq!(s.len(), 1);
         assert!(
             !s.put(b"k", value("v"), Expiry::default(), stamp(1, 1), 3)
                 .unwrap(),
             "a duplicate changes nothing"
         );
+    }
+
+    #[test]
+    fn a_reader_on_another_thread_sees_the_owners_writes_for_replicated_partitions_only() {
+        let mut s = store();
+        let reader = s.reader();
+        let p = s.partition_of(b"k");
+        s.put(b"k", value("v1"), Expiry::default(), stamp(1, 1), 1)
+            .unwrap();
+        let read = |reader: StoreReader| {
+            std::thread::spawn(move || {
+                reader.read_replicated(b"k", 2, |got| got.field(b"").map(<[u8]>::to_vec))
+            })
+            .join()
+            .unwrap()
+        };
+        assert_eq!(read(reader.clone()), Err(NotReplicated));
+        s.set_replicated(p, true);
+        assert_eq!(read(reader.clone()), Ok(Some(Some(b"v1".to_vec()))));
+        s.put(b"k", value("v2"), Expiry::default(), stamp(2, 1), 2)
+            .unwrap();
+        assert_eq!(read(reader.clone()), Ok(Some(Some(b"v2".to_vec()))));
+        s.delete(b"k", stamp(3, 1), 3).unwrap();
+        assert_eq!(read(reader), Ok(None), "a deleted session reads as absent");
     }
 
     #[test]
@@ -525,9 +671,9 @@ mod tests {
         let mut s = store();
         s.put(b"k", value("v"), expiring_at(1_000), stamp(10, 1), 10)
             .unwrap();
-        assert!(s.get(b"k", 999).is_some());
+        assert!(s.read(b"k", 999, |_| ()).is_some());
         assert!(
-            s.get(b"k", 1_000).is_none(),
+            s.read(b"k", 1_000, |_| ()).is_none(),
             "invisible the moment its deadline comes, before any sweep"
         );
         let p = s.partition_of(b"k");
@@ -575,7 +721,7 @@ mod tests {
         ] {
             s.sweep(p, now);
             s.merge_remote(b"k", stale_state.clone(), now).unwrap();
-            assert!(s.get(b"k", now).is_none(), "resurrected at {now}");
+            assert!(s.read(b"k", now, |_| ()).is_none(), "resurrected at {now}");
             assert_eq!(s.len(), 1, "the tombstone is kept at {now}");
         }
         // After it, the tombstone goes, and the stale state cannot revive the
@@ -584,7 +730,7 @@ mod tests {
         assert!(s.is_empty());
         s.merge_remote(b"k", stale_state, DEADLINE + GRACE_MS)
             .unwrap();
-        assert!(s.get(b"k", DEADLINE + GRACE_MS).is_none());
+        assert!(s.read(b"k", DEADLINE + GRACE_MS, |_| ()).is_none());
         assert!(s.is_empty(), "an expired stale state is not even stored");
 
         // Many logouts leave no tombstones behind once their window has passed.
@@ -703,8 +849,8 @@ mod tests {
                     for p in 0..a.partition_count() {
                         a.sweep(PartitionId(p), now);
                         c.sweep(PartitionId(p), now);
-                        let from_a: Vec<Entry> = a.entries(PartitionId(p)).map(|e| e.to_entry()).collect();
-                        let from_c: Vec<Entry> = c.entries(PartitionId(p)).map(|e| e.to_entry()).collect();
+                        let from_a: Vec<Entry> = a.entries(PartitionId(p));
+                        let from_c: Vec<Entry> = c.entries(PartitionId(p));
                         for e in from_a {
                             c.merge_remote(&e.key, e.session, now).unwrap();
                         }
