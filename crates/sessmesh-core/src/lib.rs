@@ -76,5 +76,8 @@ pub use node::{Effect, Node, NodeEvent, Timer};
 pub use partition::{PartitionId, Partitioner, key_hash};
 pub use replication::{CallId, Hint, Hints, Level, Outcome};
 pub use session::{Expiry, Session, Write};
-pub use store::{Entry, MAX_KEY_LEN, NotReplicated, SessionRef, Store, StoreReader, SweepStats};
+pub use store::{
+    ChangeKind, Entry, KeyChange, MAX_KEY_LEN, NotReplicated, SessionData, SessionRef, Store,
+    StoreReader, SweepStats,
+};
 pub use wire::{ClusterId, Codec, DecodeError, Message, PROTOCOL_VERSION};

@@ -40,7 +40,7 @@ use crate::replication::{
     CallId, Hint, Hints, InFlight, Level, Outcome, PendingRead, PendingWrite,
 };
 use crate::session::{Session, Write};
-use crate::store::{Entry, MAX_KEY_LEN, Store};
+use crate::store::{Entry, KeyChange, MAX_KEY_LEN, Store};
 use crate::wire::Message;
 use crate::{Config, Error};
 
@@ -66,6 +66,9 @@ pub enum NodeEvent {
     Member(MemberEvent),
     /// These partitions' replica sets changed.
     ReplicasChanged(Vec<PartitionId>),
+    /// Sessions this node holds changed, in order; reported only while
+    /// [`Node::watch_changes`] is on.
+    SessionsChanged(Vec<KeyChange>),
     /// A peer's message carried a stamp too far ahead; it was not applied.
     ClockDriftRefused {
         /// The peer.
@@ -128,6 +131,8 @@ pub struct Node {
     repair_window_bytes: u64,
     /// Whether an answer was skipped for the budget since the last round.
     repair_throttled: bool,
+    /// When the last anti-entropy round started, wall-clock ms.
+    last_anti_entropy_ms: Option<u64>,
     /// Handoff batches in flight: request id to partition and replica.
     handoff_batches: HashMap<u64, (PartitionId, String)>,
     /// Partitions being handed off: batches still unacknowledged, per replica.
@@ -173,6 +178,7 @@ impl Node {
             repair_window_start_ms: 0,
             repair_window_bytes: 0,
             repair_throttled: false,
+            last_anti_entropy_ms: None,
             handoff_batches: HashMap::new(),
             handoffs: HashMap::new(),
             addrs: HashMap::new(),
@@ -259,9 +265,17 @@ impl Node {
     pub fn handle_timer(&mut self, timer: Timer, now_ms: u64) {
         match timer {
             Timer::AntiEntropy => {
+                // The exchanges a join starts have had a whole period to fill
+                // this node's partitions: it now announces itself serving.
+                if self.membership.state() == MemberState::Joining {
+                    self.membership.set_state(MemberState::Alive);
+                }
+                self.last_anti_entropy_ms = Some(now_ms);
                 self.anti_entropy_round();
-                // A throttled repair goes on in the next window.
-                let next = if std::mem::take(&mut self.repair_throttled) {
+                // A throttled repair goes on in the next window, and a leaving
+                // node retries its handoffs as often.
+                let leaving = self.membership.state() == MemberState::Leaving;
+                let next = if std::mem::take(&mut self.repair_throttled) || leaving {
                     self.config.anti_entropy_period_ms.min(1_000)
                 } else {
                     self.config.anti_entropy_period_ms
@@ -273,7 +287,7 @@ impl Node {
                 self.schedule(self.config.sweep_period_ms, Timer::Sweep);
             }
             Timer::Membership(timer) => self.membership.handle_timer(timer),
-            Timer::Request(id) => self.expire_request(id),
+            Timer::Request(id) => self.expire_request(id, now_ms),
             Timer::ReplayHints => {
                 self.replay_hints();
                 self.schedule_hint_replay();
@@ -284,12 +298,52 @@ impl Node {
 
     /// Takes the effects produced since the last call, in order.
     pub fn take_effects(&mut self) -> Vec<Effect> {
+        let changes = self.store.take_changes();
+        if !changes.is_empty() {
+            self.effects
+                .push(Effect::Event(NodeEvent::SessionsChanged(changes)));
+        }
         std::mem::take(&mut self.effects)
+    }
+
+    /// Starts or stops reporting [`NodeEvent::SessionsChanged`].
+    pub fn watch_changes(&mut self, on: bool) {
+        self.store.record_changes(on);
+    }
+
+    /// When the last anti-entropy round started (wall-clock ms), if any has.
+    pub fn last_anti_entropy_ms(&self) -> Option<u64> {
+        self.last_anti_entropy_ms
+    }
+
+    /// Partitions this node holds data for but no longer replicates: what a
+    /// leaving node still has to hand off.
+    pub fn partitions_to_hand_off(&self) -> usize {
+        let me = &self.membership.me().name;
+        (0..self.store.partition_count())
+            .map(PartitionId)
+            .filter(|&p| {
+                !self.partitioner.replicas_for(p).contains(me) && self.store.partition_len(p) > 0
+            })
+            .count()
     }
 
     /// Coordinates a client write of `key`; its [`Outcome`] comes as an
     /// [`Effect::Done`] for `call`.
+    ///
+    /// A [`Write::Delete`] first reads `key` at the same level, so that its
+    /// stamp is newer than every stamp that read saw: a logout supersedes
+    /// every write acknowledged at that level before it began, whatever the
+    /// coordinators' clocks (within the drift bound) say.
     pub fn write(&mut self, call: CallId, key: Bytes, write: Write, level: Level, now_ms: u64) {
+        if write == Write::Delete {
+            self.start_read(call, key, level, Some((write, level)), now_ms);
+        } else {
+            self.write_now(call, key, write, level, now_ms);
+        }
+    }
+
+    fn write_now(&mut self, call: CallId, key: Bytes, write: Write, level: Level, now_ms: u64) {
         let Some(replicas) = self.replicas_of(&key, call) else {
             return;
         };
@@ -328,6 +382,17 @@ impl Node {
     /// Coordinates a client read of `key`; its [`Outcome`] comes as an
     /// [`Effect::Done`] for `call`.
     pub fn read(&mut self, call: CallId, key: Bytes, level: Level, now_ms: u64) {
+        self.start_read(call, key, level, None, now_ms);
+    }
+
+    fn start_read(
+        &mut self,
+        call: CallId,
+        key: Bytes,
+        level: Level,
+        then: Option<(Write, Level)>,
+        now_ms: u64,
+    ) {
         let Some(replicas) = self.replicas_of(&key, call) else {
             return;
         };
@@ -338,6 +403,7 @@ impl Node {
             needed: level.required(replicas.len()),
             waiting: replicas.iter().cloned().collect(),
             answers: Vec::new(),
+            then,
         };
         let me = self.me().name.clone();
         for replica in &replicas {
@@ -577,13 +643,17 @@ impl Node {
                 }
             }
         }
+        if let Some((write, level)) = pending.then {
+            self.write_now(pending.call, pending.key, write, level, now_ms);
+            return;
+        }
         self.effects.push(Effect::Done {
             call: pending.call,
             outcome: Outcome::Read(merged),
         });
     }
 
-    fn expire_request(&mut self, id: u64) {
+    fn expire_request(&mut self, id: u64, now_ms: u64) {
         if let Some(pending) = self.in_flight.writes.remove(&id) {
             if !pending.answered {
                 let outcome = Outcome::WriteTimedOut {
@@ -604,7 +674,13 @@ impl Node {
                 });
             }
         }
-        if let Some(pending) = self.in_flight.reads.remove(&id) {
+        if let Some(mut pending) = self.in_flight.reads.remove(&id) {
+            if let Some((write, level)) = pending.then.take() {
+                // The clock has seen what the answers carried; the write
+                // goes ahead and its own level decides its outcome.
+                self.write_now(pending.call, pending.key, write, level, now_ms);
+                return;
+            }
             let outcome = Outcome::ReadTimedOut {
                 answers: pending.answers.len(),
                 needed: pending.needed,

@@ -97,6 +97,10 @@ pub(crate) struct PendingRead {
     pub(crate) waiting: BTreeSet<String>,
     /// Each answer, by replica name.
     pub(crate) answers: Vec<(String, Option<Session>)>,
+    /// A write to coordinate once the read is done (or timed out) instead of
+    /// answering: a delete reads first, so that its stamp comes after every
+    /// stamp the read saw.
+    pub(crate) then: Option<(Write, Level)>,
 }
 
 /// Requests in flight, by request id.

@@ -29,6 +29,7 @@
 //!   rather than reviving the old fields.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 use crdts::{CvRDT, LWWReg};
@@ -50,6 +51,31 @@ pub struct Expiry {
     /// Sliding idle limit in ms: the session expires this long after its last
     /// activity; `None` for none.
     pub max_idle_ms: Option<u64>,
+}
+
+impl Expiry {
+    /// No expiry: the session lives until deleted.
+    pub const NEVER: Expiry = Expiry {
+        expires_at_ms: None,
+        max_idle_ms: None,
+    };
+
+    /// A sliding idle limit: the session expires `idle` after its last write
+    /// or touch.
+    pub fn idle_for(idle: Duration) -> Expiry {
+        Expiry {
+            expires_at_ms: None,
+            max_idle_ms: Some(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+
+    /// An absolute deadline, in wall-clock ms since the Unix epoch.
+    pub fn at_ms(deadline_ms: u64) -> Expiry {
+        Expiry {
+            expires_at_ms: Some(deadline_ms),
+            max_idle_ms: None,
+        }
+    }
 }
 
 /// One change to a session, as a client asks for it and as replicas apply it.

@@ -66,11 +66,18 @@ fn find<'t>(table: &'t Table, hash: u64, key: &[u8]) -> Option<&'t [u8]> {
         .map(|b| &**b)
 }
 
+/// Its own cache lines (128 bytes: two 64-byte lines, for CPUs that fetch
+/// them in pairs): readers of neighbouring partitions on different cores do
+/// not contend for the line holding the locks they take.
+#[derive(Debug)]
+#[repr(align(128))]
+struct CacheLine<T>(T);
+
 /// What the [`Store`] shares with its [`StoreReader`]s: each partition's
 /// table behind its own lock, and whether the owning node replicates it.
 #[derive(Debug)]
 struct Shared {
-    tables: Box<[RwLock<Table>]>,
+    tables: Box<[CacheLine<RwLock<Table>>]>,
     replicated: Box<[AtomicBool]>,
     partition_count: u32,
 }
@@ -80,6 +87,7 @@ impl Shared {
         // Nothing panics while holding a table lock; were it poisoned, the
         // table would still be whole (every change is one table operation).
         self.tables[partition.0 as usize]
+            .0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -87,10 +95,10 @@ impl Shared {
     fn read_key<R>(
         &self,
         key: &[u8],
-        now_ms: u64,
+        hash: u64,
+        now_ms: impl FnOnce() -> u64,
         f: impl FnOnce(SessionRef<'_>) -> R,
     ) -> Option<R> {
-        let hash = key_hash(key);
         let table = self.read(partition_of(hash, self.partition_count));
         let packed = Packed::parse(find(&table, hash, key)?);
         packed.is_visible(now_ms).then(|| f(SessionRef { packed }))
@@ -98,6 +106,7 @@ impl Shared {
 
     fn write(&self, partition: PartitionId) -> RwLockWriteGuard<'_, Table> {
         self.tables[partition.0 as usize]
+            .0
             .write()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -117,6 +126,26 @@ pub struct Store {
     digests: Box<[PartitionDigest]>,
     tombstone_grace_ms: u64,
     len: usize,
+    /// Changes readers see, while someone watches them.
+    changes: Option<Vec<KeyChange>>,
+}
+
+/// How a change to a stored session looks to readers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// The session was created or its visible state may have changed.
+    Updated,
+    /// The session was deleted or expired.
+    Removed,
+}
+
+/// A change to a stored session, as [`Store::take_changes`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyChange {
+    /// The session's key.
+    pub key: Bytes,
+    /// What happened to it.
+    pub kind: ChangeKind,
 }
 
 impl Store {
@@ -130,13 +159,14 @@ impl Store {
         let count = config.partition_count as usize;
         Store {
             shared: Arc::new(Shared {
-                tables: (0..count).map(|_| RwLock::default()).collect(),
+                tables: (0..count).map(|_| CacheLine(RwLock::default())).collect(),
                 replicated: (0..count).map(|_| AtomicBool::new(false)).collect(),
                 partition_count: config.partition_count,
             }),
             digests: (0..count).map(|_| PartitionDigest::default()).collect(),
             tombstone_grace_ms: config.tombstone_grace_ms,
             len: 0,
+            changes: None,
         }
     }
 
@@ -152,6 +182,29 @@ impl Store {
     /// whether [`StoreReader::read_replicated`] answers for its keys.
     pub fn set_replicated(&self, partition: PartitionId, replicated: bool) {
         self.shared.replicated[partition.0 as usize].store(replicated, Ordering::Release);
+    }
+
+    /// Starts or stops recording the changes [`take_changes`](Self::take_changes)
+    /// returns. Off by default, so an unwatched store keeps no list.
+    pub fn record_changes(&mut self, on: bool) {
+        self.changes = on.then(Vec::new);
+    }
+
+    /// The changes recorded since the last call, in order.
+    pub fn take_changes(&mut self) -> Vec<KeyChange> {
+        self.changes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn record(changes: &mut Option<Vec<KeyChange>>, key: &[u8], kind: ChangeKind) {
+        if let Some(changes) = changes {
+            changes.push(KeyChange {
+                key: Bytes::copy_from_slice(key),
+                kind,
+            });
+        }
     }
 
     /// The number of partitions.
@@ -188,7 +241,7 @@ impl Store {
         now_ms: u64,
         f: impl FnOnce(SessionRef<'_>) -> R,
     ) -> Option<R> {
-        self.shared.read_key(key, now_ms, f)
+        self.shared.read_key(key, key_hash(key), || now_ms, f)
     }
 
     /// The full replicated state under `key`, tombstones included, for
@@ -299,23 +352,32 @@ impl Store {
         let digest = &mut self.digests[partition.0 as usize];
         let mut table = self.shared.write(partition);
         let found = table.find_entry(slot_hash(hash), |packed| packed::key_of(packed) == key);
-        let (old_fingerprint, mut session) = match &found {
+        let (old_fingerprint, old_live, mut session) = match &found {
             Ok(slot) => {
                 let old = Packed::parse(slot.get());
-                (Some(old.fingerprint()), old.to_session())
+                (
+                    Some(old.fingerprint()),
+                    !old.is_tombstone(),
+                    old.to_session(),
+                )
             }
-            Err(_) => (None, Session::default()),
+            Err(_) => (None, false, Session::default()),
         };
         session.expire_if_due(now_ms.max(incoming.newest_stamp().wall_ms()));
         session.merge(incoming);
         session.expire_if_due(now_ms);
         let keep = !(session.is_tombstone() && session.collectable_at_ms(grace_ms) <= now_ms);
-        match (found, old_fingerprint) {
+        let change = if session.is_visible(now_ms) {
+            Some(ChangeKind::Updated)
+        } else {
+            old_live.then_some(ChangeKind::Removed)
+        };
+        let changed = match (found, old_fingerprint) {
             (Ok(slot), Some(old_fingerprint)) if !keep => {
                 slot.remove();
                 digest.remove(hash, old_fingerprint);
                 self.len -= 1;
-                Ok(true)
+                true
             }
             (Ok(mut slot), Some(old_fingerprint)) => {
                 let new = packed::encode(key, &session);
@@ -325,7 +387,7 @@ impl Store {
                 digest.remove(hash, old_fingerprint);
                 digest.add(hash, Packed::parse(&new).fingerprint());
                 *slot.get_mut() = new;
-                Ok(true)
+                true
             }
             (Err(vacant), _) if keep => {
                 let new = packed::encode(key, &session);
@@ -334,10 +396,14 @@ impl Store {
                     .into_table()
                     .insert_unique(slot_hash(hash), new, |p| packed_slot_hash(p));
                 self.len += 1;
-                Ok(true)
+                true
             }
-            _ => Ok(false),
+            _ => false,
+        };
+        if let Some(kind) = change.filter(|_| changed) {
+            Self::record(&mut self.changes, key, kind);
         }
+        Ok(changed)
     }
 
     /// Drops everything stored in `partition` (after handing it off); returns
@@ -415,6 +481,7 @@ impl Store {
         let grace_ms = self.tombstone_grace_ms;
         let field_cutoff_ms = now_ms.saturating_sub(grace_ms);
         let digest = &mut self.digests[partition.0 as usize];
+        let changes = &mut self.changes;
         let mut stats = SweepStats::default();
         self.shared.write(partition).retain(|slot| {
             let old = Packed::parse(slot);
@@ -427,7 +494,10 @@ impl Store {
                 return true;
             }
             let mut session = old.to_session();
-            stats.expired += usize::from(session.expire_if_due(now_ms));
+            if session.expire_if_due(now_ms) {
+                stats.expired += 1;
+                Self::record(changes, old.key, ChangeKind::Removed);
+            }
             stats.field_tombstones_dropped += session.drop_field_tombstones_before(field_cutoff_ms);
             let hash = key_hash(old.key);
             let old_fingerprint = old.fingerprint();
@@ -466,26 +536,28 @@ impl StoreReader {
         now_ms: u64,
         f: impl FnOnce(SessionRef<'_>) -> R,
     ) -> Option<R> {
-        self.shared.read_key(key, now_ms, f)
+        self.shared.read_key(key, key_hash(key), || now_ms, f)
     }
 
     /// Like [`read`](Self::read), but only for keys of partitions the owning
     /// node replicates (see [`Store::set_replicated`]): `Err(NotReplicated)`
-    /// for any other key, whose data this store may not hold.
+    /// for any other key, whose data this store may not hold. The time is
+    /// asked for only when the session has a deadline.
     ///
     /// # Errors
     /// [`NotReplicated`] when the key's partition is not replicated here.
     pub fn read_replicated<R>(
         &self,
         key: &[u8],
-        now_ms: u64,
+        now_ms: impl FnOnce() -> u64,
         f: impl FnOnce(SessionRef<'_>) -> R,
     ) -> Result<Option<R>, NotReplicated> {
-        let partition = partition_of(key_hash(key), self.shared.partition_count);
+        let hash = key_hash(key);
+        let partition = partition_of(hash, self.shared.partition_count);
         if !self.shared.replicated[partition.0 as usize].load(Ordering::Acquire) {
             return Err(NotReplicated);
         }
-        Ok(self.shared.read_key(key, now_ms, f))
+        Ok(self.shared.read_key(key, hash, now_ms, f))
     }
 }
 
@@ -520,6 +592,78 @@ impl<'a> SessionRef<'a> {
     /// When the session expires, in wall-clock ms; `None` if it never does.
     pub fn deadline_ms(&self) -> Option<u64> {
         self.packed.deadline_ms()
+    }
+}
+
+impl SessionRef<'_> {
+    /// An owned copy, for use after the store is unlocked: one allocation.
+    pub fn to_data(&self) -> SessionData {
+        SessionData {
+            packed: self.packed.bytes.into(),
+        }
+    }
+}
+
+/// An owned copy of a session as a reader saw it, in one buffer its fields
+/// borrow from. Made by [`SessionRef::to_data`] or [`SessionData::new`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionData {
+    packed: Box<[u8]>,
+}
+
+impl SessionData {
+    /// The visible state of `session` under `key` for a reader at `now_ms`;
+    /// `None` when that reader does not see it (deleted or expired).
+    pub fn new(key: &[u8], session: &Session, now_ms: u64) -> Option<SessionData> {
+        session.is_visible(now_ms).then(|| SessionData {
+            packed: packed::encode(key, session),
+        })
+    }
+
+    fn view(&self) -> Packed<'_> {
+        Packed::parse(&self.packed)
+    }
+
+    /// The session's key.
+    pub fn key(&self) -> &[u8] {
+        self.view().key
+    }
+
+    /// One field's value.
+    pub fn field(&self, name: &[u8]) -> Option<&[u8]> {
+        self.view().fields().find(|f| f.name == name)?.value
+    }
+
+    /// The fields, in name order.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.view()
+            .fields()
+            .filter_map(|f| Some((f.name, f.value?)))
+    }
+
+    /// When the session expires, in wall-clock ms since the Unix epoch;
+    /// `None` if it never does.
+    pub fn deadline_ms(&self) -> Option<u64> {
+        self.view().deadline_ms()
+    }
+}
+
+impl std::fmt::Debug for SessionData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fields: Vec<(String, String)> = self
+            .fields()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect();
+        f.debug_struct("SessionData")
+            .field("key", &String::from_utf8_lossy(self.key()))
+            .field("fields", &fields)
+            .field("deadline_ms", &self.deadline_ms())
+            .finish()
     }
 }
 
@@ -630,7 +774,7 @@ mod tests {
             .unwrap();
         let read = |reader: StoreReader| {
             std::thread::spawn(move || {
-                reader.read_replicated(b"k", 2, |got| got.field(b"").map(<[u8]>::to_vec))
+                reader.read_replicated(b"k", || 2, |got| got.field(b"").map(<[u8]>::to_vec))
             })
             .join()
             .unwrap()
@@ -643,6 +787,36 @@ mod tests {
         assert_eq!(read(reader.clone()), Ok(Some(Some(b"v2".to_vec()))));
         s.delete(b"k", stamp(3, 1), 3).unwrap();
         assert_eq!(read(reader), Ok(None), "a deleted session reads as absent");
+    }
+
+    #[test]
+    fn records_visible_changes_only_while_watched() {
+        let mut s = store();
+        s.put(b"a", value("1"), expiring_at(100), stamp(1, 1), 1)
+            .unwrap();
+        assert!(s.take_changes().is_empty(), "nothing recorded unwatched");
+        s.record_changes(true);
+        let change = |key: &[u8], kind| KeyChange {
+            key: Bytes::copy_from_slice(key),
+            kind,
+        };
+        s.put(b"b", value("1"), Expiry::default(), stamp(2, 1), 2)
+            .unwrap();
+        s.put(b"b", value("1"), Expiry::default(), stamp(2, 1), 2)
+            .unwrap();
+        s.delete(b"b", stamp(3, 1), 3).unwrap();
+        s.delete(b"b", stamp(4, 1), 4).unwrap();
+        s.sweep(s.partition_of(b"a"), 100);
+        assert_eq!(
+            s.take_changes(),
+            vec![
+                change(b"b", ChangeKind::Updated),
+                change(b"b", ChangeKind::Removed),
+                change(b"a", ChangeKind::Removed),
+            ],
+            "a duplicate, and a delete of a deleted session, change nothing visible"
+        );
+        assert!(s.take_changes().is_empty());
     }
 
     #[test]

@@ -440,6 +440,12 @@ impl QuicTransport {
         &self.inner.faults
     }
 
+    /// The fault controls, shared: they act on this node's socket for as
+    /// long as the endpoint lives.
+    pub fn shared_faults(&self) -> Arc<LinkFaults> {
+        Arc::clone(&self.inner.faults)
+    }
+
     /// Counters of refused and dropped input.
     pub fn stats(&self) -> TransportStats {
         let s = &self.inner.stats;

@@ -551,7 +551,7 @@ impl Sim {
                         event,
                     });
                 }
-                Effect::Event(NodeEvent::ReplicasChanged(_)) => {}
+                Effect::Event(NodeEvent::ReplicasChanged(_) | NodeEvent::SessionsChanged(_)) => {}
                 Effect::Event(NodeEvent::ClockDriftRefused { from, .. }) => {
                     if let Some(&sender) = self.by_addr.get(&from) {
                         *self.drift_refusals.entry(sender).or_default() += 1;

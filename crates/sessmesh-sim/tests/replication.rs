@@ -175,6 +175,42 @@ fn a_node_whose_clock_runs_ahead_has_its_writes_refused() {
 }
 
 #[test]
+fn a_logout_through_a_node_whose_clock_lags_still_ends_the_session() {
+    let mut sim = converged(26);
+    // node-1 runs 400 ms ahead (within the drift bound) and writes; node-3,
+    // which does not replicate the key and so never saw the write's stamp,
+    // logs the session out right after.
+    sim.set_skew(1, 400);
+    let core = sim.core(3).expect("up");
+    let key = (0..1_000)
+        .map(|i| format!("k{i}"))
+        .find(|k| {
+            !core
+                .replicas_for(core.store().partition_of(k.as_bytes()))
+                .contains(&"node-3".to_string())
+        })
+        .expect("some key lives elsewhere");
+    let written = sim_write(&mut sim, 1, &key, "logged-in");
+    assert!(matches!(
+        outcome(&mut sim, written),
+        Outcome::Written { .. }
+    ));
+    let deleted = sim.write(3, key.as_bytes(), Write::Delete, Level::Quorum);
+    assert!(matches!(
+        outcome(&mut sim, deleted),
+        Outcome::Written { .. }
+    ));
+    let read = sim.read(0, key.as_bytes(), Level::All);
+    let read = outcome(&mut sim, read);
+    assert_eq!(
+        field(&read, "v"),
+        None,
+        "the logout must supersede the write it followed; seed {}",
+        sim.seed()
+    );
+}
+
+#[test]
 fn a_leaving_node_hands_its_only_copies_to_the_remaining_owners() {
     // No room for hints: only the leaving node's hand-off can save its writes.
     let data = sessmesh_core::Config {
