@@ -9,9 +9,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use sessmesh::{Handle, Level, Outcome, Session, Write};
-use sessmesh_core::{ClusterId, Config, Member, MembershipConfig, Node};
-use sessmesh_net::{ClusterCa, QuicSettings, QuicTransport, Transport, TransportConfig};
+use sessmesh::{Level, Node, SessionData};
+use sessmesh_core::{Config, MembershipConfig};
 
 const PEERS: usize = 5;
 
@@ -19,63 +18,42 @@ fn say(start: Instant, what: &str) {
     println!("[{:>6.2} s] {what}", start.elapsed().as_secs_f64());
 }
 
-fn field(session: &Session, name: &str) -> Option<String> {
-    let (_, register) = session
-        .registers()
-        .find(|(n, _)| n.as_ref() == name.as_bytes())?;
-    register
-        .val
-        .as_ref()
+fn field(session: &SessionData, name: &str) -> Option<String> {
+    session
+        .field(name.as_bytes())
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
-fn show(session: &Option<Session>) -> String {
+fn show(session: &Option<SessionData>) -> String {
     match session {
-        Some(s) if !s.is_tombstone() => s
-            .registers()
-            .filter_map(|(n, r)| {
-                Some(format!(
+        Some(s) => s
+            .fields()
+            .map(|(n, v)| {
+                format!(
                     "{}={}",
                     String::from_utf8_lossy(n),
-                    String::from_utf8_lossy(r.val.as_ref()?)
-                ))
+                    String::from_utf8_lossy(v)
+                )
             })
             .collect::<Vec<_>>()
             .join(", "),
-        _ => "(no session)".into(),
+        None => "(no session)".into(),
     }
 }
 
-async fn put(
-    peer: &Handle,
-    key: &str,
-    name: &'static str,
-    value: &str,
-    level: Level,
-) -> Result<Outcome, String> {
-    let write = Write::PutField {
-        name: name.into(),
-        value: value.to_owned().into(),
-    };
-    peer.write(key.to_owned(), write, level)
+async fn read(peer: &Node, key: &str) -> Result<Option<SessionData>, String> {
+    peer.get(key.to_owned())
         .await
-        .ok_or_else(|| "the peer stopped".to_string())
-}
-
-async fn read(peer: &Handle, key: &str) -> Result<Option<Session>, String> {
-    match peer.read(key.to_owned(), Level::Quorum).await {
-        Some(Outcome::Read(session)) => Ok(session),
-        other => Err(format!("read of {key} failed: {other:?}")),
-    }
+        .map_err(|e| format!("read of {key} failed: {e}"))
 }
 
 /// Waits until every listed peer sees exactly `count` peers, itself included.
-async fn wait_for_members(peers: &[&Handle], count: usize, within: Duration) -> Result<(), String> {
+async fn wait_for_members(peers: &[&Node], count: usize, within: Duration) -> Result<(), String> {
     let start = Instant::now();
     loop {
         let mut all = true;
         for peer in peers {
-            all &= peer.members().await.map(|m| m.len() + 1) == Some(count);
+            all &= peer.members().await.map(|m| m.len() + 1).ok() == Some(count);
         }
         if all {
             return Ok(());
@@ -91,7 +69,7 @@ async fn wait_for_members(peers: &[&Handle], count: usize, within: Duration) -> 
 
 /// Waits until the replicas of each key hold the same copy of it.
 async fn wait_for_agreement(
-    peers: &[&Handle],
+    peers: &[&Node],
     keys: &[&str],
     within: Duration,
 ) -> Result<(), String> {
@@ -102,14 +80,14 @@ async fn wait_for_agreement(
             let replicas = peers[0]
                 .replicas_of(key.to_string())
                 .await
-                .ok_or("the peer stopped")?;
+                .map_err(|e| e.to_string())?;
             for peer in peers {
-                let name = peer.me().await.ok_or("the peer stopped")?.name;
-                if replicas.contains(&name) {
-                    copies.insert(format!(
-                        "{key}: {:?}",
-                        peer.local_session(key.to_string()).await
-                    ));
+                if replicas.contains(&peer.me().name) {
+                    let copy = peer
+                        .local_session(key.to_string())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    copies.insert(format!("{key}: {copy:?}"));
                 }
             }
         }
@@ -123,13 +101,29 @@ async fn wait_for_agreement(
     }
 }
 
+/// Cuts (or with `cut == false`, heals) every link between the two sides.
+fn cut(left: &[&Node], right: &[&Node], cut: bool) {
+    for a in left {
+        for b in right {
+            for (x, y) in [(a, b), (b, a)] {
+                if let Some(faults) = x.faults() {
+                    if cut {
+                        faults.block(y.me().addr);
+                    } else {
+                        faults.unblock(y.me().addr);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), String> {
     let start = Instant::now();
-    let ca = ClusterCa::generate("demo").map_err(|e| e.to_string())?;
     say(
         start,
-        "development mode: generated a throwaway cluster CA for this run (production nodes load one made by `sessmesh certs`)",
+        "development mode: the peers share a throwaway cluster CA made for this run (production peers load one made by `sessmesh certs`)",
     );
     let config = Config {
         request_timeout_ms: 1_000,
@@ -137,37 +131,20 @@ async fn main() -> Result<(), String> {
         ..Config::default()
     };
 
-    let mut peers = Vec::new();
-    let mut transports: Vec<QuicTransport> = Vec::new();
+    let mut peers: Vec<Node> = Vec::new();
     for i in 0..PEERS {
-        let name = format!("peer-{i}");
-        let settings = QuicSettings {
-            identity: ca
-                .issue(&name, &["127.0.0.1".parse().map_err(|_| "address")?])
-                .map_err(|e| e.to_string())?,
-            ca: ca.certificate().clone(),
-            cluster: ClusterId::from_name("demo"),
-            config: TransportConfig::default(),
-        };
-        let (transport, incoming) =
-            QuicTransport::bind(([127, 0, 0, 1], 0).into(), settings).map_err(|e| e.to_string())?;
-        let me = Member {
-            name,
-            addr: transport.local_addr(),
-            client_addr: None,
-            generation: 1,
-            partition_count: config.partition_count,
-            replication_factor: 3,
-        };
-        let node = Node::new(me, &config, MembershipConfig::local(), i as u64)
+        let seeds = peers.first().map(|p| p.me().addr);
+        let peer = Node::builder()
+            .name(format!("peer-{i}"))
+            .listen(([127, 0, 0, 1], 0).into())
+            .seeds(seeds)
+            .development()
+            .config(config.clone())
+            .membership(MembershipConfig::local())
+            .start()
+            .await
             .map_err(|e| e.to_string())?;
-        let seeds = transports
-            .first()
-            .map(Transport::local_addr)
-            .into_iter()
-            .collect();
-        peers.push(sessmesh::spawn(node, transport.clone(), incoming, seeds));
-        transports.push(transport);
+        peers.push(peer);
     }
     say(
         start,
@@ -183,8 +160,15 @@ async fn main() -> Result<(), String> {
     .await?;
     say(start, "every peer discovered every other by gossip");
 
-    put(&peers[0], "session:ada", "user", "ada", Level::Quorum).await?;
-    put(&peers[0], "session:bob", "user", "bob", Level::Quorum).await?;
+    let failed = |e: sessmesh::Error| e.to_string();
+    peers[0]
+        .put_field("session:ada", "user", "ada")
+        .await
+        .map_err(failed)?;
+    peers[0]
+        .put_field("session:bob", "user", "bob")
+        .await
+        .map_err(failed)?;
     say(
         start,
         "peer-0 wrote session:ada and session:bob (3 replicas each)",
@@ -198,11 +182,11 @@ async fn main() -> Result<(), String> {
     );
 
     let (a, b) = tokio::join!(
-        put(&peers[1], "session:ada", "cart", "1 book", Level::Quorum),
-        put(&peers[2], "session:ada", "theme", "dark", Level::Quorum)
+        peers[1].put_field("session:ada", "cart", "1 book"),
+        peers[2].put_field("session:ada", "theme", "dark")
     );
-    a?;
-    b?;
+    a.map_err(failed)?;
+    b.map_err(failed)?;
     say(
         start,
         "at the same time, peer-1 set ada's cart and peer-2 set ada's theme",
@@ -215,13 +199,8 @@ async fn main() -> Result<(), String> {
         ),
     );
 
-    let sides = ([0usize, 1], [2usize, 3, 4]);
-    for &x in &sides.0 {
-        for &y in &sides.1 {
-            transports[x].faults().block(transports[y].local_addr());
-            transports[y].faults().block(transports[x].local_addr());
-        }
-    }
+    let (left, right) = ([&peers[0], &peers[1]], [&peers[2], &peers[3], &peers[4]]);
+    cut(&left, &right, true);
     say(
         start,
         "the network is cut in two: {peer-0, peer-1} | {peer-2, peer-3, peer-4}",
@@ -237,27 +216,35 @@ async fn main() -> Result<(), String> {
         start,
         "each side has declared the other down, and goes on serving",
     );
-    put(&peers[0], "session:ada", "theme", "light", Level::One).await?;
-    put(&peers[3], "session:ada", "cart", "3 books", Level::One).await?;
-    peers[3]
-        .write("session:bob".to_owned(), Write::Delete, Level::One)
+    // Each side holds only some replicas of a key: writes at level One.
+    peers[0]
+        .at(Level::One)
+        .put_field("session:ada", "theme", "light")
         .await
-        .ok_or("the peer stopped")?;
+        .map_err(failed)?;
+    peers[3]
+        .at(Level::One)
+        .put_field("session:ada", "cart", "3 books")
+        .await
+        .map_err(failed)?;
+    peers[3]
+        .at(Level::One)
+        .delete("session:bob")
+        .await
+        .map_err(failed)?;
     say(
         start,
         "left side: ada's theme := light; right side: ada's cart := 3 books, and bob logs out",
     );
     for (side, peer) in [("left ", &peers[0]), ("right", &peers[3])] {
-        let seen = match peer.read("session:ada".to_owned(), Level::One).await {
-            Some(Outcome::Read(session)) => show(&session),
-            _ => "(no replica of ada on this side)".into(),
+        let seen = match peer.at(Level::One).get("session:ada").await {
+            Ok(session) => show(&session),
+            Err(e) => format!("({e})"),
         };
         say(start, &format!("  the {side} side reads ada: {seen}"));
     }
 
-    for transport in &transports {
-        transport.faults().unblock_all();
-    }
+    cut(&left, &right, false);
     say(start, "the network heals");
     wait_for_members(
         &peers.iter().collect::<Vec<_>>(),
@@ -277,20 +264,22 @@ async fn main() -> Result<(), String> {
     say(start, &format!("every replica agrees; ada: {}", show(&ada)));
     say(start, &format!("bob: {} (the logout held)", show(&bob)));
     let merged = ada.as_ref().ok_or("ada is missing")?;
+    let user = field(merged, "user");
     if field(merged, "theme").as_deref() != Some("light")
         || field(merged, "cart").as_deref() != Some("3 books")
     {
         return Err("the merge lost a side's update".into());
     }
-    if bob.is_some_and(|b| !b.is_tombstone()) {
+    if user.as_deref() != Some("ada") {
+        return Err("ada lost her user field".into());
+    }
+    if bob.is_some() {
         return Err("bob came back".into());
     }
 
     // Kill peer-4: its socket goes silent and its task stops.
-    for other in 0..PEERS {
-        transports[4].faults().block(transports[other].local_addr());
-    }
     let killed = peers.pop().ok_or("no peers")?;
+    cut(&[&killed], &peers.iter().collect::<Vec<_>>(), true);
     drop(killed);
     say(start, "peer-4 is killed");
     let served = read(&peers[2], "session:ada").await?;

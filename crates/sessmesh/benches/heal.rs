@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sessmesh::{Handle, Level, Outcome, Write};
+use sessmesh::{Level, Node as Peer, Outcome, Write};
 use sessmesh_core::{
     ClusterId, Codec, Config, Member, MembershipConfig, Message, Node, PartitionId,
 };
@@ -38,7 +38,7 @@ fn main() {
         let ca = ClusterCa::generate("heal-bench").unwrap();
         let config = Config::default();
         let membership = MembershipConfig::local();
-        let mut peers: Vec<Handle> = Vec::new();
+        let mut peers: Vec<Peer> = Vec::new();
         let mut transports: Vec<QuicTransport> = Vec::new();
         for i in 0..3 {
             let name = format!("node-{i}");

@@ -3,126 +3,62 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sessmesh_core::{
-    CallId, Effect, Level, Member, Node, NodeEvent, Outcome, PartitionId, Session, Timer, Write,
+    CallId, Effect, KeyChange, Level, Member, MemberState, NodeEvent, Outcome, PartitionId,
+    Session, Timer, Write,
 };
 use sessmesh_net::{Incoming, Transport};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::Error;
+use crate::status::{MemberStatus, Status};
+
 /// A request to the task.
-enum Command {
+pub(crate) enum Command {
     Members(oneshot::Sender<Vec<Member>>),
-    Me(oneshot::Sender<Member>),
-    Leave(oneshot::Sender<()>),
+    Status(oneshot::Sender<Status>),
+    Shutdown(Duration, oneshot::Sender<Result<(), Error>>),
     Write(Bytes, Write, Level, oneshot::Sender<Outcome>),
     Read(Bytes, Level, oneshot::Sender<Outcome>),
     Local(Bytes, oneshot::Sender<Option<Session>>),
     Roots(oneshot::Sender<Vec<u64>>),
     Replicas(Bytes, oneshot::Sender<Vec<String>>),
+    Watch(oneshot::Sender<broadcast::Receiver<KeyChange>>),
 }
 
-/// A cloneable handle to a running peer. The peer stops when the last handle
-/// is dropped, or after [`Handle::leave`].
-#[derive(Clone, Debug)]
-pub struct Handle {
-    commands: mpsc::Sender<Command>,
-    events: broadcast::Sender<NodeEvent>,
+/// The channels the handles keep to the task.
+pub(crate) struct Channels {
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) events: broadcast::Sender<NodeEvent>,
 }
 
-/// Starts the task that owns `node`, on the current tokio runtime, joining the
-/// cluster through `seeds`.
-pub fn spawn<T: Transport>(
-    node: Node,
+/// Starts the task that owns `node` on the current tokio runtime, joining
+/// the cluster through `seeds`.
+pub(crate) fn start<T: Transport>(
+    node: sessmesh_core::Node,
     transport: T,
     incoming: mpsc::Receiver<Incoming>,
     seeds: Vec<SocketAddr>,
-) -> Handle {
-    let (commands, rx) = mpsc::channel(64);
+) -> Channels {
+    let (commands, rx) = mpsc::channel(256);
     let (events, _) = broadcast::channel(1024);
+    let (changes, _) = broadcast::channel(4096);
     let driver = Driver {
         node,
         transport,
         timers: Timers::default(),
         events: events.clone(),
+        changes,
         calls: HashMap::new(),
         next_call: 0,
     };
     tokio::spawn(driver.run(incoming, rx, seeds));
-    Handle { commands, events }
-}
-
-impl Handle {
-    async fn ask<R>(&self, command: impl FnOnce(oneshot::Sender<R>) -> Command) -> Option<R> {
-        let (tx, rx) = oneshot::channel();
-        self.commands.send(command(tx)).await.ok()?;
-        rx.await.ok()
-    }
-
-    /// The members this peer considers active, itself excluded; `None` once it stopped.
-    pub async fn members(&self) -> Option<Vec<Member>> {
-        self.ask(Command::Members).await
-    }
-
-    /// This peer's identity; `None` once it stopped.
-    pub async fn me(&self) -> Option<Member> {
-        self.ask(Command::Me).await
-    }
-
-    /// Writes `key`, coordinated by this peer; answers once `level` replicas
-    /// acknowledged or the request timed out. `None` once the peer stopped.
-    pub async fn write(
-        &self,
-        key: impl Into<Bytes>,
-        write: Write,
-        level: Level,
-    ) -> Option<Outcome> {
-        let key = key.into();
-        self.ask(|reply| Command::Write(key, write, level, reply))
-            .await
-    }
-
-    /// Reads `key` from `level` replicas; `None` once the peer stopped.
-    pub async fn read(&self, key: impl Into<Bytes>, level: Level) -> Option<Outcome> {
-        let key = key.into();
-        self.ask(|reply| Command::Read(key, level, reply)).await
-    }
-
-    /// This peer's own copy of `key` (tombstones included), without asking
-    /// other replicas: for status and for checking that replicas agree.
-    pub async fn local_session(&self, key: impl Into<Bytes>) -> Option<Session> {
-        let key = key.into();
-        self.ask(|reply| Command::Local(key, reply)).await.flatten()
-    }
-
-    /// The anti-entropy digest root of every partition of this peer's store:
-    /// two peers that replicate the same partitions hold the same data when
-    /// their roots are equal.
-    pub async fn digest_roots(&self) -> Option<Vec<u64>> {
-        self.ask(Command::Roots).await
-    }
-
-    /// The names of the members that replicate `key`, as this peer sees them.
-    pub async fn replicas_of(&self, key: impl Into<Bytes>) -> Option<Vec<String>> {
-        let key = key.into();
-        self.ask(|reply| Command::Replicas(key, reply)).await
-    }
-
-    /// Membership and placement events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
-        self.events.subscribe()
-    }
-
-    /// Leaves the cluster on purpose and stops: announces `Leaving`, keeps
-    /// serving for two probe periods while peers take over its partitions, then
-    /// tells them it is gone, so they drop it at once rather than after suspicion.
-    pub async fn leave(&self) {
-        self.ask(Command::Leave).await;
-    }
+    Channels { commands, events }
 }
 
 /// Timers in deadline order; ties in the order they were set.
@@ -154,20 +90,42 @@ impl Timers {
     }
 }
 
+/// A graceful shutdown under way.
+struct Leaving {
+    /// Announcing `Leaving` takes this long to reach the others at least.
+    announced_at: Instant,
+    /// Give up on handoffs then.
+    deadline: Instant,
+    /// Everyone who asked for the shutdown.
+    replies: Vec<oneshot::Sender<Result<(), Error>>>,
+}
+
+impl Leaving {
+    /// When to look at the progress next, at the latest.
+    fn next_check(&self, now: Instant) -> Instant {
+        if now < self.announced_at {
+            self.announced_at
+        } else {
+            self.deadline.min(now + Duration::from_millis(100))
+        }
+    }
+}
+
 struct Driver<T> {
-    node: Node,
+    node: sessmesh_core::Node,
     transport: T,
     timers: Timers,
     events: broadcast::Sender<NodeEvent>,
+    changes: broadcast::Sender<KeyChange>,
     /// Client calls waiting for their outcome.
     calls: HashMap<CallId, oneshot::Sender<Outcome>>,
     next_call: u64,
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the only clock the node sees.
-fn now_ms() -> u64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+pub(crate) fn now_ms() -> u64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }
@@ -179,57 +137,36 @@ impl<T: Transport> Driver<T> {
         mut commands: mpsc::Receiver<Command>,
         seeds: Vec<SocketAddr>,
     ) {
-        info!(node = %self.node.me().name, generation = self.node.me().generation, "peer starting");
+        info!(node = %self.node.me().name, addr = %self.node.me().addr, generation = self.node.me().generation, "peer starting");
         self.node.join(&seeds);
         self.apply();
-        let mut leaving: Option<(Instant, oneshot::Sender<()>)> = None;
+        let mut leaving: Option<Leaving> = None;
         loop {
             let timer_due = self.timers.next_deadline();
-            let leave_due = leaving.as_ref().map(|(at, _)| *at);
+            let leave_check = leaving.as_ref().map(|l| l.next_check(Instant::now()));
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
-                    Some(Command::Members(reply)) => {
-                        let _ = reply.send(self.node.membership().members().cloned().collect());
+                    Some(Command::Shutdown(_, reply)) if leaving.is_some() => {
+                        if let Some(l) = leaving.as_mut() {
+                            l.replies.push(reply);
+                        }
                     }
-                    Some(Command::Me(reply)) => {
-                        let _ = reply.send(self.node.me().clone());
-                    }
-                    Some(Command::Write(key, write, level, reply)) => {
-                        let call = self.call(reply);
-                        self.node.write(call, key, write, level, now_ms());
-                    }
-                    Some(Command::Read(key, level, reply)) => {
-                        let call = self.call(reply);
-                        self.node.read(call, key, level, now_ms());
-                    }
-                    Some(Command::Replicas(key, reply)) => {
-                        let partition = self.node.store().partition_of(&key);
-                        let _ = reply.send(self.node.replicas_for(partition).to_vec());
-                    }
-                    Some(Command::Roots(reply)) => {
-                        let store = self.node.store();
-                        let roots = (0..store.partition_count()).map(|p| store.digest(PartitionId(p)).root()).collect();
-                        let _ = reply.send(roots);
-                    }
-                    Some(Command::Local(key, reply)) => {
-                        let _ = reply.send(self.node.store().session(&key));
-                    }
-                    Some(Command::Leave(reply)) => {
+                    Some(Command::Shutdown(within, reply)) => {
+                        info!(node = %self.node.me().name, "leaving: handing off partitions");
                         self.node.prepare_leave();
+                        let now = Instant::now();
                         let grace = Duration::from_millis(2 * self.node.membership().config().probe_period_ms);
-                        leaving = Some((Instant::now() + grace, reply));
+                        leaving = Some(Leaving {
+                            announced_at: now + grace.min(within),
+                            deadline: now + within,
+                            replies: vec![reply],
+                        });
                     }
+                    Some(command) => self.command(command),
                     None => break,
                 },
-                () = sleep_until(leave_due) => {
-                    self.node.leave();
-                    self.apply();
-                    if let Some((_, reply)) = leaving.take() {
-                        let _ = reply.send(());
-                    }
-                    break;
-                }
+                () = sleep_until(leave_check) => {}
                 item = incoming.recv() => match item {
                     Some(Incoming::Datagram { from, payload }) => self.node.handle_gossip(from.addr, &payload),
                     Some(Incoming::Message { from, message }) => self.node.handle_message(from.addr, message, now_ms()),
@@ -245,8 +182,125 @@ impl<T: Transport> Driver<T> {
                 }
             }
             self.apply();
+            if let Some(state) = leaving.take() {
+                match self.leave_progress(&state) {
+                    None => leaving = Some(state),
+                    Some(result) => {
+                        self.node.leave();
+                        self.apply();
+                        for reply in state.replies {
+                            // The caller may have stopped waiting.
+                            let _ = reply.send(
+                                result
+                                    .map_err(|partitions| Error::HandoffIncomplete { partitions }),
+                            );
+                        }
+                        break;
+                    }
+                }
+            }
         }
         info!(node = %self.node.me().name, "peer stopped");
+    }
+
+    /// Whether a graceful shutdown is done: `None` while it goes on, else
+    /// `Err` with the partitions it gave up handing off.
+    fn leave_progress(&self, state: &Leaving) -> Option<Result<(), usize>> {
+        let now = Instant::now();
+        let alone = self.node.membership().members().next().is_none();
+        if now < state.announced_at && !alone {
+            return None;
+        }
+        let left = self.node.partitions_to_hand_off();
+        if left == 0 || alone {
+            if left > 0 {
+                warn!(
+                    partitions = left,
+                    "the last member leaves: nobody to hand its partitions to"
+                );
+            }
+            return Some(Ok(()));
+        }
+        (now >= state.deadline).then(|| {
+            warn!(
+                partitions = left,
+                "leaving before every partition was handed off"
+            );
+            Err(left)
+        })
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Members(reply) => {
+                let _ = reply.send(self.node.membership().members().cloned().collect());
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Write(key, write, level, reply) => {
+                let call = self.call(reply);
+                self.node.write(call, key, write, level, now_ms());
+            }
+            Command::Read(key, level, reply) => {
+                let call = self.call(reply);
+                self.node.read(call, key, level, now_ms());
+            }
+            Command::Replicas(key, reply) => {
+                let partition = self.node.store().partition_of(&key);
+                let _ = reply.send(self.node.replicas_for(partition).to_vec());
+            }
+            Command::Roots(reply) => {
+                let store = self.node.store();
+                let roots = (0..store.partition_count())
+                    .map(|p| store.digest(PartitionId(p)).root())
+                    .collect();
+                let _ = reply.send(roots);
+            }
+            Command::Local(key, reply) => {
+                let _ = reply.send(self.node.store().session(&key));
+            }
+            Command::Watch(reply) => {
+                self.node.watch_changes(true);
+                let _ = reply.send(self.changes.subscribe());
+            }
+            // The loop handles it.
+            Command::Shutdown(..) => {}
+        }
+    }
+
+    fn status(&self) -> Status {
+        let node = &self.node;
+        let membership = node.membership();
+        let partitioner = node.partitioner();
+        let me = node.me().clone();
+        let mut members: Vec<MemberStatus> = membership
+            .members()
+            .chain(std::iter::once(&me))
+            .map(|m| MemberStatus {
+                member: m.clone(),
+                state: if m.name == me.name {
+                    membership.state()
+                } else {
+                    membership.state_of(&m.name).unwrap_or(MemberState::Joining)
+                },
+                partitions: partitioner.partitions_of(&m.name).count(),
+            })
+            .collect();
+        members.sort_by(|a, b| a.member.name.cmp(&b.member.name));
+        Status {
+            state: membership.state(),
+            partitions_owned: partitioner.partitions_of(&me.name).count(),
+            me,
+            members,
+            partition_count: node.store().partition_count(),
+            sessions_stored: node.store().len(),
+            hints_pending: node.hints().len(),
+            hints_dropped: node.hints().dropped(),
+            last_anti_entropy: node
+                .last_anti_entropy_ms()
+                .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+        }
     }
 
     fn call(&mut self, reply: oneshot::Sender<Outcome>) -> CallId {
@@ -275,7 +329,18 @@ impl<T: Transport> Driver<T> {
                         let _ = reply.send(outcome);
                     }
                 }
-                Effect::Schedule { after, timer } => self.timers.set(Instant::now() + after, timer),
+                Effect::Schedule { after, timer } => {
+                    self.timers.set(Instant::now() + after, timer);
+                }
+                Effect::Event(NodeEvent::SessionsChanged(changes)) => {
+                    for change in changes {
+                        if self.changes.send(change).is_err() {
+                            // Every watcher is gone: stop recording.
+                            self.node.watch_changes(false);
+                            break;
+                        }
+                    }
+                }
                 Effect::Event(event) => {
                     if let NodeEvent::Member(member_event) = &event {
                         info!("{member_event:?}");

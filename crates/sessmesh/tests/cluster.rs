@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sessmesh::{Handle, MemberEvent, NodeEvent};
+use sessmesh::{MemberEvent, Node as Peer, NodeEvent};
 use sessmesh_core::{ClusterId, Config, Member, MembershipConfig, Node};
 use sessmesh_net::mem::MemNetwork;
 use sessmesh_net::{ClusterCa, QuicSettings, QuicTransport, Transport, TransportConfig};
@@ -27,7 +27,7 @@ fn node(name: &str, addr: SocketAddr, seed: u64) -> Node {
 }
 
 /// The names each live peer sees, itself included.
-async fn views(peers: &[Option<Handle>]) -> Vec<BTreeSet<String>> {
+async fn views(peers: &[Option<Peer>]) -> Vec<BTreeSet<String>> {
     let mut views = Vec::new();
     for peer in peers.iter().flatten() {
         let mut view: BTreeSet<String> = peer
@@ -37,7 +37,7 @@ async fn views(peers: &[Option<Handle>]) -> Vec<BTreeSet<String>> {
             .into_iter()
             .map(|m| m.name)
             .collect();
-        view.insert(peer.me().await.unwrap().name);
+        view.insert(peer.me().name.clone());
         views.push(view);
     }
     views
@@ -45,7 +45,7 @@ async fn views(peers: &[Option<Handle>]) -> Vec<BTreeSet<String>> {
 
 /// Waits until every live peer sees exactly `expected`; returns how long it took.
 async fn wait_for_view(
-    peers: &[Option<Handle>],
+    peers: &[Option<Peer>],
     expected: &BTreeSet<String>,
     within: Duration,
 ) -> Duration {
@@ -110,7 +110,7 @@ async fn in_memory_peers_converge_and_see_a_crash_and_a_leave() {
 
     // A leave: reported as such, well before suspicion would have.
     let leaver = peers[4].take().unwrap();
-    leaver.leave().await;
+    leaver.shutdown().await.unwrap();
     let left = loop {
         match events.recv().await.unwrap() {
             NodeEvent::Member(MemberEvent::Left(m)) => break m,
@@ -215,7 +215,7 @@ fn turmoil_partition(seed: u64, ca: &std::sync::Arc<ClusterCa>) -> Vec<String> {
         .ip_version(turmoil::IpVersion::V6)
         .simulation_duration(Duration::from_secs(120))
         .build();
-    let handles: Arc<Mutex<Vec<Option<Handle>>>> = Arc::new(Mutex::new(vec![None, None, None]));
+    let handles: Arc<Mutex<Vec<Option<Peer>>>> = Arc::new(Mutex::new(vec![None, None, None]));
     const PORT: u16 = 7000;
     for i in 0..3usize {
         let (ca, handles) = (ca.clone(), handles.clone());
@@ -357,12 +357,12 @@ async fn three_quic_nodes_converge_after_conflicting_writes_across_a_partition()
     assert!(matches!(
         a.write("session:ada", put("user", "ada"), sessmesh::Level::All)
             .await,
-        Some(sessmesh::Outcome::Written { acks: 3, .. })
+        Ok(sessmesh::Outcome::Written { acks: 3, .. })
     ));
     assert!(matches!(
         a.write("session:bob", put("user", "bob"), sessmesh::Level::All)
             .await,
-        Some(sessmesh::Outcome::Written { acks: 3, .. })
+        Ok(sessmesh::Outcome::Written { acks: 3, .. })
     ));
 
     // Cut node-2 off from the others, both ways, at its socket and theirs.
@@ -378,12 +378,12 @@ async fn three_quic_nodes_converge_after_conflicting_writes_across_a_partition()
             sessmesh::Level::Quorum
         )
         .await,
-        Some(sessmesh::Outcome::Written { .. })
+        Ok(sessmesh::Outcome::Written { .. })
     ));
     assert!(matches!(
         c.write("session:ada", put("cart", "3 books"), sessmesh::Level::One)
             .await,
-        Some(sessmesh::Outcome::Written { .. })
+        Ok(sessmesh::Outcome::Written { .. })
     ));
     assert!(matches!(
         a.write(
@@ -392,15 +392,15 @@ async fn three_quic_nodes_converge_after_conflicting_writes_across_a_partition()
             sessmesh::Level::Quorum
         )
         .await,
-        Some(sessmesh::Outcome::Written { .. })
+        Ok(sessmesh::Outcome::Written { .. })
     ));
     // node-2 cannot reach a quorum: it says how many replicas took the write.
     let cut_off = c
         .write("session:ada", put("lang", "fr"), sessmesh::Level::Quorum)
         .await;
     assert_eq!(
-        cut_off,
-        Some(sessmesh::Outcome::WriteTimedOut { acks: 1, needed: 2 })
+        cut_off.unwrap(),
+        sessmesh::Outcome::WriteTimedOut { acks: 1, needed: 2 }
     );
 
     for transport in &transports {
@@ -412,8 +412,8 @@ async fn three_quic_nodes_converge_after_conflicting_writes_across_a_partition()
         let mut copies = Vec::new();
         for peer in peers.iter().flatten() {
             copies.push((
-                peer.local_session("session:ada").await,
-                peer.local_session("session:bob").await,
+                peer.local_session("session:ada").await.unwrap(),
+                peer.local_session("session:bob").await.unwrap(),
             ));
         }
         if copies.windows(2).all(|w| w[0] == w[1]) {

@@ -1,0 +1,73 @@
+//! The one error type of the embedded API.
+
+use std::path::PathBuf;
+
+/// Everything a peer's calls can fail with. Each variant says what state the
+/// call left behind.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A builder setting is invalid; nothing was started.
+    #[error("invalid setting {setting}: {reason}")]
+    Config {
+        /// The setting, named as the builder method that sets it.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A certificate or key file could not be used; nothing was started.
+    #[error("{}: {source}", path.display())]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: sessmesh_net::Error,
+    },
+    /// The transport could not start (the address is taken, or rustls refused
+    /// the identity); nothing was started.
+    #[error("cannot start the transport: {0}")]
+    Transport(#[source] sessmesh_net::Error),
+    /// The key is longer than [`MAX_KEY_LEN`](sessmesh_core::MAX_KEY_LEN)
+    /// bytes; nothing was sent.
+    #[error("key is {len} bytes, over the {max}-byte limit")]
+    KeyTooLong {
+        /// The key's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Fewer replicas than the call's level acknowledged a write in time.
+    /// The write is **not** rolled back: the replicas that took it keep it,
+    /// hints and anti-entropy spread it to the rest, and a retry is harmless.
+    #[error("write acknowledged by {acks} of the {needed} replicas its level needs in time")]
+    WriteTimedOut {
+        /// Replicas that acknowledged.
+        acks: usize,
+        /// Replicas the level needed.
+        needed: usize,
+    },
+    /// Fewer replicas than the call's level answered a read in time.
+    #[error("read answered by {answers} of the {needed} replicas its level needs in time")]
+    ReadTimedOut {
+        /// Replicas that answered.
+        answers: usize,
+        /// Replicas the level needed.
+        needed: usize,
+    },
+    /// The peer refused the call before sending anything (for example, the
+    /// key's partition has no live replica).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The peer has shut down (or its task ended); nothing was done.
+    #[error("the peer has shut down")]
+    Stopped,
+    /// A graceful shutdown ran out of time before every partition this peer
+    /// held was handed to its new owners. The peer has left anyway; the
+    /// partitions' other replicas still hold whatever reached them, and
+    /// writes only this peer held are lost.
+    #[error("shut down with {partitions} partitions not yet handed off")]
+    HandoffIncomplete {
+        /// Partitions whose data was not acknowledged by their new owners.
+        partitions: usize,
+    },
+}

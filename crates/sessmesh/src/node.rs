@@ -1,0 +1,557 @@
+//! The handle applications hold: a running peer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use sessmesh_core::{
+    Expiry, KeyChange, Level, MAX_KEY_LEN, Member, NodeEvent, Outcome, Session, SessionData,
+    StoreReader, Write,
+};
+use sessmesh_net::{Incoming, LinkFaults, Transport};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::Error;
+use crate::builder::NodeBuilder;
+use crate::driver::{self, Command, now_ms};
+use crate::status::Status;
+
+/// A running peer: cheap to clone, and every clone talks to the same peer.
+///
+/// Made by [`Node::builder`] (or [`spawn`] for a transport of your own). The
+/// peer runs as one task on the tokio runtime that started it, and stops
+/// after [`shutdown`](Node::shutdown) or once every clone is dropped (the
+/// latter without handing anything off: prefer `shutdown`).
+///
+/// Calls use the default levels the builder set (both [`Level::Quorum`]
+/// unless changed, which gives read-your-writes across peers); override them
+/// per call with [`at`](Node::at). A read at [`Level::One`] of a key whose
+/// partition this peer replicates is answered from the local store on the
+/// caller's thread, without a hop through the task.
+#[derive(Clone, Debug)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<NodeEvent>,
+    reader: StoreReader,
+    me: Member,
+    read_level: Level,
+    write_level: Level,
+    shutdown_timeout: Duration,
+    faults: Option<Arc<LinkFaults>>,
+}
+
+/// Per-call settings over a [`Node`]; see [`Node::at`].
+#[derive(Clone, Copy, Debug)]
+pub struct At<'a> {
+    node: &'a Node,
+    level: Level,
+}
+
+/// What [`spawn`] needs besides the core node and its transport.
+#[derive(Clone, Debug)]
+pub(crate) struct Options {
+    pub(crate) read_level: Level,
+    pub(crate) write_level: Level,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) faults: Option<Arc<LinkFaults>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            read_level: Level::Quorum,
+            write_level: Level::Quorum,
+            shutdown_timeout: Duration::from_secs(30),
+            faults: None,
+        }
+    }
+}
+
+/// Starts a peer around a core node and a transport of your choosing (the
+/// in-memory twin, quinn over a simulated network, ...) on the current tokio
+/// runtime, joining the cluster through `seeds`. Most applications want
+/// [`Node::builder`], which sets up QUIC with TLS.
+pub fn spawn<T: Transport>(
+    node: sessmesh_core::Node,
+    transport: T,
+    incoming: mpsc::Receiver<Incoming>,
+    seeds: Vec<SocketAddr>,
+) -> Node {
+    spawn_with(node, transport, incoming, seeds, Options::default())
+}
+
+pub(crate) fn spawn_with<T: Transport>(
+    node: sessmesh_core::Node,
+    transport: T,
+    incoming: mpsc::Receiver<Incoming>,
+    seeds: Vec<SocketAddr>,
+    options: Options,
+) -> Node {
+    let reader = node.store().reader();
+    let me = node.me().clone();
+    let channels = driver::start(node, transport, incoming, seeds);
+    Node {
+        inner: Arc::new(Inner {
+            commands: channels.commands,
+            events: channels.events,
+            reader,
+            me,
+            read_level: options.read_level,
+            write_level: options.write_level,
+            shutdown_timeout: options.shutdown_timeout,
+            faults: options.faults,
+        }),
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<(), Error> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::KeyTooLong {
+            len: key.len(),
+            max: MAX_KEY_LEN,
+        });
+    }
+    Ok(())
+}
+
+fn millis_since_epoch(at: SystemTime) -> u64 {
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Node {
+    /// Settings for a new peer; see [`NodeBuilder`].
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    /// Calls at `level` instead of the defaults:
+    /// `node.at(Level::All).put_field(..)`.
+    pub fn at(&self, level: Level) -> At<'_> {
+        At { node: self, level }
+    }
+
+    /// This peer's identity.
+    pub fn me(&self) -> &Member {
+        &self.inner.me
+    }
+
+    /// The session under `key`, at the default read level; `None` when
+    /// there is none (never written, deleted, or expired).
+    ///
+    /// # Errors
+    /// See [`Error`]: [`Error::ReadTimedOut`], [`Error::KeyTooLong`], [`Error::Stopped`].
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<SessionData>, Error> {
+        self.at(self.inner.read_level).get(key).await
+    }
+
+    /// One field of the session under `key`, at the default read level.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub async fn get_field(
+        &self,
+        key: impl Into<Bytes>,
+        name: impl AsRef<[u8]>,
+    ) -> Result<Option<Bytes>, Error> {
+        self.at(self.inner.read_level).get_field(key, name).await
+    }
+
+    /// Replaces the whole session under `key` with `fields` and `expiry`,
+    /// at the default write level.
+    ///
+    /// # Errors
+    /// See [`Error`]: [`Error::WriteTimedOut`] (the write is kept), [`Error::KeyTooLong`], ...
+    pub async fn put<N, V>(
+        &self,
+        key: impl Into<Bytes>,
+        fields: impl IntoIterator<Item = (N, V)>,
+        expiry: Expiry,
+    ) -> Result<(), Error>
+    where
+        N: Into<Bytes>,
+        V: Into<Bytes>,
+    {
+        self.at(self.inner.write_level)
+            .put(key, fields, expiry)
+            .await
+    }
+
+    /// Sets one field of the session under `key`, keeping the others; a
+    /// concurrent write of another field on another peer survives too.
+    ///
+    /// # Errors
+    /// As [`put`](Self::put).
+    pub async fn put_field(
+        &self,
+        key: impl Into<Bytes>,
+        name: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        self.at(self.inner.write_level)
+            .put_field(key, name, value)
+            .await
+    }
+
+    /// Deletes one field of the session under `key`.
+    ///
+    /// # Errors
+    /// As [`put`](Self::put).
+    pub async fn delete_field(
+        &self,
+        key: impl Into<Bytes>,
+        name: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        self.at(self.inner.write_level)
+            .delete_field(key, name)
+            .await
+    }
+
+    /// Deletes the session under `key` (logout): nothing written to it
+    /// before comes back, on any peer, after any partition heals.
+    ///
+    /// # Errors
+    /// As [`put`](Self::put).
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<(), Error> {
+        self.at(self.inner.write_level).delete(key).await
+    }
+
+    /// Marks activity on the session under `key`, restarting its sliding
+    /// idle limit (see [`Expiry::max_idle_ms`]).
+    ///
+    /// # Errors
+    /// As [`put`](Self::put).
+    pub async fn touch(&self, key: impl Into<Bytes>) -> Result<(), Error> {
+        self.at(self.inner.write_level).touch(key).await
+    }
+
+    /// Sets (or with `None` clears) the moment the session under `key`
+    /// expires.
+    ///
+    /// # Errors
+    /// As [`put`](Self::put).
+    pub async fn expire_at(
+        &self,
+        key: impl Into<Bytes>,
+        at: Option<SystemTime>,
+    ) -> Result<(), Error> {
+        self.at(self.inner.write_level).expire_at(key, at).await
+    }
+
+    /// Sets (or with `None` clears) the sliding idle limit of the session
+    /// under `key`: it expires once that long passes without a write or
+    /// [`touch`](Self::touch).
+    ///
+    /// # Errors
+    /// As [`put`](Self::put).
+    pub async fn set_max_idle(
+        &self,
+        key: impl Into<Bytes>,
+        idle: Option<Duration>,
+    ) -> Result<(), Error> {
+        self.at(self.inner.write_level)
+            .set_max_idle(key, idle)
+            .await
+    }
+
+    async fn ask<R>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<R>) -> Command,
+    ) -> Result<R, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(command(tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// This peer's view of itself and the cluster.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`].
+    pub async fn status(&self) -> Result<Status, Error> {
+        self.ask(Command::Status).await
+    }
+
+    /// The members this peer considers active, itself excluded.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`].
+    pub async fn members(&self) -> Result<Vec<Member>, Error> {
+        self.ask(Command::Members).await
+    }
+
+    /// Changes to sessions this peer stores, from now on: writes it
+    /// coordinated or replicated, merges from repair, deletes and expiries.
+    /// A receiver that falls more than 4,096 changes behind gets
+    /// [`RecvError::Lagged`](broadcast::error::RecvError::Lagged) and
+    /// should re-read what it cares about.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`].
+    pub async fn watch(&self) -> Result<broadcast::Receiver<KeyChange>, Error> {
+        self.ask(Command::Watch).await
+    }
+
+    /// Membership and placement events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Leaves the cluster gracefully and stops: announces `Leaving` so the
+    /// others stop routing to it, hands every partition it holds to the
+    /// partitions' remaining owners, and returns once they all acknowledged
+    /// (or the builder's `shutdown_timeout` passed). The peer keeps serving
+    /// calls meanwhile. Other clones see [`Error::Stopped`] afterwards.
+    ///
+    /// # Errors
+    /// [`Error::HandoffIncomplete`] when time ran out first (the peer has
+    /// left all the same); [`Error::Stopped`] when it had already stopped.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        let within = self.inner.shutdown_timeout;
+        self.ask(|reply| Command::Shutdown(within, reply)).await?
+    }
+
+    /// The transport's fault controls, when this peer runs on QUIC: for
+    /// tests and demos that cut the network.
+    pub fn faults(&self) -> Option<&LinkFaults> {
+        self.inner.faults.as_deref()
+    }
+
+    /// Writes `key`, coordinated by this peer, and answers once `level`
+    /// replicas acknowledged or the request timed out: the raw [`Outcome`].
+    ///
+    /// # Errors
+    /// [`Error::Stopped`].
+    pub async fn write(
+        &self,
+        key: impl Into<Bytes>,
+        write: Write,
+        level: Level,
+    ) -> Result<Outcome, Error> {
+        let key = key.into();
+        self.ask(|reply| Command::Write(key, write, level, reply))
+            .await
+    }
+
+    /// Reads `key` from `level` replicas: the raw [`Outcome`], with the
+    /// replicated state (tombstones included).
+    ///
+    /// # Errors
+    /// [`Error::Stopped`].
+    pub async fn read(&self, key: impl Into<Bytes>, level: Level) -> Result<Outcome, Error> {
+        let key = key.into();
+        self.ask(|reply| Command::Read(key, level, reply)).await
+    }
+
+    /// This peer's own copy of `key` (tombstones included), without asking
+    /// other replicas: for status and for checking that replicas agree.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`].
+    pub async fn local_session(&self, key: impl Into<Bytes>) -> Result<Option<Session>, Error> {
+        let key = key.into();
+        self.ask(|reply| Command::Local(key, reply)).await
+    }
+
+    /// The anti-entropy digest root of every partition of this peer's store:
+    /// two peers that replicate the same partitions hold the same data when
+    /// their roots are equal.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`].
+    pub async fn digest_roots(&self) -> Result<Vec<u64>, Error> {
+        self.ask(Command::Roots).await
+    }
+
+    /// The names of the members that replicate `key`, as this peer sees them.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`].
+    pub async fn replicas_of(&self, key: impl Into<Bytes>) -> Result<Vec<String>, Error> {
+        let key = key.into();
+        self.ask(|reply| Command::Replicas(key, reply)).await
+    }
+}
+
+impl At<'_> {
+    /// [`Node::get`] at this level.
+    ///
+    /// # Errors
+    /// As [`Node::get`].
+    pub async fn get(self, key: impl Into<Bytes>) -> Result<Option<SessionData>, Error> {
+        let key = key.into();
+        check_key(&key)?;
+        let reader = &self.node.inner.reader;
+        if self.level == Level::One
+            && let Ok(local) = reader.read_replicated(&key, now_ms, |s| s.to_data())
+        {
+            return Ok(local);
+        }
+        match self.node.read(key.clone(), self.level).await? {
+            Outcome::Read(session) => {
+                Ok(session.and_then(|s| SessionData::new(&key, &s, now_ms())))
+            }
+            other => Err(failure(other)),
+        }
+    }
+
+    /// [`Node::get_field`] at this level.
+    ///
+    /// # Errors
+    /// As [`Node::get`].
+    pub async fn get_field(
+        self,
+        key: impl Into<Bytes>,
+        name: impl AsRef<[u8]>,
+    ) -> Result<Option<Bytes>, Error> {
+        let key = key.into();
+        let name = name.as_ref();
+        check_key(&key)?;
+        if self.level == Level::One {
+            let local = self
+                .node
+                .inner
+                .reader
+                .read_replicated(&key, now_ms, |s| s.field(name).map(Bytes::copy_from_slice));
+            if let Ok(local) = local {
+                return Ok(local.flatten());
+            }
+        }
+        Ok(self
+            .get(key)
+            .await?
+            .and_then(|s| s.field(name).map(Bytes::copy_from_slice)))
+    }
+
+    async fn write(self, key: Bytes, write: Write) -> Result<(), Error> {
+        check_key(&key)?;
+        match self.node.write(key, write, self.level).await? {
+            Outcome::Written { .. } => Ok(()),
+            other => Err(failure(other)),
+        }
+    }
+
+    /// [`Node::put`] at this level.
+    ///
+    /// # Errors
+    /// As [`Node::put`].
+    pub async fn put<N, V>(
+        self,
+        key: impl Into<Bytes>,
+        fields: impl IntoIterator<Item = (N, V)>,
+        expiry: Expiry,
+    ) -> Result<(), Error>
+    where
+        N: Into<Bytes>,
+        V: Into<Bytes>,
+    {
+        let fields = fields
+            .into_iter()
+            .map(|(n, v)| (n.into(), v.into()))
+            .collect();
+        self.write(key.into(), Write::Put { fields, expiry }).await
+    }
+
+    /// [`Node::put_field`] at this level.
+    ///
+    /// # Errors
+    /// As [`Node::put`].
+    pub async fn put_field(
+        self,
+        key: impl Into<Bytes>,
+        name: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        let write = Write::PutField {
+            name: name.into(),
+            value: value.into(),
+        };
+        self.write(key.into(), write).await
+    }
+
+    /// [`Node::delete_field`] at this level.
+    ///
+    /// # Errors
+    /// As [`Node::put`].
+    pub async fn delete_field(
+        self,
+        key: impl Into<Bytes>,
+        name: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        let write = Write::DeleteField { name: name.into() };
+        self.write(key.into(), write).await
+    }
+
+    /// [`Node::delete`] at this level.
+    ///
+    /// # Errors
+    /// As [`Node::put`].
+    pub async fn delete(self, key: impl Into<Bytes>) -> Result<(), Error> {
+        self.write(key.into(), Write::Delete).await
+    }
+
+    /// [`Node::touch`] at this level.
+    ///
+    /// # Errors
+    /// As [`Node::put`].
+    pub async fn touch(self, key: impl Into<Bytes>) -> Result<(), Error> {
+        self.write(key.into(), Write::Touch).await
+    }
+
+    /// [`Node::expire_at`] at this level.
+    ///
+    /// # Errors
+    /// As [`Node::put`].
+    pub async fn expire_at(
+        self,
+        key: impl Into<Bytes>,
+        at: Option<SystemTime>,
+    ) -> Result<(), Error> {
+        let write = Write::ExpireAt {
+            at_ms: at.map(millis_since_epoch),
+        };
+        self.write(key.into(), write).await
+    }
+
+    /// [`Node::set_max_idle`] at this level.
+    ///
+    /// # Errors
+    /// As [`Node::put`].
+    pub async fn set_max_idle(
+        self,
+        key: impl Into<Bytes>,
+        idle: Option<Duration>,
+    ) -> Result<(), Error> {
+        let write = Write::MaxIdle {
+            idle_ms: idle.map(millis),
+        };
+        self.write(key.into(), write).await
+    }
+}
+
+/// The error an outcome other than success stands for.
+fn failure(outcome: Outcome) -> Error {
+    match outcome {
+        Outcome::WriteTimedOut { acks, needed } => Error::WriteTimedOut { acks, needed },
+        Outcome::ReadTimedOut { answers, needed } => Error::ReadTimedOut { answers, needed },
+        Outcome::Refused(reason) => Error::Refused(reason),
+        Outcome::Written { .. } | Outcome::Read(_) => {
+            Error::Refused(format!("unexpected answer {outcome:?}"))
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! What a peer reports about itself and the cluster it sees.
+
+use std::time::SystemTime;
+
+use sessmesh_core::{Member, MemberState};
+
+/// A peer's view of itself and its cluster, from [`Node::status`](crate::Node::status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This peer's identity.
+    pub me: Member,
+    /// This peer's state as it announces it.
+    pub state: MemberState,
+    /// Every active member this peer knows, itself included, by name.
+    pub members: Vec<MemberStatus>,
+    /// The cluster's partition count.
+    pub partition_count: u32,
+    /// Partitions this peer replicates.
+    pub partitions_owned: usize,
+    /// Sessions this peer stores, tombstones included.
+    pub sessions_stored: usize,
+    /// Writes waiting to be replayed to replicas that missed them.
+    pub hints_pending: usize,
+    /// Hints dropped because the hint budget was full (anti-entropy repairs
+    /// what they carried).
+    pub hints_dropped: u64,
+    /// When the last anti-entropy round started; `None` before the first.
+    pub last_anti_entropy: Option<SystemTime>,
+}
+
+/// One member, as a [`Status`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Its identity.
+    pub member: Member,
+    /// Its state as this peer last heard it.
+    pub state: MemberState,
+    /// Partitions it replicates, as this peer computes them.
+    pub partitions: usize,
+}
