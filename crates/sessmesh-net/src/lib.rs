@@ -19,5 +19,7 @@ pub mod turmoil;
 
 pub use certs::{CaCertificate, ClusterCa, NodeIdentity};
 pub use error::{Error, RequestError, SendError};
-pub use quic::{LinkFaults, QuicSettings, QuicTransport, TransportStats};
+pub use quic::{
+    LinkFaults, PeerBytes, QuicSettings, QuicTransport, TransportObserver, TransportStats,
+};
 pub use transport::{Incoming, Peer, Responder, Transport, TransportConfig};

@@ -58,6 +58,8 @@ pub mod close_code {
     pub const HANDSHAKE: u32 = 3;
     /// The peer was forgotten (it left the cluster).
     pub const FORGOTTEN: u32 = 4;
+    /// The connection lived through an outage and is being replaced.
+    pub const STALE: u32 = 5;
 }
 
 /// Size of the UDP socket's kernel buffers, as quinn's own benchmarks set them.
@@ -80,6 +82,17 @@ pub struct TransportStats {
     pub queue_full: u64,
     /// Datagrams dropped from a full backlog while connecting.
     pub datagrams_dropped: u64,
+}
+
+/// Traffic with one peer, from [`QuicTransport::peer_bytes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerBytes {
+    /// The peer's address.
+    pub addr: SocketAddr,
+    /// Bytes sent to it.
+    pub sent: u64,
+    /// Bytes received from it.
+    pub received: u64,
 }
 
 #[derive(Debug, Default)]
@@ -278,6 +291,10 @@ struct PeerLink {
     queued: QueueBudget,
     datagrams: Mutex<VecDeque<Bytes>>,
     wake: Notify,
+    /// Wakes a dial waiting out its backoff: a connection arrived, or the
+    /// peer is known to be back (`retry` set).
+    connected: Notify,
+    retry: AtomicBool,
     sender: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -304,6 +321,7 @@ impl PeerLink {
         }
         drop(slot);
         self.wake.notify_one();
+        self.connected.notify_waiters();
     }
 }
 
@@ -446,9 +464,51 @@ impl QuicTransport {
         Arc::clone(&self.inner.faults)
     }
 
+    /// A read-only view of this transport's counters that does not keep it
+    /// open: once the transport is gone, it reports nothing.
+    pub fn observer(&self) -> TransportObserver {
+        TransportObserver {
+            inner: Arc::downgrade(&self.inner),
+        }
+    }
+
     /// Counters of refused and dropped input.
     pub fn stats(&self) -> TransportStats {
-        let s = &self.inner.stats;
+        self.inner.stats()
+    }
+
+    /// Bytes sent to and received from each peer over its current
+    /// connection (UDP payload, QUIC overhead included), by address. A
+    /// reconnection starts the peer's counts again.
+    pub fn peer_bytes(&self) -> Vec<PeerBytes> {
+        self.inner.peer_bytes()
+    }
+}
+
+/// Counters of a [`QuicTransport`], from [`QuicTransport::observer`].
+#[derive(Clone, Debug)]
+pub struct TransportObserver {
+    inner: Weak<Inner>,
+}
+
+impl TransportObserver {
+    /// [`QuicTransport::stats`], or zeros once the transport is gone.
+    pub fn stats(&self) -> TransportStats {
+        self.inner.upgrade().map(|i| i.stats()).unwrap_or_default()
+    }
+
+    /// [`QuicTransport::peer_bytes`], or nothing once the transport is gone.
+    pub fn peer_bytes(&self) -> Vec<PeerBytes> {
+        self.inner
+            .upgrade()
+            .map(|i| i.peer_bytes())
+            .unwrap_or_default()
+    }
+}
+
+impl Inner {
+    fn stats(&self) -> TransportStats {
+        let s = &self.stats;
         TransportStats {
             bad_frames: s.bad_frames.load(Ordering::Relaxed),
             refused_connections: s.refused_connections.load(Ordering::Relaxed),
@@ -458,6 +518,25 @@ impl QuicTransport {
         }
     }
 
+    fn peer_bytes(&self) -> Vec<PeerBytes> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<PeerBytes> = peers
+            .iter()
+            .filter_map(|(addr, link)| {
+                let stats = link.current()?.stats();
+                Some(PeerBytes {
+                    addr: *addr,
+                    sent: stats.udp_tx.bytes,
+                    received: stats.udp_rx.bytes,
+                })
+            })
+            .collect();
+        all.sort_by_key(|p| p.addr);
+        all
+    }
+}
+
+impl QuicTransport {
     /// Closes every connection and the endpoint, and waits until peers were told.
     pub async fn close(&self) {
         self.inner.shut_down();
@@ -537,6 +616,8 @@ impl Inner {
             queued: QueueBudget::default(),
             datagrams: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
+            connected: Notify::new(),
+            retry: AtomicBool::new(false),
             sender: Mutex::new(None),
         });
         let task = tokio::spawn(run_sender(Arc::downgrade(self), link.clone(), rx));
@@ -562,11 +643,20 @@ impl Inner {
         }
         if let Some(at) = dial.next_attempt
             && Instant::now() < at
+            && !link.retry.swap(false, Ordering::AcqRel)
         {
             if !wait {
                 return Err(dial.last_error.clone());
             }
-            tokio::time::sleep_until(at).await;
+            let woken = link.connected.notified();
+            if let Some(conn) = link.current() {
+                return Ok(conn);
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                () = woken => {}
+            }
+            link.retry.store(false, Ordering::Release);
             if let Some(conn) = link.current() {
                 return Ok(conn);
             }
@@ -1157,6 +1247,22 @@ impl Transport for QuicTransport {
             if let Some(conn) = link.current() {
                 conn.close(VarInt::from_u32(close_code::FORGOTTEN), b"forgotten");
             }
+        }
+    }
+
+    fn retry_now(&self, peer: SocketAddr) {
+        let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(link) = peers.get(&peer) {
+            if let Some(conn) = link.current() {
+                debug!(peer = %peer, "replacing a connection that lived through an outage");
+                conn.close(
+                    VarInt::from_u32(close_code::STALE),
+                    b"stale after an outage",
+                );
+            }
+            link.retry.store(true, Ordering::Release);
+            link.connected.notify_waiters();
+            link.wake.notify_one();
         }
     }
 

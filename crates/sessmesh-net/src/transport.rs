@@ -130,6 +130,16 @@ pub trait Transport: Clone + Send + Sync + 'static {
     /// Drops the peer's queue and connection, as when it left the cluster.
     fn forget(&self, peer: SocketAddr);
 
+    /// The peer is back after being unreachable (say, a partition healed):
+    /// replace a connection that lived through the outage, whose
+    /// retransmission timers have backed off, and dial at once instead of
+    /// waiting out a redial backoff. What was queued for the peer is sent on
+    /// the new connection. The default does nothing, for transports without
+    /// connections.
+    fn retry_now(&self, peer: SocketAddr) {
+        let _ = peer;
+    }
+
     /// Bytes waiting in the send queue to `peer`.
     fn queued_bytes(&self, peer: SocketAddr) -> usize;
 }

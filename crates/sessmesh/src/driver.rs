@@ -1,14 +1,14 @@
 //! The task that owns a core node.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sessmesh_core::{
-    CallId, Effect, KeyChange, Level, Member, MemberState, NodeEvent, Outcome, PartitionId,
-    Session, Timer, Write,
+    CallId, Effect, KeyChange, Level, Member, MemberEvent, MemberState, NodeEvent, Outcome,
+    PartitionId, Session, Timer, Write,
 };
 use sessmesh_net::{Incoming, Transport};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -56,6 +56,7 @@ pub(crate) fn start<T: Transport>(
         changes,
         calls: HashMap::new(),
         next_call: 0,
+        unreachable: HashSet::new(),
     };
     tokio::spawn(driver.run(incoming, rx, seeds));
     Channels { commands, events }
@@ -120,6 +121,8 @@ struct Driver<T> {
     /// Client calls waiting for their outcome.
     calls: HashMap<CallId, oneshot::Sender<Outcome>>,
     next_call: u64,
+    /// Members declared down, until they are back.
+    unreachable: HashSet<SocketAddr>,
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the only clock the node sees.
@@ -300,6 +303,7 @@ impl<T: Transport> Driver<T> {
             last_anti_entropy: node
                 .last_anti_entropy_ms()
                 .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+            replication: node.stats(),
         }
     }
 
@@ -344,6 +348,17 @@ impl<T: Transport> Driver<T> {
                 Effect::Event(event) => {
                     if let NodeEvent::Member(member_event) = &event {
                         info!("{member_event:?}");
+                        match member_event {
+                            MemberEvent::Down(member) => {
+                                self.unreachable.insert(member.addr);
+                            }
+                            MemberEvent::Up(member) if self.unreachable.remove(&member.addr) => {
+                                // Back after an outage: its connection's timers
+                                // have backed off; start afresh.
+                                self.transport.retry_now(member.addr);
+                            }
+                            _ => {}
+                        }
                     }
                     // Nobody may be listening; that is fine.
                     let _ = self.events.send(event);
