@@ -72,7 +72,7 @@ pub use membership::{
     Member, MemberEvent, MemberState, Membership, MembershipConfig, MembershipEffect,
     MembershipTimer,
 };
-pub use node::{Effect, Node, NodeEvent, Timer};
+pub use node::{Effect, Node, NodeEvent, NodeStats, Timer};
 pub use partition::{PartitionId, Partitioner, key_hash};
 pub use replication::{CallId, Hint, Hints, Level, Outcome};
 pub use session::{Expiry, Session, Write};

@@ -78,6 +78,27 @@ pub enum NodeEvent {
     },
 }
 
+/// Counts of what a node's replication did since it started, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Acknowledgements from replicas of writes this node coordinated.
+    pub replica_acks: u64,
+    /// Coordinated writes answered `WriteTimedOut`.
+    pub write_timeouts: u64,
+    /// Coordinated reads answered `ReadTimedOut`.
+    pub read_timeouts: u64,
+    /// Hints kept for replicas that missed a write.
+    pub hints_queued: u64,
+    /// Hints replayed and acknowledged.
+    pub hints_replayed: u64,
+    /// Anti-entropy rounds started.
+    pub anti_entropy_rounds: u64,
+    /// Sessions changed by a merge from a peer (anti-entropy or read repair).
+    pub keys_repaired: u64,
+    /// Stamps refused for being too far ahead of this node's clock.
+    pub clock_drift_refused: u64,
+}
+
 /// Something the runtime must do for a [`Node`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
@@ -133,6 +154,7 @@ pub struct Node {
     repair_throttled: bool,
     /// When the last anti-entropy round started, wall-clock ms.
     last_anti_entropy_ms: Option<u64>,
+    stats: NodeStats,
     /// Handoff batches in flight: request id to partition and replica.
     handoff_batches: HashMap<u64, (PartitionId, String)>,
     /// Partitions being handed off: batches still unacknowledged, per replica.
@@ -179,6 +201,7 @@ impl Node {
             repair_window_bytes: 0,
             repair_throttled: false,
             last_anti_entropy_ms: None,
+            stats: NodeStats::default(),
             handoff_batches: HashMap::new(),
             handoffs: HashMap::new(),
             addrs: HashMap::new(),
@@ -309,6 +332,11 @@ impl Node {
     /// Starts or stops reporting [`NodeEvent::SessionsChanged`].
     pub fn watch_changes(&mut self, on: bool) {
         self.store.record_changes(on);
+    }
+
+    /// What replication did since the node started.
+    pub fn stats(&self) -> NodeStats {
+        self.stats
     }
 
     /// When the last anti-entropy round started (wall-clock ms), if any has.
@@ -492,7 +520,9 @@ impl Node {
                         Err(e) => self.refuse_drift(from, &e),
                         Ok(()) => {
                             // A key over the limit comes only from a broken peer; skip it.
-                            let _ = self.store.merge_remote(&key, session, now_ms);
+                            if self.store.merge_remote(&key, session, now_ms) == Ok(true) {
+                                self.stats.keys_repaired += 1;
+                            }
                         }
                     }
                 }
@@ -504,6 +534,7 @@ impl Node {
     }
 
     fn refuse_drift(&mut self, from: SocketAddr, error: &Error) {
+        self.stats.clock_drift_refused += 1;
         self.effects
             .push(Effect::Event(NodeEvent::ClockDriftRefused {
                 from,
@@ -562,6 +593,7 @@ impl Node {
 
     fn acknowledge(&mut self, request: u64, from: SocketAddr) {
         if self.in_flight.replays.remove(&request).is_some() {
+            self.stats.hints_replayed += 1;
             return;
         }
         if let Some((partition, replica)) = self.handoff_batches.remove(&request) {
@@ -578,6 +610,7 @@ impl Node {
             return;
         }
         pending.acks += 1;
+        self.stats.replica_acks += 1;
         answer_when_written(&mut self.effects, pending);
         if pending.waiting.is_empty() {
             self.in_flight.writes.remove(&request);
@@ -655,7 +688,9 @@ impl Node {
 
     fn expire_request(&mut self, id: u64, now_ms: u64) {
         if let Some(pending) = self.in_flight.writes.remove(&id) {
+            self.stats.hints_queued += pending.waiting.len() as u64;
             if !pending.answered {
+                self.stats.write_timeouts += 1;
                 let outcome = Outcome::WriteTimedOut {
                     acks: pending.acks,
                     needed: pending.needed,
@@ -681,6 +716,7 @@ impl Node {
                 self.write_now(pending.call, pending.key, write, level, now_ms);
                 return;
             }
+            self.stats.read_timeouts += 1;
             let outcome = Outcome::ReadTimedOut {
                 answers: pending.answers.len(),
                 needed: pending.needed,
@@ -793,6 +829,7 @@ impl Node {
     /// partition we hold data for but no longer replicate (after a membership
     /// change, or while leaving), a handoff to its replicas.
     fn anti_entropy_round(&mut self) {
+        self.stats.anti_entropy_rounds += 1;
         self.start_handoffs();
         let me = self.membership.me().name.clone();
         let mut shared: HashMap<String, Vec<(PartitionId, u64)>> = HashMap::new();
@@ -1017,8 +1054,13 @@ impl Node {
         }
         let changed = self.partitioner.set_members(owners);
         for partition in (0..self.store.partition_count()).map(PartitionId) {
-            let mine = self.partitioner.replicas_for(partition).contains(&me.name);
-            self.store.set_replicated(partition, mine);
+            let replicas = self.partitioner.replicas_for(partition);
+            let local = if replicas.contains(&me.name) {
+                replicas.len()
+            } else {
+                0
+            };
+            self.store.set_replicated(partition, local);
         }
         if !changed.is_empty() {
             self.effects

@@ -10,7 +10,7 @@
 //! reads borrow from it. A change unpacks the session, merges, and packs it
 //! again; an unchanged result is not rewritten and does not touch the digest.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
@@ -78,7 +78,9 @@ struct CacheLine<T>(T);
 #[derive(Debug)]
 struct Shared {
     tables: Box<[CacheLine<RwLock<Table>>]>,
-    replicated: Box<[AtomicBool]>,
+    /// Per partition: how many replicas it has when the owning node is one
+    /// of them; 0 when it is not.
+    replicas: Box<[AtomicU32]>,
     partition_count: u32,
 }
 
@@ -160,7 +162,7 @@ impl Store {
         Store {
             shared: Arc::new(Shared {
                 tables: (0..count).map(|_| CacheLine(RwLock::default())).collect(),
-                replicated: (0..count).map(|_| AtomicBool::new(false)).collect(),
+                replicas: (0..count).map(|_| AtomicU32::new(0)).collect(),
                 partition_count: config.partition_count,
             }),
             digests: (0..count).map(|_| PartitionDigest::default()).collect(),
@@ -179,9 +181,12 @@ impl Store {
     }
 
     /// Records whether the owning node replicates `partition`, which decides
-    /// whether [`StoreReader::read_replicated`] answers for its keys.
-    pub fn set_replicated(&self, partition: PartitionId, replicated: bool) {
-        self.shared.replicated[partition.0 as usize].store(replicated, Ordering::Release);
+    /// whether [`StoreReader::read_local`] answers for its keys: `replicas`
+    /// is the partition's replica count when the node is one of them, 0 when
+    /// it is not.
+    pub fn set_replicated(&self, partition: PartitionId, replicas: usize) {
+        let replicas = u32::try_from(replicas).unwrap_or(u32::MAX);
+        self.shared.replicas[partition.0 as usize].store(replicas, Ordering::Release);
     }
 
     /// Starts or stops recording the changes [`take_changes`](Self::take_changes)
@@ -540,24 +545,44 @@ impl StoreReader {
     }
 
     /// Like [`read`](Self::read), but only for keys of partitions the owning
-    /// node replicates (see [`Store::set_replicated`]): `Err(NotReplicated)`
-    /// for any other key, whose data this store may not hold. The time is
-    /// asked for only when the session has a deadline.
+    /// node replicates (see [`Store::set_replicated`]), and only when
+    /// `enough(replica_count)` says this one copy answers the read. The time
+    /// is asked for only when the session has a deadline.
     ///
     /// # Errors
-    /// [`NotReplicated`] when the key's partition is not replicated here.
-    pub fn read_replicated<R>(
+    /// [`NotReplicated`] when the key's partition is not replicated here, or
+    /// `enough` refused: the caller must ask the replicas.
+    pub fn read_local<R>(
         &self,
         key: &[u8],
+        enough: impl FnOnce(usize) -> bool,
         now_ms: impl FnOnce() -> u64,
         f: impl FnOnce(SessionRef<'_>) -> R,
     ) -> Result<Option<R>, NotReplicated> {
         let hash = key_hash(key);
         let partition = partition_of(hash, self.shared.partition_count);
-        if !self.shared.replicated[partition.0 as usize].load(Ordering::Acquire) {
+        let replicas = self.shared.replicas[partition.0 as usize].load(Ordering::Acquire);
+        if replicas == 0 || !enough(replicas as usize) {
             return Err(NotReplicated);
         }
         Ok(self.shared.read_key(key, hash, now_ms, f))
+    }
+
+    /// The number of partitions.
+    pub fn partition_count(&self) -> u32 {
+        self.shared.partition_count
+    }
+
+    /// The keys of the sessions in `partition` that a reader at `now_ms`
+    /// sees, in no particular order.
+    pub fn visible_keys(&self, partition: PartitionId, now_ms: u64) -> Vec<Bytes> {
+        self.shared
+            .read(partition)
+            .iter()
+            .map(|packed| Packed::parse(packed))
+            .filter(|p| p.is_visible(|| now_ms))
+            .map(|p| Bytes::copy_from_slice(p.key))
+            .collect()
     }
 }
 
@@ -774,13 +799,24 @@ mod tests {
             .unwrap();
         let read = |reader: StoreReader| {
             std::thread::spawn(move || {
-                reader.read_replicated(b"k", || 2, |got| got.field(b"").map(<[u8]>::to_vec))
+                reader.read_local(
+                    b"k",
+                    |n| n == 1,
+                    || 2,
+                    |got| got.field(b"").map(<[u8]>::to_vec),
+                )
             })
             .join()
             .unwrap()
         };
         assert_eq!(read(reader.clone()), Err(NotReplicated));
-        s.set_replicated(p, true);
+        s.set_replicated(p, 3);
+        assert_eq!(
+            read(reader.clone()),
+            Err(NotReplicated),
+            "one of three copies is not enough"
+        );
+        s.set_replicated(p, 1);
         assert_eq!(read(reader.clone()), Ok(Some(Some(b"v1".to_vec()))));
         s.put(b"k", value("v2"), Expiry::default(), stamp(2, 1), 2)
             .unwrap();

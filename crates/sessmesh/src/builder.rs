@@ -338,6 +338,7 @@ impl NodeBuilder {
             write_level: self.write_level,
             shutdown_timeout: self.shutdown_timeout,
             faults: Some(transport.shared_faults()),
+            transport: Some(transport.observer()),
         };
         let seeds = self.seeds.clone();
         let node = spawn_with(core, transport, incoming, self.seeds, options);

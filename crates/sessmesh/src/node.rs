@@ -9,7 +9,7 @@ use sessmesh_core::{
     Expiry, KeyChange, Level, MAX_KEY_LEN, Member, NodeEvent, Outcome, Session, SessionData,
     StoreReader, Write,
 };
-use sessmesh_net::{Incoming, LinkFaults, Transport};
+use sessmesh_net::{Incoming, LinkFaults, PeerBytes, Transport, TransportObserver, TransportStats};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::Error;
@@ -26,9 +26,10 @@ use crate::status::Status;
 ///
 /// Calls use the default levels the builder set (both [`Level::Quorum`]
 /// unless changed, which gives read-your-writes across peers); override them
-/// per call with [`at`](Node::at). A read at [`Level::One`] of a key whose
-/// partition this peer replicates is answered from the local store on the
-/// caller's thread, without a hop through the task.
+/// per call with [`at`](Node::at). A read that one copy answers (level
+/// [`Level::One`], or any level when the key has a single replica) of a key
+/// whose partition this peer replicates is answered from the local store on
+/// the caller's thread, without a hop through the task.
 #[derive(Clone, Debug)]
 pub struct Node {
     inner: Arc<Inner>,
@@ -44,6 +45,7 @@ struct Inner {
     write_level: Level,
     shutdown_timeout: Duration,
     faults: Option<Arc<LinkFaults>>,
+    transport: Option<TransportObserver>,
 }
 
 /// Per-call settings over a [`Node`]; see [`Node::at`].
@@ -60,6 +62,7 @@ pub(crate) struct Options {
     pub(crate) write_level: Level,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) faults: Option<Arc<LinkFaults>>,
+    pub(crate) transport: Option<TransportObserver>,
 }
 
 impl Default for Options {
@@ -69,6 +72,7 @@ impl Default for Options {
             write_level: Level::Quorum,
             shutdown_timeout: Duration::from_secs(30),
             faults: None,
+            transport: None,
         }
     }
 }
@@ -106,6 +110,7 @@ pub(crate) fn spawn_with<T: Transport>(
             write_level: options.write_level,
             shutdown_timeout: options.shutdown_timeout,
             faults: options.faults,
+            transport: options.transport,
         }),
     }
 }
@@ -326,6 +331,26 @@ impl Node {
         self.ask(|reply| Command::Shutdown(within, reply)).await?
     }
 
+    /// The QUIC transport's counters of refused input, and the bytes sent
+    /// to and received from each peer; `None` for other transports.
+    pub fn transport_stats(&self) -> Option<(TransportStats, Vec<PeerBytes>)> {
+        let observer = self.inner.transport.as_ref()?;
+        Some((observer.stats(), observer.peer_bytes()))
+    }
+
+    /// The cluster's partition count.
+    pub fn partition_count(&self) -> u32 {
+        self.inner.reader.partition_count()
+    }
+
+    /// The keys of the sessions this peer stores in `partition` that a
+    /// reader sees now (read from the local store, without the task).
+    pub fn local_keys(&self, partition: u32) -> Vec<Bytes> {
+        self.inner
+            .reader
+            .visible_keys(sessmesh_core::PartitionId(partition), now_ms())
+    }
+
     /// The transport's fault controls, when this peer runs on QUIC: for
     /// tests and demos that cut the network.
     pub fn faults(&self) -> Option<&LinkFaults> {
@@ -397,9 +422,8 @@ impl At<'_> {
         let key = key.into();
         check_key(&key)?;
         let reader = &self.node.inner.reader;
-        if self.level == Level::One
-            && let Ok(local) = reader.read_replicated(&key, now_ms, |s| s.to_data())
-        {
+        let one_copy = |replicas| self.level.required(replicas) == 1;
+        if let Ok(local) = reader.read_local(&key, one_copy, now_ms, |s| s.to_data()) {
             return Ok(local);
         }
         match self.node.read(key.clone(), self.level).await? {
@@ -422,15 +446,16 @@ impl At<'_> {
         let key = key.into();
         let name = name.as_ref();
         check_key(&key)?;
-        if self.level == Level::One {
-            let local = self
-                .node
-                .inner
-                .reader
-                .read_replicated(&key, now_ms, |s| s.field(name).map(Bytes::copy_from_slice));
-            if let Ok(local) = local {
-                return Ok(local.flatten());
-            }
+        let one_copy = |replicas| self.level.required(replicas) == 1;
+        let local = self
+            .node
+            .inner
+            .reader
+            .read_local(&key, one_copy, now_ms, |s| {
+                s.field(name).map(Bytes::copy_from_slice)
+            });
+        if let Ok(local) = local {
+            return Ok(local.flatten());
         }
         Ok(self
             .get(key)

@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use sessmesh_core::{Member, MemberState};
+use sessmesh_core::{Member, MemberState, NodeStats};
 
 /// A peer's view of itself and its cluster, from [`Node::status`](crate::Node::status).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +26,8 @@ pub struct Status {
     pub hints_dropped: u64,
     /// When the last anti-entropy round started; `None` before the first.
     pub last_anti_entropy: Option<SystemTime>,
+    /// What replication did since the peer started.
+    pub replication: NodeStats,
 }
 
 /// One member, as a [`Status`] lists it.
