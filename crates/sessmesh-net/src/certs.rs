@@ -84,6 +84,24 @@ impl ClusterCa {
         })
     }
 
+    /// Writes the certificate and (readable by its owner only) the key as PEM.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file that could not be written.
+    pub fn save(&self, cert_path: &Path, key_path: &Path) -> Result<(), Error> {
+        write(cert_path, &self.cert.to_pem(), false)?;
+        write(key_path, &self.key_pem, true)
+    }
+
+    /// Reads a CA that [`save`](Self::save) wrote.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming a file that could not be read; as
+    /// [`from_pem`](Self::from_pem) for its contents.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, Error> {
+        Self::from_pem(&read(cert_path)?, &read(key_path)?)
+    }
+
     /// Loads a CA from its certificate and key in PEM.
     ///
     /// # Errors

@@ -206,6 +206,11 @@ const COMMANDS: &[(&str, i32)] = &[
     ("UNLINK", -2),
 ];
 
+/// The canonical names of every command, for metrics.
+pub fn command_names() -> impl Iterator<Item = &'static str> {
+    COMMANDS.iter().map(|(name, _)| *name)
+}
+
 /// The canonical name of a known command (for metrics), or `None`.
 pub fn command_name(arg: &[u8]) -> Option<&'static str> {
     COMMANDS.iter().find(|(n, _)| eq(arg, n)).map(|(n, _)| *n)

@@ -1,0 +1,376 @@
+//! Prometheus metrics: client commands as they run, and the peer's state and
+//! replication counters, read when scraped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use sessmesh::{MemberState, Node};
+use sessmesh_resp::Observer;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    command: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+/// One command's series, made once so that counting allocates nothing.
+#[derive(Clone, Debug)]
+struct CommandSeries {
+    calls: Counter,
+    errors: Counter,
+    latency: Histogram,
+}
+
+/// Every metric the node exports.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    commands: HashMap<&'static str, CommandSeries>,
+    unknown: CommandSeries,
+    connections: Gauge,
+    connections_refused: Counter,
+    protocol_errors: Counter,
+    client_read: Counter,
+    client_written: Counter,
+    members: Family<StateLabels, Gauge>,
+    partitions_owned: Gauge,
+    sessions_stored: Gauge,
+    hints_pending: Gauge,
+    last_anti_entropy: Gauge,
+    replica_acks: Counter,
+    write_timeouts: Counter,
+    read_timeouts: Counter,
+    hints_queued: Counter,
+    hints_replayed: Counter,
+    hints_dropped: Counter,
+    anti_entropy_rounds: Counter,
+    keys_repaired: Counter,
+    clock_drift_refused: Counter,
+    peer_bytes: Family<PeerLabels, Counter>,
+    /// Per-peer byte totals already counted, by peer and direction; a
+    /// reconnection restarts the transport's counts.
+    peer_seen: std::sync::Mutex<HashMap<(String, &'static str), u64>>,
+    scrapes: AtomicU64,
+}
+
+/// Raises `counter` to `total`, a count kept elsewhere.
+fn sync(counter: &Counter, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
+}
+
+fn gauge(value: usize) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl Metrics {
+    /// Metrics for the commands named in `commands`.
+    pub(crate) fn new(commands: impl IntoIterator<Item = &'static str>) -> Self {
+        let mut registry = Registry::with_prefix("sessmesh");
+        let calls = Family::<CommandLabels, Counter>::default();
+        let errors = Family::<CommandLabels, Counter>::default();
+        let latency = Family::<CommandLabels, Histogram>::new_with_constructor(|| {
+            // 10 µs to about 5 s.
+            Histogram::new(exponential_buckets(0.000_01, 2.0, 20))
+        });
+        registry.register("commands", "Redis commands run, by command", calls.clone());
+        registry.register(
+            "command_errors",
+            "Redis commands answered with an error, by command",
+            errors.clone(),
+        );
+        registry.register(
+            "command_duration_seconds",
+            "Time to run a Redis command, by command",
+            latency.clone(),
+        );
+        let series = |command: &'static str| {
+            let labels = CommandLabels { command };
+            CommandSeries {
+                calls: calls.get_or_create_owned(&labels),
+                errors: errors.get_or_create_owned(&labels),
+                latency: latency.get_or_create_owned(&labels),
+            }
+        };
+        let commands = commands.into_iter().map(|c| (c, series(c))).collect();
+        let unknown = series("unknown");
+
+        let mut metric = |name: &str, help: &str, m: Counter| {
+            registry.register(name, help, m.clone());
+            m
+        };
+        let connections_refused = metric(
+            "resp_connections_refused",
+            "Client connections refused at max_clients",
+            Counter::default(),
+        );
+        let protocol_errors = metric(
+            "resp_protocol_errors",
+            "Client connections closed for malformed RESP or a request over the limits",
+            Counter::default(),
+        );
+        let replica_acks = metric(
+            "replication_acks",
+            "Replica acknowledgements of writes this node coordinated",
+            Counter::default(),
+        );
+        let write_timeouts = metric(
+            "replication_write_timeouts",
+            "Writes answered before enough replicas acknowledged",
+            Counter::default(),
+        );
+        let read_timeouts = metric(
+            "replication_read_timeouts",
+            "Reads answered before enough replicas did",
+            Counter::default(),
+        );
+        let hints_queued = metric(
+            "hints_queued",
+            "Hints kept for replicas that missed a write",
+            Counter::default(),
+        );
+        let hints_replayed = metric(
+            "hints_replayed",
+            "Hints replayed and acknowledged",
+            Counter::default(),
+        );
+        let hints_dropped = metric(
+            "hints_dropped",
+            "Hints dropped because max_hint_bytes was reached",
+            Counter::default(),
+        );
+        let anti_entropy_rounds = metric(
+            "anti_entropy_rounds",
+            "Anti-entropy rounds started",
+            Counter::default(),
+        );
+        let keys_repaired = metric(
+            "anti_entropy_repaired_keys",
+            "Sessions changed by a merge from a peer (anti-entropy or read repair)",
+            Counter::default(),
+        );
+        let clock_drift_refused = metric(
+            "clock_drift_refused",
+            "Peer stamps refused for being ahead of this node's clock by more than max_clock_drift_ms",
+            Counter::default(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "resp_connections",
+            "Client connections open",
+            connections.clone(),
+        );
+        let client_bytes = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "resp_bytes",
+            "Bytes from and to clients",
+            client_bytes.clone(),
+        );
+        let client_read = client_bytes.get_or_create_owned(&DirectionLabels { direction: "in" });
+        let client_written =
+            client_bytes.get_or_create_owned(&DirectionLabels { direction: "out" });
+        let members = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "members",
+            "Cluster members this node sees, itself included, by state",
+            members.clone(),
+        );
+        let partitions_owned = Gauge::default();
+        registry.register(
+            "partitions_owned",
+            "Partitions this node replicates",
+            partitions_owned.clone(),
+        );
+        let sessions_stored = Gauge::default();
+        registry.register(
+            "sessions_stored",
+            "Sessions this node stores, tombstones included",
+            sessions_stored.clone(),
+        );
+        let hints_pending = Gauge::default();
+        registry.register(
+            "hints_pending",
+            "Hints waiting for their replica",
+            hints_pending.clone(),
+        );
+        let last_anti_entropy = Gauge::default();
+        registry.register(
+            "last_anti_entropy_timestamp_seconds",
+            "When the last anti-entropy round started (Unix time)",
+            last_anti_entropy.clone(),
+        );
+        let peer_bytes = Family::<PeerLabels, Counter>::default();
+        registry.register(
+            "peer_bytes",
+            "Bytes to and from each peer over QUIC, by peer and direction",
+            peer_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            commands,
+            unknown,
+            connections,
+            connections_refused,
+            protocol_errors,
+            client_read,
+            client_written,
+            members,
+            partitions_owned,
+            sessions_stored,
+            hints_pending,
+            last_anti_entropy,
+            replica_acks,
+            write_timeouts,
+            read_timeouts,
+            hints_queued,
+            hints_replayed,
+            hints_dropped,
+            anti_entropy_rounds,
+            keys_repaired,
+            clock_drift_refused,
+            peer_bytes,
+            peer_seen: std::sync::Mutex::new(HashMap::new()),
+            scrapes: AtomicU64::new(0),
+        }
+    }
+
+    /// A client connected (`true`) or went away.
+    pub(crate) fn connection(&self, open: bool) {
+        if open {
+            self.connections.inc();
+        } else {
+            self.connections.dec();
+        }
+    }
+
+    /// A client was refused at the connection limit.
+    pub(crate) fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    /// The metrics in the OpenMetrics text format, with the peer's state
+    /// read now.
+    pub(crate) async fn render(&self, node: &Node) -> String {
+        self.scrapes.fetch_add(1, Ordering::Relaxed);
+        if let Ok(status) = node.status().await {
+            for state in [
+                MemberState::Joining,
+                MemberState::Alive,
+                MemberState::Leaving,
+            ] {
+                let count = status.members.iter().filter(|m| m.state == state).count();
+                let state = match state {
+                    MemberState::Joining => "joining",
+                    MemberState::Alive => "alive",
+                    MemberState::Leaving => "leaving",
+                };
+                self.members
+                    .get_or_create(&StateLabels { state })
+                    .set(gauge(count));
+            }
+            self.partitions_owned.set(gauge(status.partitions_owned));
+            self.sessions_stored.set(gauge(status.sessions_stored));
+            self.hints_pending.set(gauge(status.hints_pending));
+            let last = status
+                .last_anti_entropy
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            self.last_anti_entropy.set(last);
+            let r = status.replication;
+            sync(&self.replica_acks, r.replica_acks);
+            sync(&self.write_timeouts, r.write_timeouts);
+            sync(&self.read_timeouts, r.read_timeouts);
+            sync(&self.hints_queued, r.hints_queued);
+            sync(&self.hints_replayed, r.hints_replayed);
+            sync(&self.hints_dropped, status.hints_dropped);
+            sync(&self.anti_entropy_rounds, r.anti_entropy_rounds);
+            sync(&self.keys_repaired, r.keys_repaired);
+            sync(&self.clock_drift_refused, r.clock_drift_refused);
+            let names: HashMap<_, _> = status
+                .members
+                .iter()
+                .map(|m| (m.member.addr, m.member.name.clone()))
+                .collect();
+            if let Some((_, peers)) = node.transport_stats() {
+                let mut seen = self.peer_seen.lock().unwrap_or_else(|e| e.into_inner());
+                for peer in peers {
+                    let name = names
+                        .get(&peer.addr)
+                        .cloned()
+                        .unwrap_or_else(|| peer.addr.to_string());
+                    for (direction, total) in [("out", peer.sent), ("in", peer.received)] {
+                        let last = seen.entry((name.clone(), direction)).or_insert(0);
+                        // A new connection counts from zero again.
+                        let delta = if total >= *last { total - *last } else { total };
+                        *last = total;
+                        self.peer_bytes
+                            .get_or_create(&PeerLabels {
+                                peer: name.clone(),
+                                direction,
+                            })
+                            .inc_by(delta);
+                    }
+                }
+            }
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!("metrics could not be encoded: {e}");
+        }
+        out
+    }
+}
+
+/// Counts a connection's commands into the shared [`Metrics`].
+#[derive(Clone, Debug)]
+pub(crate) struct CommandObserver(pub Arc<Metrics>);
+
+impl Observer for CommandObserver {
+    fn command(&self, name: Option<&'static str>, elapsed: Duration, error: bool) {
+        let m = &self.0;
+        let series = name.and_then(|n| m.commands.get(n)).unwrap_or(&m.unknown);
+        series.calls.inc();
+        if error {
+            series.errors.inc();
+        }
+        series.latency.observe(elapsed.as_secs_f64());
+    }
+
+    fn protocol_error(&self) {
+        self.0.protocol_errors.inc();
+    }
+
+    fn bytes(&self, read: usize, written: usize) {
+        if read > 0 {
+            self.0.client_read.inc_by(read as u64);
+        }
+        if written > 0 {
+            self.0.client_written.inc_by(written as u64);
+        }
+    }
+}

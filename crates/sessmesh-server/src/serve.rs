@@ -1,0 +1,302 @@
+//! `sessmesh serve`: the peer, its Redis endpoint, and its HTTP endpoint.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::json;
+use sessmesh::{MemberState, Node};
+use sessmesh_resp::{Handler, Limits};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Overrides, PeerTls, Settings};
+use crate::metrics::{CommandObserver, Metrics};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Reads the settings and runs the node until SIGINT or SIGTERM.
+pub(crate) fn run(overrides: Overrides) -> Result {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let settings = Settings::load(overrides)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(serve(settings))
+}
+
+fn state_name(state: MemberState) -> &'static str {
+    match state {
+        MemberState::Joining => "joining",
+        MemberState::Alive => "alive",
+        MemberState::Leaving => "leaving",
+    }
+}
+
+async fn start_node(settings: &Settings) -> Result<Node> {
+    let mut builder = Node::builder()
+        .listen(settings.peer_listen)
+        .seeds(settings.seeds.clone())
+        .cluster_name(settings.cluster_name.clone())
+        .config(settings.config.clone())
+        .membership(settings.membership.clone())
+        .read_level(settings.read_level)
+        .write_level(settings.write_level)
+        .shutdown_timeout(settings.shutdown_timeout());
+    if let Some(addr) = settings.peer_advertise {
+        builder = builder.advertise(addr);
+    }
+    if let Some(name) = &settings.name {
+        builder = builder.name(name.clone());
+    }
+    builder = match &settings.peer_tls {
+        PeerTls::Files { ca, cert, key } => builder.tls_files(ca, cert, key),
+        PeerTls::Development => builder.development(),
+    };
+    Ok(builder.start().await?)
+}
+
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| format!("resp_tls_cert {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("resp_tls_key {}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| format!("TLS: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("resp_tls_cert: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn serve(settings: Settings) -> Result {
+    let tls = settings
+        .resp_tls
+        .as_ref()
+        .map(|(cert, key)| tls_acceptor(cert, key))
+        .transpose()?;
+    // Bind the client-facing ports first: a taken port is reported before
+    // the peer joins anyone.
+    let resp = TcpListener::bind(settings.resp_listen)
+        .await
+        .map_err(|e| format!("resp_listen {}: {e}", settings.resp_listen))?;
+    let http = TcpListener::bind(settings.http_listen)
+        .await
+        .map_err(|e| format!("http_listen {}: {e}", settings.http_listen))?;
+    let node = start_node(&settings).await?;
+    let metrics = Arc::new(Metrics::new(sessmesh_resp::commands::command_names()));
+    let handler = Arc::new(Handler::new(
+        node.clone(),
+        sessmesh_resp::Settings {
+            requirepass: settings.requirepass.clone(),
+        },
+    ));
+    let resp_addr = resp.local_addr()?;
+    let http_addr = http.local_addr()?;
+    tokio::spawn(accept_clients(
+        resp,
+        handler,
+        settings.limits,
+        Arc::new(Semaphore::new(settings.max_clients)),
+        tls,
+        metrics.clone(),
+    ));
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/health", get(health))
+        .route("/status", get(status_page))
+        .with_state((node.clone(), metrics));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, app).await {
+            warn!("the HTTP endpoint stopped: {e}");
+        }
+    });
+    info!(node = %node.me().name, peer = %node.me().addr, resp = %resp_addr, http = %http_addr, "serving");
+    // One line on stdout for scripts and tests that start nodes on port 0.
+    println!(
+        "sessmesh ready: name={} peer={} resp={} http={}",
+        node.me().name,
+        node.me().addr,
+        resp_addr,
+        http_addr
+    );
+    let _ = std::io::stdout().flush();
+    shutdown_signal().await;
+    info!("shutting down: handing partitions off");
+    match node.shutdown().await {
+        Ok(()) => info!("left the cluster"),
+        Err(e) => warn!("left the cluster: {e}"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    warn!("cannot listen for SIGTERM: {e}");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn accept_clients(
+    listener: TcpListener,
+    handler: Arc<Handler>,
+    limits: Limits,
+    slots: Arc<Semaphore>,
+    tls: Option<TlsAcceptor>,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, say: keep serving those connected.
+                warn!("accepting a client failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.connection_refused();
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let (handler, tls, metrics) = (handler.clone(), tls.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = stream.set_nodelay(true);
+            metrics.connection(true);
+            let observer = CommandObserver(metrics.clone());
+            let result = match tls {
+                None => {
+                    let mut stream = stream;
+                    sessmesh_resp::serve(&handler, &mut stream, &limits, &observer).await
+                }
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(mut stream) => {
+                        sessmesh_resp::serve(&handler, &mut stream, &limits, &observer).await
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            metrics.connection(false);
+            if let Err(e) = result {
+                tracing::debug!(client = %peer, "connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// Tells a client over the connection limit why, as Redis does, and closes.
+async fn refuse(mut stream: TcpStream) {
+    let _ = stream
+        .write_all(b"-ERR max number of clients reached\r\n")
+        .await;
+    let _ = stream.shutdown().await;
+}
+
+async fn metrics_page(State((node, metrics)): State<(Node, Arc<Metrics>)>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(&node).await,
+    )
+}
+
+async fn health(State((node, _)): State<(Node, Arc<Metrics>)>) -> impl IntoResponse {
+    match node.status().await {
+        Ok(status) if status.state != MemberState::Leaving => (StatusCode::OK, "ok\n"),
+        Ok(_) => (StatusCode::SERVICE_UNAVAILABLE, "leaving\n"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopped\n"),
+    }
+}
+
+async fn status_page(State((node, _)): State<(Node, Arc<Metrics>)>) -> impl IntoResponse {
+    let Ok(status) = node.status().await else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"error": "stopped"})),
+        );
+    };
+    let members: Vec<_> = status
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.member.name,
+                "state": state_name(m.state),
+                "partitions": m.partitions,
+                "peer_addr": m.member.addr.to_string(),
+                "generation": m.member.generation,
+            })
+        })
+        .collect();
+    let ago = status
+        .last_anti_entropy
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map(|d| d.as_secs());
+    let r = status.replication;
+    (
+        StatusCode::OK,
+        axum::Json(json!({
+            "name": status.me.name,
+            "peer_addr": status.me.addr.to_string(),
+            "state": state_name(status.state),
+            "partition_count": status.partition_count,
+            "partitions_owned": status.partitions_owned,
+            "sessions_stored": status.sessions_stored,
+            "hints_pending": status.hints_pending,
+            "hints_dropped": status.hints_dropped,
+            "last_anti_entropy_seconds_ago": ago,
+            "members": members,
+            "replication": {
+                "replica_acks": r.replica_acks,
+                "write_timeouts": r.write_timeouts,
+                "read_timeouts": r.read_timeouts,
+                "hints_queued": r.hints_queued,
+                "hints_replayed": r.hints_replayed,
+                "anti_entropy_rounds": r.anti_entropy_rounds,
+                "keys_repaired": r.keys_repaired,
+                "clock_drift_refused": r.clock_drift_refused,
+            },
+        })),
+    )
+}

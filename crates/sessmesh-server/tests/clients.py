@@ -1,0 +1,129 @@
+"""Checks a running sessmesh cluster through redis-py.
+
+    python3 clients.py --protocol 3 127.0.0.1:6379 127.0.0.1:6380 127.0.0.1:6381
+
+Run by tests/real_clients.rs against three `sessmesh serve` processes, once
+with RESP2 and once with RESP3. Exits non-zero, saying what failed, on the
+first check that does not hold.
+"""
+
+import argparse
+import sys
+import time
+import uuid
+
+import redis
+
+
+def wait_for(what, condition, within=15.0):
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--protocol", type=int, choices=[2, 3], required=True)
+    parser.add_argument("--password")
+    parser.add_argument("nodes", nargs=3)
+    args = parser.parse_args()
+
+    clients = []
+    for node in args.nodes:
+        host, port = node.rsplit(":", 1)
+        client = redis.Redis(
+            host=host,
+            port=int(port),
+            protocol=args.protocol,
+            password=args.password,
+            decode_responses=True,
+            socket_timeout=10,
+        )
+        clients.append(client)
+    a, b, c = clients
+    run = uuid.uuid4().hex[:8]
+
+    for client in clients:
+        assert client.ping() is True
+
+    # A session written via one node is read via another.
+    key = f"py{args.protocol}:{run}:session"
+    assert a.set(key, "logged-in") is True
+    assert b.get(key) == "logged-in", "written on node 1, read on node 2"
+    assert c.get(key) == "logged-in", "written on node 1, read on node 3"
+
+    # Hash fields written on two nodes merge.
+    cart = f"py{args.protocol}:{run}:cart"
+    assert a.hset(cart, mapping={"user": "ada", "items": "1"}) == 2
+    assert b.hset(cart, "theme", "dark") == 1
+    assert c.hgetall(cart) == {"user": "ada", "items": "1", "theme": "dark"}
+    assert c.hget(cart, "theme") == "dark"
+    assert c.hmget(cart, ["user", "nope"]) == ["ada", None]
+    assert c.hincrby(cart, "items", 2) == 3
+    assert a.hlen(cart) == 3
+    assert sorted(b.hkeys(cart)) == ["items", "theme", "user"]
+    assert b.hdel(cart, "theme") == 1
+    assert a.hexists(cart, "theme") is False
+
+    # Wrong types are refused as Redis refuses them.
+    try:
+        a.get(cart)
+        raise AssertionError("GET of a hash must fail")
+    except redis.ResponseError as e:
+        assert str(e).startswith("WRONGTYPE"), e
+
+    # DEL on one node removes it everywhere.
+    assert c.delete(key) == 1
+    for client in clients:
+        assert client.get(key) is None, "deleted on node 3"
+        assert client.exists(key) == 0
+
+    # TTLs are honoured.
+    short = f"py{args.protocol}:{run}:short"
+    assert a.set(short, "v", px=800) is True
+    ttl = b.pttl(short)
+    assert 0 < ttl <= 800, ttl
+    wait_for("the short-lived session to expire", lambda: c.get(short) is None)
+    assert a.ttl(short) == -2
+    long = f"py{args.protocol}:{run}:long"
+    assert a.set(long, "v", ex=100)
+    assert 99 <= b.ttl(long) <= 100
+    assert c.persist(long) is True
+    assert a.ttl(long) == -1
+    assert b.expire(long, 50) is True
+    assert 49 <= c.ttl(long) <= 50
+
+    # Pipelines work, in order.
+    pipe = a.pipeline(transaction=False)
+    for i in range(100):
+        pipe.set(f"py{args.protocol}:{run}:p{i}", i)
+    for i in range(100):
+        pipe.get(f"py{args.protocol}:{run}:p{i}")
+    results = pipe.execute()
+    assert results[:100] == [True] * 100
+    assert results[100:] == [str(i) for i in range(100)]
+    assert b.mget([f"py{args.protocol}:{run}:p{i}" for i in (0, 99)]) == ["0", "99"]
+
+    # SCAN sees the keys (each node holds every key at rf=3 with 3 nodes).
+    found = set(c.scan_iter(match=f"py{args.protocol}:{run}:p*", count=100))
+    assert len(found) == 100, len(found)
+
+    # Unknown commands are errors, and the connection goes on.
+    try:
+        a.execute_command("NOSUCHCOMMAND", "x")
+        raise AssertionError("an unknown command must fail")
+    except redis.ResponseError as e:
+        assert "unknown command" in str(e), e
+    assert a.ping() is True
+
+    print(f"redis-py {redis.__version__}, RESP{args.protocol}: all checks passed")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except AssertionError as e:
+        print(f"FAILED: {e!r}", file=sys.stderr)
+        raise
