@@ -42,6 +42,10 @@ pub struct Config {
     /// How often the node sweeps a few partitions for expired sessions and
     /// old tombstones. Milliseconds.
     pub sweep_period_ms: u64,
+    /// A read asks only as many replicas as its level needs; if they have not
+    /// all answered after this long, it asks the others too (Cassandra's
+    /// speculative retry). Milliseconds; 0 asks every replica at once.
+    pub speculative_read_ms: u64,
 }
 
 impl Config {
@@ -63,6 +67,7 @@ impl Default for Config {
             anti_entropy_max_entries: 2_000,
             anti_entropy_bytes_per_sec: 64 << 20,
             sweep_period_ms: 100,
+            speculative_read_ms: 20,
         }
     }
 }

@@ -57,6 +57,8 @@ pub enum Timer {
     AntiEntropy,
     /// Sweep the next few partitions.
     Sweep,
+    /// Ask the replicas a read has not asked yet, if it still waits.
+    Speculate(u64),
 }
 
 /// Something the node reports.
@@ -311,6 +313,7 @@ impl Node {
             }
             Timer::Membership(timer) => self.membership.handle_timer(timer),
             Timer::Request(id) => self.expire_request(id, now_ms),
+            Timer::Speculate(id) => self.speculate(id),
             Timer::ReplayHints => {
                 self.replay_hints();
                 self.schedule_hint_replay();
@@ -344,14 +347,16 @@ impl Node {
         self.last_anti_entropy_ms
     }
 
-    /// Partitions this node holds data for but no longer replicates: what a
-    /// leaving node still has to hand off.
+    /// Partitions this node holds data for but no longer replicates, and
+    /// that have a replica to take them: what a leaving node still has to
+    /// hand off. (When every member leaves at once, nobody can take them.)
     pub fn partitions_to_hand_off(&self) -> usize {
         let me = &self.membership.me().name;
         (0..self.store.partition_count())
             .map(PartitionId)
             .filter(|&p| {
-                !self.partitioner.replicas_for(p).contains(me) && self.store.partition_len(p) > 0
+                let replicas = self.partitioner.replicas_for(p);
+                !replicas.is_empty() && !replicas.contains(me) && self.store.partition_len(p) > 0
             })
             .count()
     }
@@ -432,23 +437,57 @@ impl Node {
             waiting: replicas.iter().cloned().collect(),
             answers: Vec::new(),
             then,
+            unasked: Vec::new(),
         };
         let me = self.me().name.clone();
-        for replica in &replicas {
-            if *replica == me {
+        let mut remote: Vec<String> = Vec::with_capacity(replicas.len());
+        for replica in replicas {
+            if replica == me {
                 pending.waiting.remove(&me);
                 pending.answers.push((me.clone(), self.store.session(&key)));
-            } else if let Some(&to) = self.addrs.get(replica) {
-                self.effects.push(Effect::Send {
-                    to,
-                    message: Message::Read {
-                        request: id,
-                        key: key.clone(),
-                    },
-                });
+            } else {
+                remote.push(replica);
             }
         }
+        // Ask only as many as the level still needs, starting at a replica
+        // that changes from read to read so the load spreads; the rest
+        // are asked if these are slow.
+        let ask = pending.needed.saturating_sub(pending.answers.len());
+        if self.config.speculative_read_ms > 0 && ask < remote.len() {
+            let start = usize::try_from(id % remote.len() as u64).unwrap_or(0);
+            remote.rotate_left(start);
+            pending.unasked = remote.split_off(ask);
+            if ask > 0 && !pending.unasked.is_empty() {
+                self.schedule(self.config.speculative_read_ms, Timer::Speculate(id));
+            }
+        }
+        for replica in &remote {
+            self.send_read(id, replica, &key);
+        }
         self.track_read(id, pending, now_ms);
+    }
+
+    fn send_read(&mut self, request: u64, replica: &str, key: &Bytes) {
+        if let Some(&to) = self.addrs.get(replica) {
+            self.effects.push(Effect::Send {
+                to,
+                message: Message::Read {
+                    request,
+                    key: key.clone(),
+                },
+            });
+        }
+    }
+
+    /// Asks a slow read's remaining replicas.
+    fn speculate(&mut self, request: u64) {
+        let Some(pending) = self.in_flight.reads.get_mut(&request) else {
+            return;
+        };
+        let (key, unasked) = (pending.key.clone(), std::mem::take(&mut pending.unasked));
+        for replica in &unasked {
+            self.send_read(request, replica, &key);
+        }
     }
 
     /// Handles a message from the peer at `from`.

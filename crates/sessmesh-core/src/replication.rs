@@ -101,6 +101,8 @@ pub(crate) struct PendingRead {
     /// answering: a delete reads first, so that its stamp comes after every
     /// stamp the read saw.
     pub(crate) then: Option<(Write, Level)>,
+    /// Replicas not asked yet, asked if the others are slow.
+    pub(crate) unasked: Vec<String>,
 }
 
 /// Requests in flight, by request id.

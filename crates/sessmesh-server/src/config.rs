@@ -64,6 +64,7 @@ pub(crate) struct FileConfig {
     max_clients: Option<usize>,
     max_bulk_bytes: Option<usize>,
     max_array_len: Option<usize>,
+    worker_threads: Option<usize>,
 }
 
 /// Flags of `sessmesh serve`; each also reads `SESSMESH_<NAME>`.
@@ -144,6 +145,9 @@ pub(crate) struct Overrides {
     /// Most elements in a request [default: 1048576].
     #[arg(long, env = "SESSMESH_MAX_ARRAY_LEN")]
     max_array_len: Option<String>,
+    /// Threads serving clients and peers [default: one per core].
+    #[arg(long, env = "SESSMESH_WORKER_THREADS")]
+    worker_threads: Option<String>,
 }
 
 /// How the node proves who it is to its peers.
@@ -197,6 +201,8 @@ pub(crate) struct Settings {
     pub(crate) max_clients: usize,
     /// Request size limits.
     pub(crate) limits: Limits,
+    /// Runtime threads.
+    pub(crate) worker_threads: usize,
 }
 
 fn addr(setting: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -400,6 +406,13 @@ impl Settings {
         if max_clients == 0 {
             return Err(invalid("max_clients", "must be at least 1"));
         }
+        let worker_threads: usize = match pick(o.worker_threads, file.worker_threads) {
+            Some(v) => number("worker_threads", &v)?,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        if worker_threads == 0 {
+            return Err(invalid("worker_threads", "must be at least 1"));
+        }
         Ok(Settings {
             name: pick(o.name, file.name),
             cluster_name: pick(o.cluster_name, file.cluster_name)
@@ -424,6 +437,7 @@ impl Settings {
             membership,
             max_clients,
             limits,
+            worker_threads,
         })
     }
 

@@ -37,6 +37,7 @@ pub(crate) fn run(overrides: Overrides) -> Result {
         .init();
     let settings = Settings::load(overrides)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.worker_threads)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;

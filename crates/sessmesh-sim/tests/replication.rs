@@ -175,6 +175,65 @@ fn a_node_whose_clock_runs_ahead_has_its_writes_refused() {
 }
 
 #[test]
+fn a_read_whose_first_replica_is_silent_asks_the_others_and_does_not_time_out() {
+    let mut sim = converged(27);
+    let core = sim.core(0).expect("up");
+    // A key node-0 coordinates without replicating it.
+    let key = (0..1_000)
+        .map(|i| format!("k{i}"))
+        .find(|k| {
+            !core
+                .replicas_for(core.store().partition_of(k.as_bytes()))
+                .contains(&"node-0".to_string())
+        })
+        .expect("some key lives elsewhere");
+    let written = sim_write(&mut sim, 0, &key, "v");
+    assert!(matches!(
+        outcome(&mut sim, written),
+        Outcome::Written { .. }
+    ));
+    let replicas: Vec<usize> = sim
+        .core(0)
+        .expect("up")
+        .replicas_for(
+            sim.core(0)
+                .expect("up")
+                .store()
+                .partition_of(key.as_bytes()),
+        )
+        .iter()
+        .map(|name| {
+            name.trim_start_matches("node-")
+                .parse()
+                .expect("a node number")
+        })
+        .collect();
+    // Each read asks two of the three replicas first; with one of them
+    // silent towards node-0 (and not yet declared down), some reads ask it
+    // first and must fall back on the third.
+    for &silent in &replicas {
+        sim.faults_mut().one_way_cuts.insert((silent, 0));
+        for _ in 0..3 {
+            let started = sim.now_ms();
+            let read = sim.read(0, key.as_bytes(), Level::Quorum);
+            let read = outcome(&mut sim, read);
+            assert_eq!(
+                field(&read, "v"),
+                Some(b"v".to_vec()),
+                "seed {}",
+                sim.seed()
+            );
+            assert!(
+                sim.now_ms() - started < 1_000,
+                "answered by the other replicas, not after the 2 s timeout; seed {}",
+                sim.seed()
+            );
+        }
+        sim.faults_mut().one_way_cuts.clear();
+    }
+}
+
+#[test]
 fn a_logout_through_a_node_whose_clock_lags_still_ends_the_session() {
     let mut sim = converged(26);
     // node-1 runs 400 ms ahead (within the drift bound) and writes; node-3,

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# sessmesh against redis-server, in the same run, with redis-benchmark:
+# 50 clients, 256-byte values, 100,000 random keys; SET, GET, HSET and
+# HGETALL, unpipelined and with 16 commands per pipeline. First one
+# sessmesh node against one redis-server, then a three-node sessmesh
+# cluster (rf 3, default Quorum levels) against the same redis-server.
+#
+#   bench/vs_redis.sh            # REQUESTS=200000 by default
+#
+# Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REQUESTS=${REQUESTS:-200000}
+CLIENTS=50
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --release --locked -q -p sessmesh-server
+bin=target/release/sessmesh
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# Starts a node; prints its ready line's fields into the named variables.
+start_node() { # name args...
+  local name=$1; shift
+  "$bin" serve --peer-listen 127.0.0.1:0 --resp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 "$@" \
+    > "$work/$name.out" 2> "$work/$name.err" &
+  pids+=($!)
+  for _ in $(seq 1 300); do
+    grep -q "sessmesh ready" "$work/$name.out" 2>/dev/null && break
+    sleep 0.1
+  done
+  grep "sessmesh ready" "$work/$name.out" || { cat "$work/$name.err"; exit 1; }
+}
+field() { sed -E "s/.* $2=([^ ]+).*/\1/" "$work/$1.out"; }
+resp_port() { local addr; addr=$(field "$1" resp); echo "${addr##*:}"; }
+
+value=$(printf 'v%.0s' $(seq 1 256))
+# One benchmark row: prints requests per second.
+rps() { # port test [pipeline]
+  local port=$1 test=$2 pipeline=${3:-1} args=(-h 127.0.0.1 -p "$1" -c $CLIENTS -d 256 -r 100000 -n "$REQUESTS" -P "$pipeline" -q --csv)
+  case $test in
+    SET|GET) redis-benchmark "${args[@]}" -t "${test,,}" ;;
+    HSET) redis-benchmark "${args[@]}" HSET "h:__rand_int__" field "$value" ;;
+    HGETALL) redis-benchmark "${args[@]}" HGETALL "h:__rand_int__" ;;
+  esac | tail -1 | cut -d, -f2 | tr -d '"'
+}
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --save "" --appendonly no --daemonize no > "$work/redis.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+compare() { # label sessmesh-port pipelines...
+  local label=$1 port=$2; shift 2
+  for pipeline in "$@"; do
+    for test in SET GET HSET HGETALL; do
+      local r s
+      r=$(rps "$redis_port" "$test" "$pipeline")
+      s=$(rps "$port" "$test" "$pipeline")
+      awk -v l="$label" -v t="$test" -v p="$pipeline" -v r="$r" -v s="$s" \
+        'BEGIN { printf "| %s | %s | %s | %.0f | %.0f | %.2fx |\n", l, t, p, r, s, s / r }'
+    done
+  done
+}
+
+echo "| sessmesh | command | pipeline | redis-server req/s | sessmesh req/s | ratio |"
+echo "| --- | --- | ---: | ---: | ---: | ---: |"
+start_node single --development --name bench-1 > /dev/null
+compare "1 node" "$(resp_port single)" 1 16
+kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
+
+"$bin" certs init --dir "$work/certs" > /dev/null
+for n in 1 2 3; do "$bin" certs issue "node-$n" --ip 127.0.0.1 --dir "$work/certs" > /dev/null; done
+tls() { echo --tls-ca "$work/certs/ca.pem" --tls-cert "$work/certs/$1.pem" --tls-key "$work/certs/$1.key"; }
+start_node node-1 $(tls node-1) --membership local > /dev/null
+seed=$(field node-1 peer)
+start_node node-2 $(tls node-2) --membership local --seeds "$seed" > /dev/null
+start_node node-3 $(tls node-3) --membership local --seeds "$seed" > /dev/null
+http=$(field node-1 http)
+for _ in $(seq 1 200); do
+  [ "$(curl -s "http://$http/status" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["members"]))')" = 3 ] && break
+  sleep 0.1
+done
+compare "3 nodes, rf 3, Quorum" "$(resp_port node-1)" 1 16
