@@ -7,10 +7,15 @@
 #
 #   bench/vs_redis.sh            # REQUESTS=200000 by default
 #
+# Every sessmesh node runs WORKERS runtime threads (default 1): on the
+# 2-core machines this is measured on, the nodes and redis-benchmark share
+# the cores, and redis-server itself serves commands on one thread.
+#
 # Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-200000}
+WORKERS=${WORKERS:-1}
 CLIENTS=50
 work=$(mktemp -d)
 pids=()
@@ -29,7 +34,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # Starts a node; prints its ready line's fields into the named variables.
 start_node() { # name args...
   local name=$1; shift
-  "$bin" serve --peer-listen 127.0.0.1:0 --resp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 "$@" \
+  "$bin" serve --peer-listen 127.0.0.1:0 --resp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+    --worker-threads "$WORKERS" "$@" \
     > "$work/$name.out" 2> "$work/$name.err" &
   pids+=($!)
   for _ in $(seq 1 300); do
