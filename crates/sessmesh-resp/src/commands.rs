@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use sessmesh::{Error, Expiry, Node, SessionData};
+use sessmesh::{Error, Expiry, Node, SessionData, Submitted, Write};
 
 use crate::glob;
 use crate::reply::{Protocol, Reply};
@@ -211,9 +211,23 @@ pub fn command_names() -> impl Iterator<Item = &'static str> {
     COMMANDS.iter().map(|(name, _)| *name)
 }
 
+/// The table entry of a known command: upper-cased on the stack, then a
+/// binary search of the sorted table.
+fn lookup(arg: &[u8]) -> Option<&'static (&'static str, i32)> {
+    let mut upper = [0u8; 16];
+    let name = upper.get_mut(..arg.len())?;
+    name.copy_from_slice(arg);
+    name.make_ascii_uppercase();
+    let name: &[u8] = name;
+    COMMANDS
+        .binary_search_by(|(n, _)| n.as_bytes().cmp(name))
+        .ok()
+        .map(|i| &COMMANDS[i])
+}
+
 /// The canonical name of a known command (for metrics), or `None`.
 pub fn command_name(arg: &[u8]) -> Option<&'static str> {
-    COMMANDS.iter().find(|(n, _)| eq(arg, n)).map(|(n, _)| *n)
+    lookup(arg).map(|(n, _)| *n)
 }
 
 fn unknown(args: &[Bytes]) -> Reply {
@@ -252,9 +266,40 @@ impl Handler {
         }
     }
 
+    /// A plain `SET key value` (no options) from an authenticated client,
+    /// handed to the peer without waiting for it to be acknowledged, so a
+    /// pipeline of them costs one round trip, not one each. `None` for any
+    /// other command, which [`execute`](Self::execute) runs.
+    pub async fn submit_set(
+        &self,
+        client: &Client,
+        args: &[Bytes],
+    ) -> Option<Result<Submitted, Reply>> {
+        if args.len() != 3 || !client.authenticated || !eq(&args[0], "SET") {
+            return None;
+        }
+        let write = Write::Put {
+            fields: vec![(Bytes::from_static(STRING_FIELD), args[2].clone())],
+            expiry: Expiry::NEVER,
+        };
+        let submitted = self
+            .node
+            .submit(args[1].clone(), write, self.node.write_level())
+            .await;
+        Some(submitted.map_err(|e| failed(&e)))
+    }
+
+    /// The reply to a submitted `SET`, once it is acknowledged.
+    pub async fn finish_set(submitted: Submitted) -> Reply {
+        match submitted.outcome().await {
+            Ok(()) => Reply::Ok,
+            Err(e) => failed(&e),
+        }
+    }
+
     /// Runs one command (its name first) for `client`.
     pub async fn execute(&self, client: &mut Client, args: &[Bytes]) -> (Reply, Flow) {
-        let Some(&(name, arity_rule)) = COMMANDS.iter().find(|(n, _)| eq(&args[0], n)) else {
+        let Some(&(name, arity_rule)) = lookup(&args[0]) else {
             return (unknown(args), Flow::Continue);
         };
         let n = i32::try_from(args.len()).unwrap_or(i32::MAX);
@@ -984,8 +1029,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strings_are_one_empty_named_field() {
+    fn commands_are_found_in_any_case() {
+        assert!(
+            COMMANDS.windows(2).all(|w| w[0].0 < w[1].0),
+            "the table is sorted"
+        );
+        for (name, _) in COMMANDS {
+            assert_eq!(
+                command_name(name.to_ascii_lowercase().as_bytes()),
+                Some(*name)
+            );
+        }
         assert!(command_name(b"get") == Some("GET"));
+        assert!(command_name(b"GETX").is_none());
+        assert!(command_name(&[b'a'; 40]).is_none());
         assert!(command_name(b"nosuch").is_none());
         let unknown = unknown(&[Bytes::from_static(b"foo"), Bytes::from_static(b"a")]);
         assert_eq!(

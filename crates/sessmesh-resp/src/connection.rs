@@ -1,12 +1,15 @@
 //! One client connection: read requests, run them in order, write replies.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
-use crate::commands::{Flow, Handler, command_name};
+use sessmesh::Submitted;
+
+use crate::commands::{Client, Flow, Handler, command_name};
 use crate::reply::Reply;
 use crate::request::{Limits, Parsed, next_request};
 
@@ -31,6 +34,20 @@ impl Observer for NoObserver {
     fn command(&self, _: Option<&'static str>, _: Duration, _: bool) {}
 }
 
+/// Waits for the submitted writes, in order, and encodes their replies.
+async fn finish(
+    submitted: &mut VecDeque<(Submitted, Instant)>,
+    client: &Client,
+    output: &mut BytesMut,
+    observer: &dyn Observer,
+) {
+    while let Some((set, started)) = submitted.pop_front() {
+        let reply = Handler::finish_set(set).await;
+        observer.command(Some("SET"), started.elapsed(), reply.is_error());
+        reply.encode(client.protocol, output);
+    }
+}
+
 /// Serves one client until it quits, disconnects or breaks the protocol.
 /// Pipelined requests run one after the other, in order, and their replies
 /// go out together.
@@ -46,6 +63,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut client = handler.client();
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = BytesMut::with_capacity(16 * 1024);
+    // Plain SETs of the current pipeline, handed to the peer and not yet
+    // acknowledged, in order.
+    let mut submitted: VecDeque<(Submitted, Instant)> = VecDeque::new();
     loop {
         let mut close = false;
         loop {
@@ -54,6 +74,21 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 Parsed::Empty => {}
                 Parsed::Command(args) => {
                     let started = Instant::now();
+                    match handler.submit_set(&client, &args).await {
+                        Some(Ok(set)) => {
+                            submitted.push_back((set, started));
+                            continue;
+                        }
+                        Some(Err(reply)) => {
+                            finish(&mut submitted, &client, &mut output, observer).await;
+                            observer.command(Some("SET"), started.elapsed(), true);
+                            reply.encode(client.protocol, &mut output);
+                            continue;
+                        }
+                        None => {}
+                    }
+                    // Anything else runs after the writes before it.
+                    finish(&mut submitted, &client, &mut output, observer).await;
                     let (reply, flow) = handler.execute(&mut client, &args).await;
                     observer.command(command_name(&args[0]), started.elapsed(), reply.is_error());
                     reply.encode(client.protocol, &mut output);
@@ -63,6 +98,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
                 Parsed::Fatal(error) => {
+                    finish(&mut submitted, &client, &mut output, observer).await;
                     debug!(client = client.id(), "closing the connection: {error}");
                     observer.protocol_error();
                     Reply::Error(error).encode(client.protocol, &mut output);
@@ -71,6 +107,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
+        finish(&mut submitted, &client, &mut output, observer).await;
         if !output.is_empty() {
             stream.write_all(&output).await?;
             observer.bytes(0, output.len());

@@ -50,7 +50,7 @@ mod status;
 
 pub use builder::{DEFAULT_PORT, NodeBuilder};
 pub use error::Error;
-pub use node::{At, Node, spawn};
+pub use node::{At, Node, Submitted, spawn};
 pub use sessmesh_core::{
     ChangeKind, Expiry, KeyChange, Level, Member, MemberEvent, MemberState, NodeEvent, Outcome,
     Session, SessionData, Write,

@@ -48,6 +48,24 @@ struct Inner {
     transport: Option<TransportObserver>,
 }
 
+/// A write handed to the peer's task by [`Node::submit`].
+#[derive(Debug)]
+pub struct Submitted(oneshot::Receiver<Outcome>);
+
+impl Submitted {
+    /// Waits for the write's outcome.
+    ///
+    /// # Errors
+    /// [`Error::WriteTimedOut`] (the write is kept), [`Error::Refused`],
+    /// [`Error::Stopped`].
+    pub async fn outcome(self) -> Result<(), Error> {
+        match self.0.await.map_err(|_| Error::Stopped)? {
+            Outcome::Written { .. } => Ok(()),
+            other => Err(failure(other)),
+        }
+    }
+}
+
 /// Per-call settings over a [`Node`]; see [`Node::at`].
 #[derive(Clone, Copy, Debug)]
 pub struct At<'a> {
@@ -371,6 +389,37 @@ impl Node {
         let key = key.into();
         self.ask(|reply| Command::Write(key, write, level, reply))
             .await
+    }
+
+    /// Hands a write to the peer's task and returns as soon as the task has
+    /// it, before any replica acknowledged it; [`Submitted::outcome`] waits
+    /// for the [`Outcome`]. Writes submitted one after another are applied
+    /// in that order, so a caller can have many in flight (a pipeline)
+    /// without a round trip each. A read that should see them must wait
+    /// for their outcomes first: a local read does not queue behind them.
+    ///
+    /// # Errors
+    /// [`Error::KeyTooLong`], [`Error::Stopped`].
+    pub async fn submit(
+        &self,
+        key: impl Into<Bytes>,
+        write: Write,
+        level: Level,
+    ) -> Result<Submitted, Error> {
+        let key = key.into();
+        check_key(&key)?;
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Write(key, write, level, tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        Ok(Submitted(rx))
+    }
+
+    /// The level writes use unless a call says otherwise.
+    pub fn write_level(&self) -> Level {
+        self.inner.write_level
     }
 
     /// Reads `key` from `level` replicas: the raw [`Outcome`], with the
