@@ -14,6 +14,10 @@ pub struct Limits {
     pub max_array_len: usize,
     /// The longest inline command line (a request not in RESP form).
     pub max_inline_bytes: usize,
+    /// The most bytes one request may declare in all, so that one
+    /// connection cannot make the node buffer `max_array_len` values of
+    /// `max_bulk_bytes` each.
+    pub max_request_bytes: usize,
 }
 
 impl Default for Limits {
@@ -22,6 +26,7 @@ impl Default for Limits {
             max_bulk_bytes: 64 * 1024 * 1024,
             max_array_len: 1024 * 1024,
             max_inline_bytes: 64 * 1024,
+            max_request_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -110,6 +115,7 @@ fn check_lengths(buf: &[u8], limits: &Limits) -> Result<(), String> {
     if count > i64::try_from(limits.max_array_len).unwrap_or(i64::MAX) {
         return Err(invalid_multibulk());
     }
+    let mut declared: usize = 0;
     for _ in 0..count.max(0) {
         match buf.get(at) {
             None => return Ok(()),
@@ -126,6 +132,10 @@ fn check_lengths(buf: &[u8], limits: &Limits) -> Result<(), String> {
         let len = usize::try_from(len).map_err(|_| invalid_bulk())?;
         if len > limits.max_bulk_bytes {
             return Err(invalid_bulk());
+        }
+        declared = declared.saturating_add(len);
+        if declared > limits.max_request_bytes {
+            return Err("ERR Protocol error: request larger than max_request_bytes".to_string());
         }
         at = body + len + 2;
     }
@@ -206,6 +216,22 @@ mod tests {
         assert_eq!(
             parse(&vec![b'a'; limits.max_inline_bytes + 1]).0,
             Parsed::Fatal("ERR Protocol error: too big inline request".into())
+        );
+    }
+
+    #[test]
+    fn a_request_over_its_total_size_limit_is_refused() {
+        let limits = Limits {
+            max_bulk_bytes: 100,
+            max_request_bytes: 150,
+            ..Limits::default()
+        };
+        let mut buf = BytesMut::from(&b"*3\r\n$3\r\nSET\r\n$100\r\n"[..]);
+        buf.extend_from_slice(&[b'k'; 100]);
+        buf.extend_from_slice(b"\r\n$100\r\n");
+        assert_eq!(
+            next_request(&mut buf, &limits),
+            Parsed::Fatal("ERR Protocol error: request larger than max_request_bytes".into())
         );
     }
 

@@ -64,6 +64,7 @@ pub(crate) struct FileConfig {
     max_clients: Option<usize>,
     max_bulk_bytes: Option<usize>,
     max_array_len: Option<usize>,
+    max_request_bytes: Option<usize>,
     worker_threads: Option<usize>,
 }
 
@@ -145,6 +146,9 @@ pub(crate) struct Overrides {
     /// Most elements in a request [default: 1048576].
     #[arg(long, env = "SESSMESH_MAX_ARRAY_LEN")]
     max_array_len: Option<String>,
+    /// Most bytes one request may carry in all [default: 536870912].
+    #[arg(long, env = "SESSMESH_MAX_REQUEST_BYTES")]
+    max_request_bytes: Option<String>,
     /// Threads serving clients and peers [default: one per core].
     #[arg(long, env = "SESSMESH_WORKER_THREADS")]
     worker_threads: Option<String>,
@@ -392,7 +396,20 @@ impl Settings {
                 .transpose()?
                 .unwrap_or(defaults.max_array_len),
             max_inline_bytes: defaults.max_inline_bytes,
+            max_request_bytes: pick(o.max_request_bytes, file.max_request_bytes)
+                .map(|v| number("max_request_bytes", &v))
+                .transpose()?
+                .unwrap_or(defaults.max_request_bytes),
         };
+        if limits.max_request_bytes < limits.max_bulk_bytes {
+            return Err(invalid(
+                "max_request_bytes",
+                format!(
+                    "{} is below max_bulk_bytes ({}): no request could carry the largest value",
+                    limits.max_request_bytes, limits.max_bulk_bytes
+                ),
+            ));
+        }
         if limits.max_bulk_bytes == 0 {
             return Err(invalid("max_bulk_bytes", "must be at least 1"));
         }

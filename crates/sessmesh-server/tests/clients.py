@@ -27,7 +27,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--protocol", type=int, choices=[2, 3], required=True)
     parser.add_argument("--password")
-    parser.add_argument("nodes", nargs=3)
+    parser.add_argument("--tls-ca", help="connect over TLS, trusting this CA")
+    parser.add_argument("nodes", nargs=3, help="three nodes, or one given three times")
     args = parser.parse_args()
 
     clients = []
@@ -40,6 +41,9 @@ def main():
             password=args.password,
             decode_responses=True,
             socket_timeout=10,
+            ssl=args.tls_ca is not None,
+            ssl_ca_certs=args.tls_ca,
+            ssl_check_hostname=args.tls_ca is not None,
         )
         clients.append(client)
     a, b, c = clients

@@ -130,6 +130,44 @@ fn redis_cli_and_redis_py_use_a_three_node_cluster() {
 }
 
 #[test]
+fn clients_can_connect_over_tls() {
+    if !clients_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    support::certificates(dir.path(), &["node-1"]);
+    let path = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
+    let (cert, key, ca) = (path("node-1.pem"), path("node-1.key"), path("ca.pem"));
+    let node = support::start(&[
+        "--development",
+        "--resp-tls-cert",
+        &cert,
+        "--resp-tls-key",
+        &key,
+    ]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients.py");
+    let addr = node.resp.to_string();
+    for protocol in ["2", "3"] {
+        let out = Command::new("python3")
+            .args([script, "--protocol", protocol, "--tls-ca", &ca])
+            .args([&addr, &addr, &addr])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-py RESP{protocol} over TLS:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Plain text is not served on the TLS port.
+    let plain = Command::new("redis-cli")
+        .args(["-p", &node.resp.port().to_string(), "PING"])
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&plain.stdout).trim(), "PONG");
+}
+
+#[test]
 fn a_password_is_required_when_set() {
     if !clients_available() {
         return;
