@@ -122,7 +122,16 @@ async fn every_call_works_across_peers() {
     .await
     .unwrap();
     let before = c.get("s3").await.unwrap().unwrap().deadline_ms().unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await; // let the wall clock move on
+    // The touch must be stamped in a later millisecond than the put.
+    let written_at = before - 300;
+    wait_for("the wall clock to pass the put's millisecond", || async {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            > u128::from(written_at)
+    })
+    .await;
     b.touch("s3").await.unwrap();
     let after = c.get("s3").await.unwrap().unwrap().deadline_ms().unwrap();
     assert!(
