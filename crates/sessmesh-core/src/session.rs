@@ -256,6 +256,15 @@ impl Session {
         delta
     }
 
+    /// Merges a session whose every stamp is older than this one's clear
+    /// stamp, given only its header: its fields would all be hidden, so the
+    /// result is the same as [`merge`](Self::merge) without unpacking them.
+    pub(crate) fn merge_superseded(&mut self, header: Header) {
+        debug_assert!(header.newest_stamp() < self.header.clear);
+        self.header.merge(header);
+        self.drop_hidden_fields();
+    }
+
     /// Builds a session from its parts, dropping fields the clear stamp hides.
     pub fn from_parts(header: Header, fields: BTreeMap<Bytes, FieldRegister>) -> Session {
         let mut session = Session { header, fields };

@@ -357,19 +357,35 @@ impl Store {
         let digest = &mut self.digests[partition.0 as usize];
         let mut table = self.shared.write(partition);
         let found = table.find_entry(slot_hash(hash), |packed| packed::key_of(packed) == key);
+        let due_by = now_ms.max(incoming.newest_stamp().wall_ms());
         let (old_fingerprint, old_live, mut session) = match &found {
             Ok(slot) => {
                 let old = Packed::parse(slot.get());
-                (
-                    Some(old.fingerprint()),
-                    !old.is_tombstone(),
-                    old.to_session(),
-                )
+                let old_newest = old
+                    .fields()
+                    .map(|f| f.stamp)
+                    .fold(old.header.newest_stamp(), Stamp::max);
+                let expires = old.deadline_ms().is_some_and(|d| d <= due_by);
+                // A whole-value put (or a delete) newer than everything
+                // stored hides every stored field: skip unpacking them.
+                let session = if !expires && incoming.header().clear > old_newest {
+                    let mut session = incoming;
+                    session.merge_superseded(old.header.clone());
+                    session
+                } else {
+                    let mut session = old.to_session();
+                    session.expire_if_due(due_by);
+                    session.merge(incoming);
+                    session
+                };
+                (Some(old.fingerprint()), !old.is_tombstone(), session)
             }
-            Err(_) => (None, false, Session::default()),
+            Err(_) => {
+                let mut session = Session::default();
+                session.merge(incoming);
+                (None, false, session)
+            }
         };
-        session.expire_if_due(now_ms.max(incoming.newest_stamp().wall_ms()));
-        session.merge(incoming);
         session.expire_if_due(now_ms);
         let keep = !(session.is_tombstone() && session.collectable_at_ms(grace_ms) <= now_ms);
         let change = if session.is_visible(now_ms) {
@@ -1005,6 +1021,38 @@ mod tests {
     }
 
     proptest! {
+        /// A write that clears past everything stored (the path that skips
+        /// unpacking the stored fields) stores exactly what a full unpack
+        /// and merge would.
+        #[test]
+        fn a_superseding_write_stores_what_a_full_merge_would(
+            history in prop::collection::vec((arb_write(), 0u64..60_000), 1..12),
+            last in arb_write(),
+            now in 0u64..120_000,
+        ) {
+            let mut s = store();
+            for (i, (write, ms)) in history.iter().enumerate() {
+                s.apply(b"k", write, stamp(*ms, i as u64 + 1), *ms).unwrap();
+            }
+            let before = s.session(b"k");
+            // Later than every stamp in the history.
+            let incoming = Session::from_write(&last, stamp(70_000, 99));
+            let due_by = now.max(incoming.newest_stamp().wall_ms());
+            let mut expected = before.clone().unwrap_or_default();
+            expected.expire_if_due(due_by);
+            expected.merge(incoming.clone());
+            expected.expire_if_due(now);
+            let collectable = expected.is_tombstone()
+                && expected.collectable_at_ms(GRACE_MS) <= now;
+            s.merge_remote(b"k", incoming, now).unwrap();
+            let got = s.session(b"k");
+            if collectable {
+                prop_assert_eq!(got, None);
+            } else {
+                prop_assert_eq!(got, Some(expected));
+            }
+        }
+
         /// The incrementally kept digest always equals one rebuilt from scratch.
         #[test]
         fn digests_stay_exact(ops in prop::collection::vec(arb_op(), 0..60)) {
