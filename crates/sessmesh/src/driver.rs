@@ -65,29 +65,56 @@ pub(crate) fn start<T: Transport>(
 /// Timers in deadline order; ties in the order they were set.
 #[derive(Default)]
 struct Timers {
-    due: BinaryHeap<Reverse<(Instant, u64)>>,
-    timers: HashMap<u64, Timer>,
+    due: BinaryHeap<Reverse<Due>>,
     next: u64,
+}
+
+/// A timer in the heap, ordered by deadline and then by when it was set.
+struct Due {
+    at: Instant,
+    seq: u64,
+    timer: Timer,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
 }
 
 impl Timers {
     fn set(&mut self, at: Instant, timer: Timer) {
         self.next += 1;
-        self.due.push(Reverse((at, self.next)));
-        self.timers.insert(self.next, timer);
+        self.due.push(Reverse(Due {
+            at,
+            seq: self.next,
+            timer,
+        }));
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.due.peek().map(|Reverse((at, _))| *at)
+        self.due.peek().map(|Reverse(due)| due.at)
     }
 
     fn pop_due(&mut self, now: Instant) -> Option<Timer> {
-        let Reverse((at, id)) = *self.due.peek()?;
-        if at > now {
+        if self.due.peek()?.0.at > now {
             return None;
         }
-        self.due.pop();
-        self.timers.remove(&id)
+        self.due.pop().map(|Reverse(due)| due.timer)
     }
 }
 
@@ -373,5 +400,26 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_pop_by_deadline_then_in_the_order_they_were_set() {
+        let mut timers = Timers::default();
+        let now = Instant::now();
+        let later = now + Duration::from_millis(10);
+        timers.set(later, Timer::Sweep);
+        timers.set(now, Timer::AntiEntropy);
+        timers.set(now, Timer::ReplayHints);
+        assert_eq!(timers.next_deadline(), Some(now));
+        assert_eq!(timers.pop_due(now), Some(Timer::AntiEntropy));
+        assert_eq!(timers.pop_due(now), Some(Timer::ReplayHints));
+        assert_eq!(timers.pop_due(now), None, "not due yet");
+        assert_eq!(timers.pop_due(later), Some(Timer::Sweep));
+        assert_eq!(timers.next_deadline(), None);
     }
 }
