@@ -237,9 +237,7 @@ impl Store {
         partition_of(key_hash(key), self.partition_count())
     }
 
-    /// Calls `f` with the session stored under `key` as a reader at `now_ms`
-    /// sees it; `None` when absent, deleted or expired. The partition stays
-    /// locked against changes while `f` runs, so copy out what you need.
+    /// As [`StoreReader::read`], from the owner.
     pub fn read<R>(
         &self,
         key: &[u8],

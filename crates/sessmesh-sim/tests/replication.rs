@@ -174,19 +174,25 @@ fn a_node_whose_clock_runs_ahead_has_its_writes_refused() {
     assert_eq!(sim.drift_refusals(3), 0);
 }
 
-#[test]
-fn a_read_whose_first_replica_is_silent_asks_the_others_and_does_not_time_out() {
-    let mut sim = converged(27);
-    let core = sim.core(0).expect("up");
-    // A key node-0 coordinates without replicating it.
-    let key = (0..1_000)
+/// A key whose replicas, as `node` sees them, do not include `node`.
+fn key_not_on(sim: &Sim, node: usize) -> String {
+    let core = sim.core(node).expect("up");
+    let name = format!("node-{node}");
+    (0..1_000)
         .map(|i| format!("k{i}"))
         .find(|k| {
             !core
                 .replicas_for(core.store().partition_of(k.as_bytes()))
-                .contains(&"node-0".to_string())
+                .contains(&name)
         })
-        .expect("some key lives elsewhere");
+        .expect("some key lives elsewhere")
+}
+
+#[test]
+fn a_read_whose_first_replica_is_silent_asks_the_others_and_does_not_time_out() {
+    let mut sim = converged(27);
+    // A key node-0 coordinates without replicating it.
+    let key = key_not_on(&sim, 0);
     let written = sim_write(&mut sim, 0, &key, "v");
     assert!(matches!(
         outcome(&mut sim, written),
@@ -240,15 +246,7 @@ fn a_logout_through_a_node_whose_clock_lags_still_ends_the_session() {
     // which does not replicate the key and so never saw the write's stamp,
     // logs the session out right after.
     sim.set_skew(1, 400);
-    let core = sim.core(3).expect("up");
-    let key = (0..1_000)
-        .map(|i| format!("k{i}"))
-        .find(|k| {
-            !core
-                .replicas_for(core.store().partition_of(k.as_bytes()))
-                .contains(&"node-3".to_string())
-        })
-        .expect("some key lives elsewhere");
+    let key = key_not_on(&sim, 3);
     let written = sim_write(&mut sim, 1, &key, "logged-in");
     assert!(matches!(
         outcome(&mut sim, written),
