@@ -18,6 +18,11 @@ use tracing::{debug, info, warn};
 use crate::Error;
 use crate::status::{MemberStatus, Status};
 
+/// The most queued calls or peer messages the task takes in one turn before
+/// it sends what they caused: a burst leaves in one batch per peer, and a
+/// steady stream of one kind cannot hold up timers or the other kind long.
+const BATCH: usize = 256;
+
 /// A request to the task.
 pub(crate) enum Command {
     Members(oneshot::Sender<Vec<Member>>),
@@ -171,40 +176,52 @@ impl<T: Transport> Driver<T> {
         self.node.join(&seeds);
         self.apply();
         let mut leaving: Option<Leaving> = None;
+        // One sleep, moved to the next deadline when that changes: setting
+        // a fresh one every turn of the loop costs a timer-wheel entry each.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed = false;
         loop {
-            let timer_due = self.timers.next_deadline();
+            match self.timers.next_deadline() {
+                Some(due) => {
+                    if !armed || timer.deadline() != due {
+                        timer.as_mut().reset(due);
+                    }
+                    armed = true;
+                }
+                None => armed = false,
+            }
             let leave_check = leaving.as_ref().map(|l| l.next_check(Instant::now()));
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
-                    Some(Command::Shutdown(_, reply)) if leaving.is_some() => {
-                        if let Some(l) = leaving.as_mut() {
-                            l.replies.push(reply);
+                    Some(command) => {
+                        self.command(command, &mut leaving);
+                        // Take what else is queued before acting on it, so a
+                        // burst of calls leaves in one batch per peer.
+                        for _ in 0..BATCH {
+                            match commands.try_recv() {
+                                Ok(command) => self.command(command, &mut leaving),
+                                Err(_) => break,
+                            }
                         }
                     }
-                    Some(Command::Shutdown(within, reply)) => {
-                        info!(node = %self.node.me().name, "leaving: handing off partitions");
-                        self.node.prepare_leave();
-                        let now = Instant::now();
-                        let grace = Duration::from_millis(2 * self.node.membership().config().probe_period_ms);
-                        leaving = Some(Leaving {
-                            announced_at: now + grace.min(within),
-                            deadline: now + within,
-                            replies: vec![reply],
-                        });
-                    }
-                    Some(command) => self.command(command),
                     None => break,
                 },
                 () = sleep_until(leave_check) => {}
                 item = incoming.recv() => match item {
-                    Some(Incoming::Datagram { from, payload }) => self.node.handle_gossip(from.addr, &payload),
-                    Some(Incoming::Message { from, message }) => self.node.handle_message(from.addr, message, now_ms()),
-                    // Peers replicate with one-way messages; nothing asks requests of a peer yet.
-                    Some(Incoming::Request { from, .. }) => debug!(peer = %from.name, "ignoring a request"),
+                    Some(item) => {
+                        self.incoming(item);
+                        for _ in 0..BATCH {
+                            match incoming.try_recv() {
+                                Ok(item) => self.incoming(item),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => break,
                 },
-                () = sleep_until(timer_due) => {
+                () = &mut timer, if armed => {
                     let now = Instant::now();
                     while let Some(timer) = self.timers.pop_due(now) {
                         self.node.handle_timer(timer, now_ms());
@@ -260,8 +277,25 @@ impl<T: Transport> Driver<T> {
         })
     }
 
-    fn command(&mut self, command: Command) {
+    fn command(&mut self, command: Command, leaving: &mut Option<Leaving>) {
         match command {
+            Command::Shutdown(_, reply) if leaving.is_some() => {
+                if let Some(l) = leaving.as_mut() {
+                    l.replies.push(reply);
+                }
+            }
+            Command::Shutdown(within, reply) => {
+                info!(node = %self.node.me().name, "leaving: handing off partitions");
+                self.node.prepare_leave();
+                let now = Instant::now();
+                let grace =
+                    Duration::from_millis(2 * self.node.membership().config().probe_period_ms);
+                *leaving = Some(Leaving {
+                    announced_at: now + grace.min(within),
+                    deadline: now + within,
+                    replies: vec![reply],
+                });
+            }
             Command::Members(reply) => {
                 let _ = reply.send(self.node.membership().members().cloned().collect());
             }
@@ -294,8 +328,17 @@ impl<T: Transport> Driver<T> {
                 self.node.watch_changes(true);
                 let _ = reply.send(self.changes.subscribe());
             }
-            // The loop handles it.
-            Command::Shutdown(..) => {}
+        }
+    }
+
+    fn incoming(&mut self, item: Incoming) {
+        match item {
+            Incoming::Datagram { from, payload } => self.node.handle_gossip(from.addr, &payload),
+            Incoming::Message { from, message } => {
+                self.node.handle_message(from.addr, message, now_ms());
+            }
+            // Peers replicate with one-way messages; nothing asks requests of a peer yet.
+            Incoming::Request { from, .. } => debug!(peer = %from.name, "ignoring a request"),
         }
     }
 
