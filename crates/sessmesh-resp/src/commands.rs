@@ -297,11 +297,28 @@ impl Handler {
         }
     }
 
-    /// Runs one command (its name first) for `client`.
-    pub async fn execute(&self, client: &mut Client, args: &[Bytes]) -> (Reply, Flow) {
+    /// Runs one command (its name first) for `client`: its reply, whether
+    /// the connection goes on, and the command's canonical name (`None` for
+    /// an unknown command).
+    pub async fn execute(
+        &self,
+        client: &mut Client,
+        args: &[Bytes],
+    ) -> (Reply, Flow, Option<&'static str>) {
         let Some(&(name, arity_rule)) = lookup(&args[0]) else {
-            return (unknown(args), Flow::Continue);
+            return (unknown(args), Flow::Continue, None);
         };
+        let (reply, flow) = self.execute_known(client, name, arity_rule, args).await;
+        (reply, flow, Some(name))
+    }
+
+    async fn execute_known(
+        &self,
+        client: &mut Client,
+        name: &'static str,
+        arity_rule: i32,
+        args: &[Bytes],
+    ) -> (Reply, Flow) {
         let n = i32::try_from(args.len()).unwrap_or(i32::MAX);
         if (arity_rule > 0 && n != arity_rule) || (arity_rule < 0 && n < -arity_rule) {
             return (arity(name), Flow::Continue);

@@ -9,7 +9,7 @@ use tracing::debug;
 
 use sessmesh::Submitted;
 
-use crate::commands::{Client, Flow, Handler, command_name};
+use crate::commands::{Client, Flow, Handler};
 use crate::reply::Reply;
 use crate::request::{Limits, Parsed, next_request};
 
@@ -89,8 +89,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     // Anything else runs after the writes before it.
                     finish(&mut submitted, &client, &mut output, observer).await;
-                    let (reply, flow) = handler.execute(&mut client, &args).await;
-                    observer.command(command_name(&args[0]), started.elapsed(), reply.is_error());
+                    let (reply, flow, name) = handler.execute(&mut client, &args).await;
+                    observer.command(name, started.elapsed(), reply.is_error());
                     reply.encode(client.protocol, &mut output);
                     if flow == Flow::Close {
                         close = true;
