@@ -46,7 +46,7 @@ fn exchange(
 fn main() -> Result<(), sessmesh_core::Error> {
     let config = Config::default();
     let (mut a, mut b) = (Store::new(&config), Store::new(&config));
-    let (mut clock_a, mut clock_b) = (Hlc::new(NodeId(1), 500), Hlc::new(NodeId(2), 500));
+    let (clock_a, clock_b) = (Hlc::new(NodeId(1), 500), Hlc::new(NodeId(2), 500));
     let key = b"session:ada";
     let mut now_ms = 1_700_000_000_000;
 

@@ -8,6 +8,8 @@
 //!
 //! The clock never reads the system time: the driver passes `now_ms` in.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -128,11 +130,26 @@ impl Stamp {
 /// [`Hlc::stamp`] issues stamps for local writes; [`Hlc::observe`] folds in
 /// stamps seen from peers so that a write issued after seeing another write
 /// is ordered after it, even when this node's wall clock lags behind.
-#[derive(Clone, Debug)]
+///
+/// The clock can be shared between threads (`&self` methods): the peer's
+/// task and callers writing to partitions only this node replicates stamp
+/// from one clock, and every stamp it issues is unique.
+#[derive(Debug)]
 pub struct Hlc {
     node: NodeId,
-    last: HlcTime,
+    last: AtomicU64,
     max_drift_ms: u64,
+}
+
+impl Clone for Hlc {
+    /// An independent clock that starts where this one is.
+    fn clone(&self) -> Self {
+        Hlc {
+            node: self.node,
+            last: AtomicU64::new(self.last.load(Ordering::Acquire)),
+            max_drift_ms: self.max_drift_ms,
+        }
+    }
 }
 
 impl Hlc {
@@ -141,7 +158,7 @@ impl Hlc {
     pub fn new(node: NodeId, max_drift_ms: u64) -> Self {
         Hlc {
             node,
-            last: HlcTime::ZERO,
+            last: AtomicU64::new(HlcTime::ZERO.0),
             max_drift_ms,
         }
     }
@@ -153,16 +170,26 @@ impl Hlc {
 
     /// The latest time issued or observed.
     pub fn last(&self) -> HlcTime {
-        self.last
+        HlcTime(self.last.load(Ordering::Acquire))
     }
 
     /// Issues a stamp for a local write at wall-clock time `now_ms`.
     ///
     /// The stamp is strictly newer than every stamp this clock issued or
     /// observed before, whatever `now_ms` does.
-    pub fn stamp(&mut self, now_ms: u64) -> Stamp {
-        self.last = self.last.tick().max(HlcTime::from_wall_ms(now_ms));
-        Stamp::new(self.last, self.node)
+    pub fn stamp(&self, now_ms: u64) -> Stamp {
+        let wall = HlcTime::from_wall_ms(now_ms);
+        let mut last = self.last.load(Ordering::Acquire);
+        loop {
+            let next = HlcTime(last).tick().max(wall);
+            match self
+                .last
+                .compare_exchange_weak(last, next.0, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Stamp::new(next, self.node),
+                Err(actual) => last = actual,
+            }
+        }
     }
 
     /// Folds in a stamp received from a peer at wall-clock time `now_ms`.
@@ -171,7 +198,7 @@ impl Hlc {
     /// [`Error::ClockDrift`] when the remote stamp is more than the configured
     /// drift ahead of `now_ms`; the clock is then left unchanged, so one peer
     /// with a runaway clock cannot drag every stamp in the cluster forward.
-    pub fn observe(&mut self, remote: Stamp, now_ms: u64) -> Result<(), Error> {
+    pub fn observe(&self, remote: Stamp, now_ms: u64) -> Result<(), Error> {
         let ahead_ms = remote.wall_ms().saturating_sub(now_ms);
         if ahead_ms > self.max_drift_ms {
             return Err(Error::ClockDrift {
@@ -180,7 +207,7 @@ impl Hlc {
                 from: remote.node,
             });
         }
-        self.last = self.last.max(remote.time);
+        self.last.fetch_max(remote.time.0, Ordering::AcqRel);
         Ok(())
     }
 }
@@ -206,7 +233,7 @@ mod tests {
 
     #[test]
     fn counter_overflow_carries_into_the_next_millisecond() {
-        let mut clock = Hlc::new(NodeId(1), 500);
+        let clock = Hlc::new(NodeId(1), 500);
         let first = clock.stamp(10);
         let mut last = first;
         for _ in 0..70_000 {
@@ -223,8 +250,8 @@ mod tests {
 
     #[test]
     fn observed_stamps_order_later_local_writes_after_them() {
-        let mut a = Hlc::new(NodeId(1), 500);
-        let mut b = Hlc::new(NodeId(2), 500);
+        let a = Hlc::new(NodeId(1), 500);
+        let b = Hlc::new(NodeId(2), 500);
         let from_a = a.stamp(1_000);
         // b's wall clock lags 300 ms behind a's.
         b.observe(from_a, 700)
@@ -235,7 +262,7 @@ mod tests {
 
     #[test]
     fn refuses_a_stamp_beyond_the_drift_bound_and_names_the_drift() {
-        let mut clock = Hlc::new(NodeId(1), 500);
+        let clock = Hlc::new(NodeId(1), 500);
         let before = clock.stamp(1_000);
         let runaway = Stamp::new(HlcTime::from_wall_ms(1_501), NodeId(9));
         let err = clock.observe(runaway, 1_000).expect_err("501 ms ahead");
@@ -265,7 +292,7 @@ mod tests {
         fn stamps_strictly_increase(events in prop::collection::vec(
             (0u64..10_000, prop::option::of(0u64..10_500)), 1..400)
         ) {
-            let mut clock = Hlc::new(NodeId(7), 500);
+            let clock = Hlc::new(NodeId(7), 500);
             let mut last = Stamp::ZERO;
             for (now_ms, remote_ms) in events {
                 if let Some(remote_ms) = remote_ms {

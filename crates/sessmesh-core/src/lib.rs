@@ -25,7 +25,7 @@
 //!
 //! let config = Config::default();
 //! let (mut a, mut b) = (Store::new(&config), Store::new(&config));
-//! let (mut clock_a, mut clock_b) = (Hlc::new(NodeId(1), 500), Hlc::new(NodeId(2), 500));
+//! let (clock_a, clock_b) = (Hlc::new(NodeId(1), 500), Hlc::new(NodeId(2), 500));
 //! let now_ms = 1_700_000_000_000;
 //!
 //! // Two replicas update different fields of one session at the same time...

@@ -25,6 +25,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -142,7 +143,7 @@ pub struct Node {
     membership: Membership,
     partitioner: Partitioner<String>,
     store: Store,
-    hlc: Hlc,
+    hlc: Arc<Hlc>,
     config: Config,
     in_flight: InFlight,
     hints: Hints,
@@ -189,7 +190,7 @@ impl Node {
                 reason: "the member identity must carry the configured partition count and replication factor".into(),
             });
         }
-        let hlc = Hlc::new(me.node_id(), config.max_clock_drift_ms);
+        let hlc = Arc::new(Hlc::new(me.node_id(), config.max_clock_drift_ms));
         let mut node = Node {
             membership: Membership::new(me, membership, seed)?,
             partitioner: Partitioner::new(config.partition_count, config.replication_factor),
@@ -226,6 +227,12 @@ impl Node {
     /// The id this node stamps its writes with.
     pub fn node_id(&self) -> NodeId {
         self.hlc.node()
+    }
+
+    /// The clock this node stamps its writes with, to share with callers
+    /// that write through [`crate::StoreReader::write_local`].
+    pub fn clock(&self) -> Arc<Hlc> {
+        Arc::clone(&self.hlc)
     }
 
     /// Its membership.
@@ -873,7 +880,7 @@ impl Node {
         let me = self.membership.me().name.clone();
         let mut shared: HashMap<String, Vec<(PartitionId, u64)>> = HashMap::new();
         for partition in self.my_partitions() {
-            let root = self.store.digest(partition).root();
+            let root = self.store.digest_root(partition);
             for replica in self.partitioner.replicas_for(partition) {
                 if *replica != me {
                     shared
@@ -899,7 +906,7 @@ impl Node {
     fn compare_roots(&mut self, from: SocketAddr, roots: &[(PartitionId, u64)]) {
         let mine: BTreeSet<PartitionId> = self.my_partitions().into_iter().collect();
         for &(partition, root) in roots {
-            if mine.contains(&partition) && self.store.digest(partition).root() != root {
+            if mine.contains(&partition) && self.store.digest_root(partition) != root {
                 let buckets = self.store.digest(partition).buckets().to_vec();
                 self.effects.push(Effect::Send {
                     to: from,

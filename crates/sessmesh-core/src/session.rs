@@ -723,7 +723,7 @@ mod tests {
         strip_expiry: bool,
     ) -> ([Session; 3], Vec<(Write, Stamp)>) {
         let mut replicas: [Session; 3] = Default::default();
-        let mut clocks: Vec<Hlc> = (1..=3).map(|n| Hlc::new(NodeId(n), 500)).collect();
+        let clocks: Vec<Hlc> = (1..=3).map(|n| Hlc::new(NodeId(n), 500)).collect();
         let mut issued = Vec::new();
         for step in steps {
             match step.clone() {

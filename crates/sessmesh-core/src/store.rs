@@ -10,14 +10,14 @@
 //! reads borrow from it. A change unpacks the session, merges, and packs it
 //! again; an unchanged result is not rewritten and does not touch the digest.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
 
-use crate::clock::Stamp;
+use crate::clock::{Hlc, Stamp};
 use crate::digest::{KeyDigest, PartitionDigest, bucket_of};
 use crate::packed::{self, Packed};
 use crate::partition::{PartitionId, key_hash, partition_of};
@@ -73,22 +73,39 @@ fn find<'t>(table: &'t Table, hash: u64, key: &[u8]) -> Option<&'t [u8]> {
 #[repr(align(128))]
 struct CacheLine<T>(T);
 
-/// What the [`Store`] shares with its [`StoreReader`]s: each partition's
-/// table behind its own lock, and whether the owning node replicates it.
+/// One partition's sessions and their anti-entropy digest, changed together
+/// under the partition's lock.
+#[derive(Debug, Default)]
+struct Partition {
+    table: Table,
+    digest: PartitionDigest,
+}
+
+/// What the [`Store`] shares with its [`StoreReader`]s: each partition behind
+/// its own lock, whether the owning node replicates it, and the bookkeeping
+/// every change updates (from the owner, or from a reader's
+/// [`StoreReader::write_local`]).
 #[derive(Debug)]
 struct Shared {
-    tables: Box<[CacheLine<RwLock<Table>>]>,
+    partitions: Box<[CacheLine<RwLock<Partition>>]>,
     /// Per partition: how many replicas it has when the owning node is one
-    /// of them; 0 when it is not.
+    /// of them; 0 when it is not. Changed under the partition's write lock.
     replicas: Box<[AtomicU32]>,
     partition_count: u32,
+    tombstone_grace_ms: u64,
+    /// Stored entries, tombstones included.
+    len: AtomicUsize,
+    /// Whether someone watches the changes, which are then recorded.
+    watching: AtomicBool,
+    changes: Mutex<Vec<KeyChange>>,
 }
 
 impl Shared {
-    fn read(&self, partition: PartitionId) -> RwLockReadGuard<'_, Table> {
-        // Nothing panics while holding a table lock; were it poisoned, the
-        // table would still be whole (every change is one table operation).
-        self.tables[partition.0 as usize]
+    fn read(&self, partition: PartitionId) -> RwLockReadGuard<'_, Partition> {
+        // Nothing panics while holding a partition lock; were it poisoned,
+        // the partition would still be whole (every change is one table
+        // operation and its digest update).
+        self.partitions[partition.0 as usize]
             .0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -101,16 +118,111 @@ impl Shared {
         now_ms: impl FnOnce() -> u64,
         f: impl FnOnce(SessionRef<'_>) -> R,
     ) -> Option<R> {
-        let table = self.read(partition_of(hash, self.partition_count));
-        let packed = Packed::parse(find(&table, hash, key)?);
+        let partition = self.read(partition_of(hash, self.partition_count));
+        let packed = Packed::parse(find(&partition.table, hash, key)?);
         packed.is_visible(now_ms).then(|| f(SessionRef { packed }))
     }
 
-    fn write(&self, partition: PartitionId) -> RwLockWriteGuard<'_, Table> {
-        self.tables[partition.0 as usize]
+    fn write(&self, partition: PartitionId) -> RwLockWriteGuard<'_, Partition> {
+        self.partitions[partition.0 as usize]
             .0
             .write()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record(&self, key: &[u8], kind: ChangeKind) {
+        if self.watching.load(Ordering::Relaxed) {
+            self.changes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(KeyChange {
+                    key: Bytes::copy_from_slice(key),
+                    kind,
+                });
+        }
+    }
+
+    /// Merges `incoming` into the session under `key` in `partition` (the
+    /// partition's write lock held). See [`Store::merge_remote`].
+    fn merge(
+        &self,
+        partition: &mut Partition,
+        key: &[u8],
+        hash: u64,
+        incoming: Session,
+        now_ms: u64,
+    ) -> bool {
+        let Partition { table, digest } = partition;
+        let found = table.find_entry(slot_hash(hash), |packed| packed::key_of(packed) == key);
+        let due_by = now_ms.max(incoming.newest_stamp().wall_ms());
+        let (old_fingerprint, old_live, mut session) = match &found {
+            Ok(slot) => {
+                let old = Packed::parse(slot.get());
+                let old_newest = old
+                    .fields()
+                    .map(|f| f.stamp)
+                    .fold(old.header.newest_stamp(), Stamp::max);
+                let expires = old.deadline_ms().is_some_and(|d| d <= due_by);
+                // A whole-value put (or a delete) newer than everything
+                // stored hides every stored field: skip unpacking them.
+                let session = if !expires && incoming.header().clear > old_newest {
+                    let mut session = incoming;
+                    session.merge_superseded(old.header.clone());
+                    session
+                } else {
+                    let mut session = old.to_session();
+                    session.expire_if_due(due_by);
+                    session.merge(incoming);
+                    session
+                };
+                (Some(old.fingerprint()), !old.is_tombstone(), session)
+            }
+            Err(_) => {
+                let mut session = Session::default();
+                session.merge(incoming);
+                (None, false, session)
+            }
+        };
+        session.expire_if_due(now_ms);
+        let keep = !(session.is_tombstone()
+            && session.collectable_at_ms(self.tombstone_grace_ms) <= now_ms);
+        let change = if session.is_visible(now_ms) {
+            Some(ChangeKind::Updated)
+        } else {
+            old_live.then_some(ChangeKind::Removed)
+        };
+        let changed = match (found, old_fingerprint) {
+            (Ok(slot), Some(old_fingerprint)) if !keep => {
+                slot.remove();
+                digest.remove(hash, old_fingerprint);
+                self.len.fetch_sub(1, Ordering::Relaxed);
+                true
+            }
+            (Ok(mut slot), Some(old_fingerprint)) => {
+                let new = packed::encode(key, &session);
+                if new == *slot.get() {
+                    return false;
+                }
+                digest.remove(hash, old_fingerprint);
+                digest.add(hash, Packed::parse(&new).fingerprint());
+                *slot.get_mut() = new;
+                true
+            }
+            (Err(vacant), _) if keep => {
+                let new = packed::encode(key, &session);
+                digest.add(hash, Packed::parse(&new).fingerprint());
+                vacant
+                    .into_table()
+                    .insert_unique(slot_hash(hash), new, |p| packed_slot_hash(p));
+                self.len.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        };
+        if let Some(kind) = change.filter(|_| changed) {
+            self.record(key, kind);
+        }
+        changed
     }
 }
 
@@ -124,12 +236,6 @@ impl Shared {
 #[derive(Debug)]
 pub struct Store {
     shared: Arc<Shared>,
-    /// Anti-entropy digests, which only the owner reads.
-    digests: Box<[PartitionDigest]>,
-    tombstone_grace_ms: u64,
-    len: usize,
-    /// Changes readers see, while someone watches them.
-    changes: Option<Vec<KeyChange>>,
 }
 
 /// How a change to a stored session looks to readers.
@@ -161,14 +267,14 @@ impl Store {
         let count = config.partition_count as usize;
         Store {
             shared: Arc::new(Shared {
-                tables: (0..count).map(|_| CacheLine(RwLock::default())).collect(),
+                partitions: (0..count).map(|_| CacheLine(RwLock::default())).collect(),
                 replicas: (0..count).map(|_| AtomicU32::new(0)).collect(),
                 partition_count: config.partition_count,
+                tombstone_grace_ms: config.tombstone_grace_ms,
+                len: AtomicUsize::new(0),
+                watching: AtomicBool::new(false),
+                changes: Mutex::new(Vec::new()),
             }),
-            digests: (0..count).map(|_| PartitionDigest::default()).collect(),
-            tombstone_grace_ms: config.tombstone_grace_ms,
-            len: 0,
-            changes: None,
         }
     }
 
@@ -184,32 +290,37 @@ impl Store {
     /// whether [`StoreReader::read_local`] answers for its keys: `replicas`
     /// is the partition's replica count when the node is one of them, 0 when
     /// it is not.
+    ///
+    /// It is changed under the partition's write lock, so a
+    /// [`StoreReader::write_local`] sees either the old replica set and
+    /// lands before the change, or the new one.
     pub fn set_replicated(&self, partition: PartitionId, replicas: usize) {
         let replicas = u32::try_from(replicas).unwrap_or(u32::MAX);
-        self.shared.replicas[partition.0 as usize].store(replicas, Ordering::Release);
+        let flag = &self.shared.replicas[partition.0 as usize];
+        if flag.load(Ordering::Acquire) != replicas {
+            let _locked = self.shared.write(partition);
+            flag.store(replicas, Ordering::Release);
+        }
     }
 
     /// Starts or stops recording the changes [`take_changes`](Self::take_changes)
     /// returns. Off by default, so an unwatched store keeps no list.
     pub fn record_changes(&mut self, on: bool) {
-        self.changes = on.then(Vec::new);
+        self.shared.watching.store(on, Ordering::Relaxed);
+        if !on {
+            self.take_changes();
+        }
     }
 
     /// The changes recorded since the last call, in order.
     pub fn take_changes(&mut self) -> Vec<KeyChange> {
-        self.changes
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default()
-    }
-
-    fn record(changes: &mut Option<Vec<KeyChange>>, key: &[u8], kind: ChangeKind) {
-        if let Some(changes) = changes {
-            changes.push(KeyChange {
-                key: Bytes::copy_from_slice(key),
-                kind,
-            });
-        }
+        std::mem::take(
+            &mut *self
+                .shared
+                .changes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// The number of partitions.
@@ -219,17 +330,17 @@ impl Store {
 
     /// Stored entries, tombstones and not-yet-swept expired sessions included.
     pub fn len(&self) -> usize {
-        self.len
+        self.shared.len.load(Ordering::Relaxed)
     }
 
     /// Whether nothing is stored.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Stored entries of `partition`, tombstones included.
     pub fn partition_len(&self, partition: PartitionId) -> usize {
-        self.shared.read(partition).len()
+        self.shared.read(partition).table.len()
     }
 
     /// The partition of `key`.
@@ -251,8 +362,8 @@ impl Store {
     /// replication and repair.
     pub fn session(&self, key: &[u8]) -> Option<Session> {
         let hash = key_hash(key);
-        let table = self.shared.read(partition_of(hash, self.partition_count()));
-        find(&table, hash, key).map(|packed| Packed::parse(packed).to_session())
+        let partition = self.shared.read(partition_of(hash, self.partition_count()));
+        find(&partition.table, hash, key).map(|packed| Packed::parse(packed).to_session())
     }
 
     /// Applies a write stamped by its coordinator. Returns whether the stored
@@ -349,89 +460,20 @@ impl Store {
                 max: MAX_KEY_LEN,
             });
         }
-        let grace_ms = self.tombstone_grace_ms;
         let hash = key_hash(key);
         let partition = partition_of(hash, self.partition_count());
-        let digest = &mut self.digests[partition.0 as usize];
-        let mut table = self.shared.write(partition);
-        let found = table.find_entry(slot_hash(hash), |packed| packed::key_of(packed) == key);
-        let due_by = now_ms.max(incoming.newest_stamp().wall_ms());
-        let (old_fingerprint, old_live, mut session) = match &found {
-            Ok(slot) => {
-                let old = Packed::parse(slot.get());
-                let old_newest = old
-                    .fields()
-                    .map(|f| f.stamp)
-                    .fold(old.header.newest_stamp(), Stamp::max);
-                let expires = old.deadline_ms().is_some_and(|d| d <= due_by);
-                // A whole-value put (or a delete) newer than everything
-                // stored hides every stored field: skip unpacking them.
-                let session = if !expires && incoming.header().clear > old_newest {
-                    let mut session = incoming;
-                    session.merge_superseded(old.header.clone());
-                    session
-                } else {
-                    let mut session = old.to_session();
-                    session.expire_if_due(due_by);
-                    session.merge(incoming);
-                    session
-                };
-                (Some(old.fingerprint()), !old.is_tombstone(), session)
-            }
-            Err(_) => {
-                let mut session = Session::default();
-                session.merge(incoming);
-                (None, false, session)
-            }
-        };
-        session.expire_if_due(now_ms);
-        let keep = !(session.is_tombstone() && session.collectable_at_ms(grace_ms) <= now_ms);
-        let change = if session.is_visible(now_ms) {
-            Some(ChangeKind::Updated)
-        } else {
-            old_live.then_some(ChangeKind::Removed)
-        };
-        let changed = match (found, old_fingerprint) {
-            (Ok(slot), Some(old_fingerprint)) if !keep => {
-                slot.remove();
-                digest.remove(hash, old_fingerprint);
-                self.len -= 1;
-                true
-            }
-            (Ok(mut slot), Some(old_fingerprint)) => {
-                let new = packed::encode(key, &session);
-                if new == *slot.get() {
-                    return Ok(false);
-                }
-                digest.remove(hash, old_fingerprint);
-                digest.add(hash, Packed::parse(&new).fingerprint());
-                *slot.get_mut() = new;
-                true
-            }
-            (Err(vacant), _) if keep => {
-                let new = packed::encode(key, &session);
-                digest.add(hash, Packed::parse(&new).fingerprint());
-                vacant
-                    .into_table()
-                    .insert_unique(slot_hash(hash), new, |p| packed_slot_hash(p));
-                self.len += 1;
-                true
-            }
-            _ => false,
-        };
-        if let Some(kind) = change.filter(|_| changed) {
-            Self::record(&mut self.changes, key, kind);
-        }
-        Ok(changed)
+        let mut locked = self.shared.write(partition);
+        Ok(self.shared.merge(&mut locked, key, hash, incoming, now_ms))
     }
 
     /// Drops everything stored in `partition` (after handing it off); returns
     /// how many entries went.
     pub fn drop_partition(&mut self, partition: PartitionId) -> usize {
         let dropped = std::mem::take(&mut *self.shared.write(partition));
-        self.digests[partition.0 as usize] = PartitionDigest::default();
-        self.len -= dropped.len();
-        dropped.len()
+        self.shared
+            .len
+            .fetch_sub(dropped.table.len(), Ordering::Relaxed);
+        dropped.table.len()
     }
 
     /// Calls `f` with every entry of `partition`, tombstones included, in no
@@ -442,8 +484,8 @@ impl Store {
         partition: PartitionId,
         f: impl FnOnce(&mut dyn Iterator<Item = StoredEntry<'_>>) -> R,
     ) -> R {
-        let table = self.shared.read(partition);
-        f(&mut table.iter().map(|packed| StoredEntry {
+        let partition = self.shared.read(partition);
+        f(&mut partition.table.iter().map(|packed| StoredEntry {
             packed: Packed::parse(packed),
         }))
     }
@@ -453,9 +495,14 @@ impl Store {
         self.with_entries(partition, |entries| entries.map(|e| e.to_entry()).collect())
     }
 
-    /// The anti-entropy digest of `partition`.
-    pub fn digest(&self, partition: PartitionId) -> &PartitionDigest {
-        &self.digests[partition.0 as usize]
+    /// The anti-entropy digest of `partition`, as it is now.
+    pub fn digest(&self, partition: PartitionId) -> PartitionDigest {
+        self.shared.read(partition).digest.clone()
+    }
+
+    /// The root of [`digest`](Self::digest), without copying the rest.
+    pub fn digest_root(&self, partition: PartitionId) -> u64 {
+        self.shared.read(partition).digest.root()
     }
 
     /// The `(key hash, fingerprint)` of every entry in one digest bucket of
@@ -475,11 +522,11 @@ impl Store {
     /// The entries of `partition` whose key hashes are listed (the answer to a
     /// fetch in the exchange); hashes this store does not hold are skipped.
     pub fn entries_by_hash(&self, partition: PartitionId, key_hashes: &[u64]) -> Vec<Entry> {
-        let table = self.shared.read(partition);
+        let partition = self.shared.read(partition);
         let mut found = Vec::new();
         for &hash in key_hashes {
             // A table probe by hash visits every key sharing it (collisions included).
-            for packed in table.iter_hash(slot_hash(hash)) {
+            for packed in partition.table.iter_hash(slot_hash(hash)) {
                 let packed = Packed::parse(packed);
                 if key_hash(packed.key) == hash {
                     found.push(Entry {
@@ -497,12 +544,13 @@ impl Store {
     /// grace period, in one partition. The driver calls it for each partition
     /// in turn, so the work is spread out.
     pub fn sweep(&mut self, partition: PartitionId, now_ms: u64) -> SweepStats {
-        let grace_ms = self.tombstone_grace_ms;
+        let shared = &*self.shared;
+        let grace_ms = shared.tombstone_grace_ms;
         let field_cutoff_ms = now_ms.saturating_sub(grace_ms);
-        let digest = &mut self.digests[partition.0 as usize];
-        let changes = &mut self.changes;
         let mut stats = SweepStats::default();
-        self.shared.write(partition).retain(|slot| {
+        let mut locked = shared.write(partition);
+        let Partition { table, digest } = &mut *locked;
+        table.retain(|slot| {
             let old = Packed::parse(slot);
             let expired = old.deadline_ms().is_some_and(|d| d <= now_ms);
             let stale_field_tombstones = old
@@ -515,7 +563,7 @@ impl Store {
             let mut session = old.to_session();
             if session.expire_if_due(now_ms) {
                 stats.expired += 1;
-                Self::record(changes, old.key, ChangeKind::Removed);
+                shared.record(old.key, ChangeKind::Removed);
             }
             stats.field_tombstones_dropped += session.drop_field_tombstones_before(field_cutoff_ms);
             let hash = key_hash(old.key);
@@ -533,7 +581,7 @@ impl Store {
             }
             true
         });
-        self.len -= stats.collected;
+        shared.len.fetch_sub(stats.collected, Ordering::Relaxed);
         stats
     }
 }
@@ -582,6 +630,45 @@ impl StoreReader {
         Ok(self.shared.read_key(key, hash, now_ms, f))
     }
 
+    /// Applies `write` to `key` here, on the caller's thread, when the owning
+    /// node is the only replica of the key's partition, so the write is
+    /// complete at any level once stored. It is stamped by `clock` (the
+    /// node's own) under the partition's lock, then merged as the owner
+    /// merges. Returns the stamp and whether the stored state changed.
+    ///
+    /// # Errors
+    /// [`NotReplicated`] when the partition has other replicas (or none
+    /// here), or the key is longer than [`MAX_KEY_LEN`]: the owner must
+    /// coordinate the write.
+    pub fn write_local(
+        &self,
+        key: &[u8],
+        write: &Write,
+        clock: &Hlc,
+        now_ms: u64,
+    ) -> Result<(Stamp, bool), NotReplicated> {
+        let hash = key_hash(key);
+        let partition = partition_of(hash, self.shared.partition_count);
+        let alone = || self.shared.replicas[partition.0 as usize].load(Ordering::Acquire) == 1;
+        if key.len() > MAX_KEY_LEN || !alone() {
+            return Err(NotReplicated);
+        }
+        let mut locked = self.shared.write(partition);
+        // The replica set changes under this lock: look again.
+        if !alone() {
+            return Err(NotReplicated);
+        }
+        let stamp = clock.stamp(now_ms);
+        let incoming = Session::from_write(write, stamp);
+        let changed = self.shared.merge(&mut locked, key, hash, incoming, now_ms);
+        Ok((stamp, changed))
+    }
+
+    /// Whether changes are being recorded for someone watching them.
+    pub fn watching(&self) -> bool {
+        self.shared.watching.load(Ordering::Relaxed)
+    }
+
     /// The number of partitions.
     pub fn partition_count(&self) -> u32 {
         self.shared.partition_count
@@ -592,6 +679,7 @@ impl StoreReader {
     pub fn visible_keys(&self, partition: PartitionId, now_ms: u64) -> Vec<Bytes> {
         self.shared
             .read(partition)
+            .table
             .iter()
             .map(|packed| Packed::parse(packed))
             .filter(|p| p.is_visible(|| now_ms))
@@ -600,7 +688,8 @@ impl StoreReader {
     }
 }
 
-/// The key's partition is not replicated by the node that owns the store.
+/// The key's partition is not replicated by the node that owns the store
+/// (for a local write: not by that node alone); its replicas must be asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NotReplicated;
 
@@ -747,6 +836,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::clock::NodeId;
     use crate::testing::{arb_write, stamp};
 
     const GRACE_MS: u64 = 10_000;
@@ -906,7 +996,7 @@ mod tests {
         assert_eq!(s.len(), 1, "kept as a tombstone through the grace period");
         assert_eq!(s.sweep(p, 1_000 + GRACE_MS).collected, 1);
         assert!(s.is_empty());
-        assert_eq!(*s.digest(p), PartitionDigest::default());
+        assert_eq!(s.digest(p), PartitionDigest::default());
     }
 
     #[test]
@@ -984,7 +1074,7 @@ mod tests {
         assert_eq!(s.sweep(p, 2 + GRACE_MS - 1).field_tombstones_dropped, 0);
         assert_eq!(s.sweep(p, 2 + GRACE_MS + 1).field_tombstones_dropped, 1);
         assert_eq!(s.session(b"k").unwrap().registers().len(), 1);
-        assert_eq!(s.digest(p), &recomputed_digest(&s, p));
+        assert_eq!(s.digest(p), recomputed_digest(&s, p));
     }
 
     #[test]
@@ -1006,6 +1096,102 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(&found[0].key[..], &key);
         assert_eq!(found[0].session, s.session(&key).unwrap());
+    }
+
+    #[test]
+    fn local_writes_go_only_to_partitions_the_node_replicates_alone() {
+        let mut s = store();
+        s.record_changes(true);
+        let reader = s.reader();
+        let clock = Hlc::new(NodeId(9), 500);
+        let put = Write::Put {
+            fields: value("v"),
+            expiry: Expiry::default(),
+        };
+        let p = s.partition_of(b"k");
+        for replicas in [0, 2, 3] {
+            s.set_replicated(p, replicas);
+            assert_eq!(
+                reader.write_local(b"k", &put, &clock, 5),
+                Err(NotReplicated)
+            );
+        }
+        assert!(s.is_empty(), "refused writes store nothing");
+        s.set_replicated(p, 1);
+        let too_long = vec![b'k'; MAX_KEY_LEN + 1];
+        if s.partition_of(&too_long) == p {
+            assert_eq!(
+                reader.write_local(&too_long, &put, &clock, 5),
+                Err(NotReplicated)
+            );
+        }
+        let (stamp, changed) = reader.write_local(b"k", &put, &clock, 5).unwrap();
+        assert!(changed);
+        assert_eq!(stamp.node, NodeId(9));
+        assert_eq!(stamp.wall_ms(), 5);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.session(b"k"), Some(Session::from_write(&put, stamp)));
+        assert_eq!(s.digest(p), recomputed_digest(&s, p));
+        assert_eq!(
+            s.take_changes(),
+            vec![KeyChange {
+                key: Bytes::from_static(b"k"),
+                kind: ChangeKind::Updated
+            }]
+        );
+        // The same clock orders the owner's later writes after it.
+        let (logout, _) = reader.write_local(b"k", &Write::Delete, &clock, 1).unwrap();
+        assert!(
+            logout > stamp,
+            "a later stamp even when the wall clock steps back"
+        );
+        assert!(s.read(b"k", 5, |_| ()).is_none());
+        assert_eq!(s.take_changes()[0].kind, ChangeKind::Removed);
+    }
+
+    #[test]
+    fn local_writes_from_threads_and_owner_merges_keep_the_digests_exact() {
+        let mut s = store();
+        for p in 0..s.partition_count() {
+            s.set_replicated(PartitionId(p), 1);
+        }
+        let clock = Arc::new(Hlc::new(NodeId(1), 500));
+        std::thread::scope(|scope| {
+            for t in 0..2u64 {
+                let (reader, clock) = (s.reader(), Arc::clone(&clock));
+                scope.spawn(move || {
+                    for i in 0..2_000u64 {
+                        let key = (i % 300).to_le_bytes();
+                        let write = if i % 7 == 0 {
+                            Write::Delete
+                        } else {
+                            Write::PutField {
+                                name: Bytes::from(vec![b'a' + u8::try_from(t).unwrap()]),
+                                value: Bytes::from(i.to_le_bytes().to_vec()),
+                            }
+                        };
+                        reader.write_local(&key, &write, &clock, 100 + i).unwrap();
+                    }
+                });
+            }
+            for i in 0..2_000u64 {
+                let key = (i % 300).to_le_bytes();
+                s.put_field(
+                    &key,
+                    Bytes::from_static(b"o"),
+                    Bytes::new(),
+                    stamp(50 + i, 2),
+                    100 + i,
+                )
+                .unwrap();
+            }
+        });
+        let mut entries = 0;
+        for p in (0..s.partition_count()).map(PartitionId) {
+            assert_eq!(s.digest(p), recomputed_digest(&s, p));
+            entries += s.partition_len(p);
+        }
+        assert_eq!(s.len(), entries);
     }
 
     fn arb_op() -> impl Strategy<Value = (u8, Option<Write>, u64, u64)> {
@@ -1067,7 +1253,7 @@ mod tests {
                 }
             }
             for p in 0..s.partition_count() {
-                prop_assert_eq!(s.digest(PartitionId(p)), &recomputed_digest(&s, PartitionId(p)));
+                prop_assert_eq!(s.digest(PartitionId(p)), recomputed_digest(&s, PartitionId(p)));
             }
         }
 
