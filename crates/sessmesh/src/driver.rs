@@ -3,6 +3,8 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -34,12 +36,17 @@ pub(crate) enum Command {
     Roots(oneshot::Sender<Vec<u64>>),
     Replicas(Bytes, oneshot::Sender<Vec<String>>),
     Watch(oneshot::Sender<broadcast::Receiver<KeyChange>>),
+    /// Nothing to do but report what changed: a caller stored a write
+    /// itself while someone watches.
+    Flush,
 }
 
 /// The channels the handles keep to the task.
 pub(crate) struct Channels {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) events: broadcast::Sender<NodeEvent>,
+    /// Writes sent and not yet taken by the task.
+    pub(crate) queued_writes: Arc<AtomicUsize>,
 }
 
 /// Starts the task that owns `node` on the current tokio runtime, joining
@@ -62,9 +69,15 @@ pub(crate) fn start<T: Transport>(
         calls: HashMap::new(),
         next_call: 0,
         unreachable: HashSet::new(),
+        queued_writes: Arc::new(AtomicUsize::new(0)),
     };
+    let queued_writes = Arc::clone(&driver.queued_writes);
     tokio::spawn(driver.run(incoming, rx, seeds));
-    Channels { commands, events }
+    Channels {
+        commands,
+        events,
+        queued_writes,
+    }
 }
 
 /// Timers in deadline order; ties in the order they were set.
@@ -155,6 +168,8 @@ struct Driver<T> {
     next_call: u64,
     /// Members declared down, until they are back.
     unreachable: HashSet<SocketAddr>,
+    /// Writes the handles sent that are not taken yet.
+    queued_writes: Arc<AtomicUsize>,
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the only clock the node sees.
@@ -247,6 +262,11 @@ impl<T: Transport> Driver<T> {
                 }
             }
         }
+        // Callers must not store writes themselves on a stopped peer.
+        let store = self.node.store();
+        for partition in (0..store.partition_count()).map(PartitionId) {
+            store.set_replicated(partition, 0);
+        }
         info!(node = %self.node.me().name, "peer stopped");
     }
 
@@ -303,6 +323,7 @@ impl<T: Transport> Driver<T> {
                 let _ = reply.send(self.status());
             }
             Command::Write(key, write, level, reply) => {
+                self.queued_writes.fetch_sub(1, Ordering::AcqRel);
                 let call = self.call(reply);
                 self.node.write(call, key, write, level, now_ms());
             }
@@ -317,13 +338,14 @@ impl<T: Transport> Driver<T> {
             Command::Roots(reply) => {
                 let store = self.node.store();
                 let roots = (0..store.partition_count())
-                    .map(|p| store.digest(PartitionId(p)).root())
+                    .map(|p| store.digest_root(PartitionId(p)))
                     .collect();
                 let _ = reply.send(roots);
             }
             Command::Local(key, reply) => {
                 let _ = reply.send(self.node.store().session(&key));
             }
+            Command::Flush => {}
             Command::Watch(reply) => {
                 self.node.watch_changes(true);
                 let _ = reply.send(self.changes.subscribe());

@@ -2,11 +2,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sessmesh_core::{
-    Expiry, KeyChange, Level, MAX_KEY_LEN, Member, NodeEvent, Outcome, Session, SessionData,
+    Expiry, Hlc, KeyChange, Level, MAX_KEY_LEN, Member, NodeEvent, Outcome, Session, SessionData,
     StoreReader, Write,
 };
 use sessmesh_net::{Incoming, LinkFaults, PeerBytes, Transport, TransportObserver, TransportStats};
@@ -39,7 +40,11 @@ pub struct Node {
 struct Inner {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<NodeEvent>,
+    /// Writes sent to the task that it has not stamped yet.
+    queued_writes: Arc<AtomicUsize>,
     reader: StoreReader,
+    /// The peer's clock, for writes stored on the caller's thread.
+    clock: Arc<Hlc>,
     me: Member,
     read_level: Level,
     write_level: Level,
@@ -48,9 +53,17 @@ struct Inner {
     transport: Option<TransportObserver>,
 }
 
-/// A write handed to the peer's task by [`Node::submit`].
+/// A write handed to the peer by [`Node::submit`].
 #[derive(Debug)]
-pub struct Submitted(oneshot::Receiver<Outcome>);
+pub struct Submitted(Submission);
+
+#[derive(Debug)]
+enum Submission {
+    /// Coordinated by the peer's task.
+    Queued(oneshot::Receiver<Outcome>),
+    /// Stored already: this peer alone replicates the key.
+    Done(Outcome),
+}
 
 impl Submitted {
     /// Waits for the write's outcome.
@@ -59,7 +72,11 @@ impl Submitted {
     /// [`Error::WriteTimedOut`] (the write is kept), [`Error::Refused`],
     /// [`Error::Stopped`].
     pub async fn outcome(self) -> Result<(), Error> {
-        match self.0.await.map_err(|_| Error::Stopped)? {
+        let outcome = match self.0 {
+            Submission::Queued(rx) => rx.await.map_err(|_| Error::Stopped)?,
+            Submission::Done(outcome) => outcome,
+        };
+        match outcome {
             Outcome::Written { .. } => Ok(()),
             other => Err(failure(other)),
         }
@@ -116,13 +133,16 @@ pub(crate) fn spawn_with<T: Transport>(
     options: Options,
 ) -> Node {
     let reader = node.store().reader();
+    let clock = node.clock();
     let me = node.me().clone();
     let channels = driver::start(node, transport, incoming, seeds);
     Node {
         inner: Arc::new(Inner {
             commands: channels.commands,
             events: channels.events,
+            queued_writes: channels.queued_writes,
             reader,
+            clock,
             me,
             read_level: options.read_level,
             write_level: options.write_level,
@@ -387,8 +407,34 @@ impl Node {
         level: Level,
     ) -> Result<Outcome, Error> {
         let key = key.into();
+        if let Some(outcome) = self.write_local(&key, &write) {
+            return Ok(outcome);
+        }
+        self.inner.queued_writes.fetch_add(1, Ordering::AcqRel);
         self.ask(|reply| Command::Write(key, write, level, reply))
             .await
+    }
+
+    /// Stores a write on the caller's thread when this peer alone
+    /// replicates the key's partition (so any level is met once it is
+    /// stored here) and none of this handle's writes wait in the task's
+    /// queue, which a later write must not overtake. `None` otherwise: the
+    /// task coordinates it.
+    fn write_local(&self, key: &[u8], write: &Write) -> Option<Outcome> {
+        let inner = &*self.inner;
+        if inner.queued_writes.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let (stamp, changed) = inner
+            .reader
+            .write_local(key, write, &inner.clock, now_ms())
+            .ok()?;
+        if changed && inner.reader.watching() {
+            // Have the task report the change now; a full queue means it
+            // is busy and reports it soon anyway.
+            let _ = inner.commands.try_send(Command::Flush);
+        }
+        Some(Outcome::Written { acks: 1, stamp })
     }
 
     /// Hands a write to the peer's task and returns as soon as the task has
@@ -408,13 +454,17 @@ impl Node {
     ) -> Result<Submitted, Error> {
         let key = key.into();
         check_key(&key)?;
+        if let Some(outcome) = self.write_local(&key, &write) {
+            return Ok(Submitted(Submission::Done(outcome)));
+        }
         let (tx, rx) = oneshot::channel();
+        self.inner.queued_writes.fetch_add(1, Ordering::AcqRel);
         self.inner
             .commands
             .send(Command::Write(key, write, level, tx))
             .await
             .map_err(|_| Error::Stopped)?;
-        Ok(Submitted(rx))
+        Ok(Submitted(Submission::Queued(rx)))
     }
 
     /// The level writes use unless a call says otherwise.

@@ -252,6 +252,80 @@ async fn a_graceful_shutdown_hands_every_partition_off() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_peer_stores_writes_itself_until_another_replica_joins() {
+    // Alone, the peer is every key's only replica: writes are stored on the
+    // caller's thread, and watchers still hear of them.
+    let alone = builder("first")
+        .replication_factor(2)
+        .start()
+        .await
+        .unwrap();
+    let mut changes = alone.watch().await.unwrap();
+    alone.at(Level::All).put_field("k", "f", "1").await.unwrap();
+    let change = changes.recv().await.unwrap();
+    assert_eq!(
+        (change.key.as_ref(), change.kind),
+        (&b"k"[..], ChangeKind::Updated)
+    );
+    alone.at(Level::All).delete("k").await.unwrap();
+    assert_eq!(changes.recv().await.unwrap().kind, ChangeKind::Removed);
+    let submitted = alone
+        .submit("p", sessmesh::Write::Delete, Level::All)
+        .await
+        .unwrap();
+    submitted.outcome().await.unwrap();
+
+    // With a second replica, a write at All is on both when it returns.
+    let second = builder("second")
+        .replication_factor(2)
+        .seeds([alone.me().addr])
+        .start()
+        .await
+        .unwrap();
+    wait_for("the first peer to see the second", || async {
+        alone.members().await.unwrap().len() == 1
+    })
+    .await;
+    wait_for("both peers to replicate every partition", || async {
+        alone.status().await.unwrap().partitions_owned == 64
+            && alone
+                .status()
+                .await
+                .unwrap()
+                .members
+                .iter()
+                .all(|m| m.partitions == 64)
+    })
+    .await;
+    for i in 0..20 {
+        let key = format!("after-{i}");
+        alone
+            .at(Level::All)
+            .put_field(key.clone(), "f", "2")
+            .await
+            .unwrap();
+        assert_eq!(
+            second
+                .at(Level::One)
+                .get_field(key, "f")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(&b"2"[..]),
+            "a write at All reached the new replica"
+        );
+    }
+
+    // A stopped peer takes no writes, not even ones it would store itself.
+    second.shutdown().await.unwrap();
+    alone.shutdown().await.unwrap();
+    assert!(matches!(
+        alone.put_field("k", "f", "3").await,
+        Err(Error::Stopped)
+    ));
+}
+
 #[tokio::test]
 async fn a_peer_whose_seeds_are_all_down_starts_alone_and_serves() {
     // A port nothing listens on: bound, then released.
