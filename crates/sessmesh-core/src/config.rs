@@ -51,6 +51,8 @@ pub struct Config {
 impl Config {
     /// The largest partition count.
     pub const MAX_PARTITIONS: u32 = 1 << 16;
+    /// The largest replication factor.
+    pub const MAX_REPLICATION_FACTOR: usize = 64;
 }
 
 impl Default for Config {
@@ -92,6 +94,12 @@ impl Config {
         }
         if self.replication_factor == 0 {
             return invalid("replication_factor", "must be at least 1".into());
+        }
+        if self.replication_factor > Self::MAX_REPLICATION_FACTOR {
+            return invalid(
+                "replication_factor",
+                format!("must be at most {}", Self::MAX_REPLICATION_FACTOR),
+            );
         }
         if self.max_clock_drift_ms == 0 {
             return invalid(
@@ -168,6 +176,14 @@ mod tests {
                 },
                 "replication_factor",
                 "at least 1",
+            ),
+            (
+                Config {
+                    replication_factor: 65,
+                    ..Config::default()
+                },
+                "replication_factor",
+                "at most 64",
             ),
             (
                 Config {

@@ -38,7 +38,8 @@ use crate::membership::{
 };
 use crate::partition::{PartitionId, Partitioner};
 use crate::replication::{
-    CallId, Hint, Hints, InFlight, Level, Outcome, PendingRead, PendingWrite,
+    CallId, Hint, Hints, InFlight, Level, MAX_REPLICAS, Outcome, PendingRead, PendingWrite,
+    Replica, ReplicaSet, replicas_in,
 };
 use crate::session::{Session, Write};
 use crate::store::{Entry, KeyChange, MAX_KEY_LEN, Store};
@@ -166,6 +167,8 @@ pub struct Node {
     addrs: HashMap<String, SocketAddr>,
     /// The reverse of `addrs`.
     names: HashMap<SocketAddr, String>,
+    /// Each partition's replicas with their addresses, as requests use them.
+    replica_sets: Vec<ReplicaSet>,
     effects: Vec<Effect>,
 }
 
@@ -209,6 +212,7 @@ impl Node {
             handoffs: HashMap::new(),
             addrs: HashMap::new(),
             names: HashMap::new(),
+            replica_sets: Vec::new(),
             effects: Vec::new(),
         };
         node.rebalance();
@@ -395,18 +399,18 @@ impl Node {
             write: write.clone(),
             stamp,
             needed: level.required(replicas.len()),
-            waiting: replicas.iter().cloned().collect(),
+            waiting: all_of(&replicas),
+            replicas: Arc::clone(&replicas),
             acks: 0,
             answered: false,
         };
-        let me = self.me().name.clone();
-        for replica in &replicas {
-            if *replica == me {
+        for (i, replica) in replicas.iter().enumerate() {
+            if replica.local {
                 if self.store.apply(&key, &write, stamp, now_ms).is_ok() {
-                    pending.waiting.remove(&me);
+                    pending.waiting &= !(1 << i);
                     pending.acks += 1;
                 }
-            } else if let Some(&to) = self.addrs.get(replica) {
+            } else if let Some(to) = replica.addr {
                 let message = Message::Write {
                     request: id,
                     key: key.clone(),
@@ -441,19 +445,19 @@ impl Node {
             call,
             key: key.clone(),
             needed: level.required(replicas.len()),
-            waiting: replicas.iter().cloned().collect(),
-            answers: Vec::new(),
+            waiting: all_of(&replicas),
+            replicas: Arc::clone(&replicas),
+            answers: Vec::with_capacity(replicas.len()),
             then,
             unasked: Vec::new(),
         };
-        let me = self.me().name.clone();
-        let mut remote: Vec<String> = Vec::with_capacity(replicas.len());
-        for replica in replicas {
-            if replica == me {
-                pending.waiting.remove(&me);
-                pending.answers.push((me.clone(), self.store.session(&key)));
+        let mut remote: Vec<usize> = Vec::with_capacity(replicas.len());
+        for (i, replica) in replicas.iter().enumerate() {
+            if replica.local {
+                pending.waiting &= !(1 << i);
+                pending.answers.push((i, self.store.session(&key)));
             } else {
-                remote.push(replica);
+                remote.push(i);
             }
         }
         // Ask only as many as the level still needs, starting at a replica
@@ -468,22 +472,10 @@ impl Node {
                 self.schedule(self.config.speculative_read_ms, Timer::Speculate(id));
             }
         }
-        for replica in &remote {
-            self.send_read(id, replica, &key);
+        for &i in &remote {
+            send_read(&mut self.effects, id, &replicas[i], &key);
         }
         self.track_read(id, pending, now_ms);
-    }
-
-    fn send_read(&mut self, request: u64, replica: &str, key: &Bytes) {
-        if let Some(&to) = self.addrs.get(replica) {
-            self.effects.push(Effect::Send {
-                to,
-                message: Message::Read {
-                    request,
-                    key: key.clone(),
-                },
-            });
-        }
     }
 
     /// Asks a slow read's remaining replicas.
@@ -491,9 +483,13 @@ impl Node {
         let Some(pending) = self.in_flight.reads.get_mut(&request) else {
             return;
         };
-        let (key, unasked) = (pending.key.clone(), std::mem::take(&mut pending.unasked));
-        for replica in &unasked {
-            self.send_read(request, replica, &key);
+        for i in std::mem::take(&mut pending.unasked) {
+            send_read(
+                &mut self.effects,
+                request,
+                &pending.replicas[i],
+                &pending.key,
+            );
         }
     }
 
@@ -589,7 +585,7 @@ impl Node {
     }
 
     /// The replicas of `key`, or an answer refusing the call.
-    fn replicas_of(&mut self, key: &[u8], call: CallId) -> Option<Vec<String>> {
+    fn replicas_of(&mut self, key: &[u8], call: CallId) -> Option<ReplicaSet> {
         let refuse = |reason: String| Effect::Done {
             call,
             outcome: Outcome::Refused(reason),
@@ -604,21 +600,18 @@ impl Node {
             ));
             return None;
         }
-        let replicas = self
-            .partitioner
-            .replicas_for(self.store.partition_of(key))
-            .to_vec();
+        let replicas = &self.replica_sets[self.store.partition_of(key).0 as usize];
         if replicas.is_empty() {
             self.effects
                 .push(refuse("no member replicates this key's partition".into()));
             return None;
         }
-        Some(replicas)
+        Some(Arc::clone(replicas))
     }
 
     fn track_write(&mut self, id: u64, mut pending: PendingWrite) {
         answer_when_written(&mut self.effects, &mut pending);
-        if !pending.waiting.is_empty() {
+        if pending.waiting != 0 {
             self.schedule_deadline(id);
             self.in_flight.writes.insert(id, pending);
         }
@@ -646,27 +639,22 @@ impl Node {
             self.handoff_acknowledged(partition, &replica);
             return;
         }
-        let Some(name) = self.names.get(&from).cloned() else {
-            return;
-        };
         let Some(pending) = self.in_flight.writes.get_mut(&request) else {
             return;
         };
-        if !pending.waiting.remove(&name) {
+        let Some(bit) = waiting_on(&pending.replicas, pending.waiting, from) else {
             return;
-        }
+        };
+        pending.waiting &= !bit;
         pending.acks += 1;
         self.stats.replica_acks += 1;
         answer_when_written(&mut self.effects, pending);
-        if pending.waiting.is_empty() {
+        if pending.waiting == 0 {
             self.in_flight.writes.remove(&request);
         }
     }
 
     fn answer(&mut self, request: u64, from: SocketAddr, session: Option<Session>, now_ms: u64) {
-        let Some(name) = self.names.get(&from).cloned() else {
-            return;
-        };
         if let Some(session) = &session
             && let Err(e) = self.hlc.observe(session.newest_stamp(), now_ms)
         {
@@ -676,10 +664,13 @@ impl Node {
         let Some(pending) = self.in_flight.reads.get_mut(&request) else {
             return;
         };
-        if !pending.waiting.remove(&name) {
+        let Some(bit) = waiting_on(&pending.replicas, pending.waiting, from) else {
             return;
-        }
-        pending.answers.push((name, session));
+        };
+        pending.waiting &= !bit;
+        pending
+            .answers
+            .push((bit.trailing_zeros() as usize, session));
         if pending.answers.len() >= pending.needed
             && let Some(pending) = self.in_flight.reads.remove(&request)
         {
@@ -699,22 +690,22 @@ impl Node {
             }
         }
         if let Some(newest) = &merged {
-            let me = self.me().name.clone();
-            for (replica, held) in &pending.answers {
+            for &(i, ref held) in &pending.answers {
                 if held.as_ref() == Some(newest) {
                     continue;
                 }
+                let replica = &pending.replicas[i];
                 let entries = vec![Entry {
                     key: pending.key.clone(),
                     session: newest.clone(),
                 }];
-                if *replica == me {
+                if replica.local {
                     // Our own copy is behind: repair it directly. The key was
                     // checked when the read began.
                     let _ = self
                         .store
                         .merge_remote(&pending.key, newest.clone(), now_ms);
-                } else if let Some(&to) = self.addrs.get(replica) {
+                } else if let Some(to) = replica.addr {
                     self.effects.push(Effect::Send {
                         to,
                         message: Message::Merge { entries },
@@ -734,7 +725,7 @@ impl Node {
 
     fn expire_request(&mut self, id: u64, now_ms: u64) {
         if let Some(pending) = self.in_flight.writes.remove(&id) {
-            self.stats.hints_queued += pending.waiting.len() as u64;
+            self.stats.hints_queued += u64::from(pending.waiting.count_ones());
             if !pending.answered {
                 self.stats.write_timeouts += 1;
                 let outcome = Outcome::WriteTimedOut {
@@ -746,9 +737,9 @@ impl Node {
                     outcome,
                 });
             }
-            for replica in pending.waiting {
+            for i in replicas_in(pending.waiting) {
                 self.hints.push(Hint {
-                    replica,
+                    replica: pending.replicas[i].name.clone(),
                     key: pending.key.clone(),
                     write: pending.write.clone(),
                     stamp: pending.stamp,
@@ -1099,6 +1090,7 @@ impl Node {
             owners.insert(me.name.clone());
         }
         let changed = self.partitioner.set_members(owners);
+        self.replica_sets.clear();
         for partition in (0..self.store.partition_count()).map(PartitionId) {
             let replicas = self.partitioner.replicas_for(partition);
             let local = if replicas.contains(&me.name) {
@@ -1107,11 +1099,48 @@ impl Node {
                 0
             };
             self.store.set_replicated(partition, local);
+            self.replica_sets.push(
+                replicas
+                    .iter()
+                    .map(|name| Replica {
+                        name: name.clone(),
+                        addr: self.addrs.get(name).copied().filter(|_| *name != me.name),
+                        local: *name == me.name,
+                    })
+                    .collect(),
+            );
         }
         if !changed.is_empty() {
             self.effects
                 .push(Effect::Event(NodeEvent::ReplicasChanged(changed)));
         }
+    }
+}
+
+/// A bit for each replica of `replicas`.
+fn all_of(replicas: &[Replica]) -> u64 {
+    match replicas.len() {
+        MAX_REPLICAS.. => u64::MAX,
+        n => (1 << n) - 1,
+    }
+}
+
+/// The bit of the replica at `from`, if the request still waits for it.
+fn waiting_on(replicas: &[Replica], waiting: u64, from: SocketAddr) -> Option<u64> {
+    replicas_in(waiting)
+        .find(|&i| replicas[i].addr == Some(from))
+        .map(|i| 1 << i)
+}
+
+fn send_read(effects: &mut Vec<Effect>, request: u64, replica: &Replica, key: &Bytes) {
+    if let Some(to) = replica.addr {
+        effects.push(Effect::Send {
+            to,
+            message: Message::Read {
+                request,
+                key: key.clone(),
+            },
+        });
     }
 }
 

@@ -6,7 +6,9 @@
 //! that takes: the [`Level`]s, the requests in flight, and the hints kept for
 //! replicas that missed a write.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -73,6 +75,30 @@ pub enum Outcome {
     Refused(String),
 }
 
+/// One replica of a partition, as requests to it address it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Replica {
+    pub(crate) name: String,
+    /// Where to send to it; `None` for this node, or a member whose address
+    /// is not known.
+    pub(crate) addr: Option<SocketAddr>,
+    /// Whether it is this node.
+    pub(crate) local: bool,
+}
+
+/// A partition's replicas, highest score first, shared by every request to
+/// the partition until membership changes. Requests track replicas by their
+/// index in it (at most [`MAX_REPLICAS`]).
+pub(crate) type ReplicaSet = Arc<[Replica]>;
+
+/// The most replicas a partition can have: requests keep a bit per replica.
+pub(crate) const MAX_REPLICAS: usize = crate::Config::MAX_REPLICATION_FACTOR;
+
+/// The replicas of a set whose bit is on in `bits`.
+pub(crate) fn replicas_in(bits: u64) -> impl Iterator<Item = usize> {
+    (0..MAX_REPLICAS).filter(move |&i| bits & (1 << i) != 0)
+}
+
 /// A write waiting for acknowledgements.
 #[derive(Debug)]
 pub(crate) struct PendingWrite {
@@ -81,8 +107,9 @@ pub(crate) struct PendingWrite {
     pub(crate) write: Write,
     pub(crate) stamp: Stamp,
     pub(crate) needed: usize,
-    /// Replicas (by name) that have not acknowledged yet.
-    pub(crate) waiting: BTreeSet<String>,
+    pub(crate) replicas: ReplicaSet,
+    /// A bit per replica that has not acknowledged yet.
+    pub(crate) waiting: u64,
     pub(crate) acks: usize,
     /// Whether the client has its answer (later acks still clear hints).
     pub(crate) answered: bool,
@@ -94,15 +121,17 @@ pub(crate) struct PendingRead {
     pub(crate) call: CallId,
     pub(crate) key: Bytes,
     pub(crate) needed: usize,
-    pub(crate) waiting: BTreeSet<String>,
-    /// Each answer, by replica name.
-    pub(crate) answers: Vec<(String, Option<Session>)>,
+    pub(crate) replicas: ReplicaSet,
+    /// A bit per replica that has not answered yet.
+    pub(crate) waiting: u64,
+    /// Each answer, by the replica's index.
+    pub(crate) answers: Vec<(usize, Option<Session>)>,
     /// A write to coordinate once the read is done (or timed out) instead of
     /// answering: a delete reads first, so that its stamp comes after every
     /// stamp the read saw.
     pub(crate) then: Option<(Write, Level)>,
     /// Replicas not asked yet, asked if the others are slow.
-    pub(crate) unasked: Vec<String>,
+    pub(crate) unasked: Vec<usize>,
 }
 
 /// Requests in flight, by request id.
