@@ -7,15 +7,19 @@
 #
 #   bench/vs_redis.sh            # REQUESTS=200000 by default
 #
-# Every sessmesh node runs WORKERS runtime threads (default 1): on the
-# 2-core machines this is measured on, the nodes and redis-benchmark share
-# the cores, and redis-server itself serves commands on one thread.
+# The single node runs SINGLE_WORKERS threads (default: one per core, the
+# node's own default); each of the three cluster nodes runs CLUSTER_WORKERS
+# (default 1), since three nodes and redis-benchmark share the machine.
+# redis-server serves commands on one thread. PARTS=single or PARTS=cluster
+# runs one half.
 #
 # Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-200000}
-WORKERS=${WORKERS:-1}
+SINGLE_WORKERS=${SINGLE_WORKERS:-$(nproc)}
+CLUSTER_WORKERS=${CLUSTER_WORKERS:-1}
+PARTS=${PARTS:-single cluster}  # which comparisons to run
 CLIENTS=50
 work=$(mktemp -d)
 pids=()
@@ -32,10 +36,10 @@ bin=target/release/sessmesh
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # Starts a node; prints its ready line's fields into the named variables.
-start_node() { # name args...
-  local name=$1; shift
+start_node() { # name workers args...
+  local name=$1 workers=$2; shift 2
   "$bin" serve --peer-listen 127.0.0.1:0 --resp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
-    --worker-threads "$WORKERS" "$@" \
+    --worker-threads "$workers" "$@" \
     > "$work/$name.out" 2> "$work/$name.err" &
   pids+=($!)
   for _ in $(seq 1 300); do
@@ -78,20 +82,24 @@ compare() { # label sessmesh-port pipelines...
 
 echo "| sessmesh | command | pipeline | redis-server req/s | sessmesh req/s | ratio |"
 echo "| --- | --- | ---: | ---: | ---: | ---: |"
-start_node single --development --name bench-1 > /dev/null
-compare "1 node" "$(resp_port single)" 1 16
-kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
+if [[ " $PARTS " == *" single "* ]]; then
+  start_node single "$SINGLE_WORKERS" --development --name bench-1 > /dev/null
+  compare "1 node" "$(resp_port single)" 1 16
+  kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
+fi
 
-"$bin" certs init --dir "$work/certs" > /dev/null
-for n in 1 2 3; do "$bin" certs issue "node-$n" --ip 127.0.0.1 --dir "$work/certs" > /dev/null; done
-tls() { echo --tls-ca "$work/certs/ca.pem" --tls-cert "$work/certs/$1.pem" --tls-key "$work/certs/$1.key"; }
-start_node node-1 $(tls node-1) --membership local > /dev/null
-seed=$(field node-1 peer)
-start_node node-2 $(tls node-2) --membership local --seeds "$seed" > /dev/null
-start_node node-3 $(tls node-3) --membership local --seeds "$seed" > /dev/null
-http=$(field node-1 http)
-for _ in $(seq 1 200); do
-  [ "$(curl -s "http://$http/status" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["members"]))')" = 3 ] && break
-  sleep 0.1
-done
-compare "3 nodes, rf 3, Quorum" "$(resp_port node-1)" 1 16
+if [[ " $PARTS " == *" cluster "* ]]; then
+  "$bin" certs init --dir "$work/certs" > /dev/null
+  for n in 1 2 3; do "$bin" certs issue "node-$n" --ip 127.0.0.1 --dir "$work/certs" > /dev/null; done
+  tls() { echo --tls-ca "$work/certs/ca.pem" --tls-cert "$work/certs/$1.pem" --tls-key "$work/certs/$1.key"; }
+  start_node node-1 "$CLUSTER_WORKERS" $(tls node-1) --membership local > /dev/null
+  seed=$(field node-1 peer)
+  start_node node-2 "$CLUSTER_WORKERS" $(tls node-2) --membership local --seeds "$seed" > /dev/null
+  start_node node-3 "$CLUSTER_WORKERS" $(tls node-3) --membership local --seeds "$seed" > /dev/null
+  http=$(field node-1 http)
+  for _ in $(seq 1 200); do
+    [ "$(curl -s "http://$http/status" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["members"]))')" = 3 ] && break
+    sleep 0.1
+  done
+  compare "3 nodes, rf 3, Quorum" "$(resp_port node-1)" 1 16
+fi
