@@ -225,6 +225,18 @@ fn lookup(arg: &[u8]) -> Option<&'static (&'static str, i32)> {
         .map(|i| &COMMANDS[i])
 }
 
+/// The commands that only read data, sorted.
+const READ_ONLY: &[&str] = &[
+    "EXISTS", "GET", "HEXISTS", "HGET", "HGETALL", "HKEYS", "HLEN", "HMGET", "HVALS", "MGET",
+    "PTTL", "TTL", "TYPE",
+];
+
+/// The error for a wrong number of arguments, if it is wrong.
+fn check_arity(name: &str, rule: i32, args: &[Bytes]) -> Option<Reply> {
+    let n = i32::try_from(args.len()).unwrap_or(i32::MAX);
+    ((rule > 0 && n != rule) || (rule < 0 && n < -rule)).then(|| arity(name))
+}
+
 /// The canonical name of a known command (for metrics), or `None`.
 pub fn command_name(arg: &[u8]) -> Option<&'static str> {
     lookup(arg).map(|(n, _)| *n)
@@ -312,6 +324,27 @@ impl Handler {
         (reply, flow, Some(name))
     }
 
+    /// Whether `args` is a command that only reads data (`GET`, `HGETALL`,
+    /// `TTL`...) from a client allowed to run it: such commands next to each
+    /// other in a pipeline may run at the same time
+    /// ([`execute_read`](Self::execute_read)), their replies still in order.
+    pub fn reads_only(&self, client: &Client, args: &[Bytes]) -> bool {
+        client.authenticated
+            && lookup(&args[0]).is_some_and(|(name, _)| READ_ONLY.binary_search(name).is_ok())
+    }
+
+    /// Runs a command [`reads_only`](Self::reads_only) accepted: its reply
+    /// and canonical name.
+    pub async fn execute_read(&self, args: &[Bytes]) -> (Reply, Option<&'static str>) {
+        let Some(&(name, arity_rule)) = lookup(&args[0]) else {
+            return (unknown(args), None);
+        };
+        if let Some(wrong) = check_arity(name, arity_rule, args) {
+            return (wrong, Some(name));
+        }
+        (self.data_command(name, args).await, Some(name))
+    }
+
     async fn execute_known(
         &self,
         client: &mut Client,
@@ -319,9 +352,8 @@ impl Handler {
         arity_rule: i32,
         args: &[Bytes],
     ) -> (Reply, Flow) {
-        let n = i32::try_from(args.len()).unwrap_or(i32::MAX);
-        if (arity_rule > 0 && n != arity_rule) || (arity_rule < 0 && n < -arity_rule) {
-            return (arity(name), Flow::Continue);
+        if let Some(wrong) = check_arity(name, arity_rule, args) {
+            return (wrong, Flow::Continue);
         }
         if !client.authenticated && !matches!(name, "AUTH" | "HELLO" | "QUIT") {
             return (err("NOAUTH Authentication required."), Flow::Continue);
@@ -1050,6 +1082,16 @@ mod tests {
         assert!(
             COMMANDS.windows(2).all(|w| w[0].0 < w[1].0),
             "the table is sorted"
+        );
+        assert!(
+            READ_ONLY.windows(2).all(|w| w[0] < w[1]),
+            "the read-only list is sorted"
+        );
+        assert!(
+            READ_ONLY
+                .iter()
+                .all(|r| COMMANDS.iter().any(|(n, _)| n == r)),
+            "every read-only command is a command"
         );
         for (name, _) in COMMANDS {
             assert_eq!(

@@ -3,7 +3,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use futures_util::future::join_all;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
@@ -48,9 +49,35 @@ async fn finish(
     }
 }
 
+/// Runs the reads gathered from a pipeline at the same time, and encodes
+/// their replies in order.
+async fn run_reads(
+    reads: &mut Vec<(Vec<Bytes>, Instant)>,
+    handler: &Handler,
+    client: &Client,
+    output: &mut BytesMut,
+    observer: &dyn Observer,
+) {
+    if reads.is_empty() {
+        return;
+    }
+    let replies = join_all(reads.iter().map(|(args, _)| handler.execute_read(args))).await;
+    for ((reply, name), (_, started)) in replies.into_iter().zip(reads.drain(..)) {
+        observer.command(name, started.elapsed(), reply.is_error());
+        reply.encode(client.protocol, output);
+    }
+}
+
+/// The most reads of one pipeline that run at the same time.
+const MAX_READS: usize = 256;
+
 /// Serves one client until it quits, disconnects or breaks the protocol.
-/// Pipelined requests run one after the other, in order, and their replies
-/// go out together.
+///
+/// Pipelined requests take effect in order, and their replies go out
+/// together, in order. Plain `SET`s are handed to the peer one after
+/// another without waiting for each; reads next to each other run at the
+/// same time, after the writes before them are acknowledged; anything
+/// else runs alone, after everything before it.
 ///
 /// # Errors
 /// The connection's I/O errors.
@@ -66,6 +93,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     // Plain SETs of the current pipeline, handed to the peer and not yet
     // acknowledged, in order.
     let mut submitted: VecDeque<(Submitted, Instant)> = VecDeque::new();
+    // Reads of the current pipeline not run yet, in order.
+    let mut reads: Vec<(Vec<Bytes>, Instant)> = Vec::new();
     loop {
         let mut close = false;
         loop {
@@ -74,6 +103,16 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 Parsed::Empty => {}
                 Parsed::Command(args) => {
                     let started = Instant::now();
+                    if handler.reads_only(&client, &args) {
+                        // They must see the writes before them.
+                        finish(&mut submitted, &client, &mut output, observer).await;
+                        reads.push((args, started));
+                        if reads.len() == MAX_READS {
+                            run_reads(&mut reads, handler, &client, &mut output, observer).await;
+                        }
+                        continue;
+                    }
+                    run_reads(&mut reads, handler, &client, &mut output, observer).await;
                     match handler.submit_set(&client, &args).await {
                         Some(Ok(set)) => {
                             submitted.push_back((set, started));
@@ -98,6 +137,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
                 Parsed::Fatal(error) => {
+                    run_reads(&mut reads, handler, &client, &mut output, observer).await;
                     finish(&mut submitted, &client, &mut output, observer).await;
                     debug!(client = client.id(), "closing the connection: {error}");
                     observer.protocol_error();
@@ -107,6 +147,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
+        run_reads(&mut reads, handler, &client, &mut output, observer).await;
         finish(&mut submitted, &client, &mut output, observer).await;
         if !output.is_empty() {
             stream.write_all(&output).await?;

@@ -110,6 +110,28 @@ def main():
     assert results[100:] == [str(i) for i in range(100)]
     assert b.mget([f"py{args.protocol}:{run}:p{i}" for i in (0, 99)]) == ["0", "99"]
 
+    # Reads next to each other in a pipeline run together, but never ahead
+    # of the writes before them nor behind the writes after them.
+    key = f"py{args.protocol}:{run}:mixed"
+    pipe = a.pipeline(transaction=False)
+    pipe.get(key)
+    pipe.set(key, "1")
+    pipe.get(key)
+    pipe.exists(key)
+    pipe.hset(key + ":h", "f", "x")
+    pipe.hget(key + ":h", "f")
+    pipe.hgetall(key + ":h")
+    pipe.set(key, "2", ex=100)
+    pipe.get(key)
+    pipe.ttl(key)
+    pipe.delete(key)
+    pipe.get(key)
+    pipe.exists(key)
+    results = pipe.execute()
+    ttl = results.pop(9)
+    assert 99 <= ttl <= 100, ttl
+    assert results == [None, True, "1", 1, 1, "x", {"f": "x"}, True, "2", 1, None, 0], results
+
     # SCAN sees the keys (each node holds every key at rf=3 with 3 nodes).
     found = set(c.scan_iter(match=f"py{args.protocol}:{run}:p*", count=100))
     assert len(found) == 100, len(found)
