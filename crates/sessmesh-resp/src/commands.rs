@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use sessmesh::{Error, Expiry, Node, SessionData, Submitted, Write};
 
 use crate::glob;
@@ -559,27 +560,49 @@ impl Handler {
             .map_err(|e| failed(&e))
     }
 
+    /// Reads every key at the same time.
+    async fn read_all(&self, keys: &[Bytes]) -> Result<Vec<Option<Value>>, Reply> {
+        join_all(keys.iter().map(|key| self.read(key)))
+            .await
+            .into_iter()
+            .collect()
+    }
+
     async fn mget(&self, keys: &[Bytes]) -> Result<Reply, Reply> {
-        let mut values = Vec::with_capacity(keys.len());
-        for key in keys {
-            values.push(match self.read(key).await? {
-                Some(Value::String { value: v, .. }) => Reply::Bulk(v),
-                _ => Reply::Nil,
-            });
-        }
-        Ok(Reply::Array(values))
+        let values = self.read_all(keys).await?;
+        Ok(Reply::Array(
+            values
+                .into_iter()
+                .map(|value| match value {
+                    Some(Value::String { value: v, .. }) => Reply::Bulk(v),
+                    _ => Reply::Nil,
+                })
+                .collect(),
+        ))
     }
 
     async fn mset(&self, pairs: &[Bytes]) -> Result<Reply, Reply> {
         if !pairs.len().is_multiple_of(2) {
             return Err(arity("mset"));
         }
+        // Handed over in order (a key named twice ends with its last
+        // value), then waited for together.
+        let mut submitted = Vec::with_capacity(pairs.len() / 2);
         for pair in pairs.chunks(2) {
-            let field = [(Bytes::from_static(STRING_FIELD), pair[1].clone())];
-            self.node
-                .put(pair[0].clone(), field, Expiry::NEVER)
-                .await
-                .map_err(|e| failed(&e))?;
+            let write = Write::Put {
+                fields: vec![(Bytes::from_static(STRING_FIELD), pair[1].clone())],
+                expiry: Expiry::NEVER,
+            };
+            let level = self.node.write_level();
+            submitted.push(
+                self.node
+                    .submit(pair[0].clone(), write, level)
+                    .await
+                    .map_err(|e| failed(&e))?,
+            );
+        }
+        for outcome in join_all(submitted.into_iter().map(Submitted::outcome)).await {
+            outcome.map_err(|e| failed(&e))?;
         }
         Ok(Reply::Ok)
     }
@@ -599,11 +622,10 @@ impl Handler {
     }
 
     async fn exists(&self, keys: &[Bytes]) -> Result<Reply, Reply> {
-        let mut found = 0;
-        for key in keys {
-            found += i64::from(self.read(key).await?.is_some());
-        }
-        Ok(Reply::Int(found))
+        let values = self.read_all(keys).await?;
+        Ok(Reply::Int(
+            i64::try_from(values.iter().filter(|v| v.is_some()).count()).unwrap_or(i64::MAX),
+        ))
     }
 
     async fn type_of(&self, key: &Bytes) -> Result<Reply, Reply> {

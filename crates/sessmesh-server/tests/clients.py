@@ -109,6 +109,10 @@ def main():
     assert results[:100] == [True] * 100
     assert results[100:] == [str(i) for i in range(100)]
     assert b.mget([f"py{args.protocol}:{run}:p{i}" for i in (0, 99)]) == ["0", "99"]
+    twice = f"py{args.protocol}:{run}:twice"
+    assert a.execute_command("MSET", twice, "1", twice + ":b", "b", twice, "2")
+    assert c.mget([twice, twice + ":b", twice + ":none"]) == ["2", "b", None]
+    assert b.exists(twice, twice, twice + ":none") == 2
 
     # Reads next to each other in a pipeline run together, but never ahead
     # of the writes before them nor behind the writes after them.
