@@ -101,6 +101,9 @@ pub struct NodeStats {
     pub keys_repaired: u64,
     /// Stamps refused for being too far ahead of this node's clock.
     pub clock_drift_refused: u64,
+    /// Reads where a replica's fingerprint differed from this node's copy,
+    /// so its state was fetched.
+    pub digest_mismatches: u64,
 }
 
 /// Something the runtime must do for a [`Node`].
@@ -450,12 +453,15 @@ impl Node {
             answers: Vec::with_capacity(replicas.len()),
             then,
             unasked: Vec::new(),
+            local: None,
         };
         let mut remote: Vec<usize> = Vec::with_capacity(replicas.len());
         for (i, replica) in replicas.iter().enumerate() {
             if replica.local {
                 pending.waiting &= !(1 << i);
-                pending.answers.push((i, self.store.session(&key)));
+                let (session, fingerprint) = self.store.session_and_fingerprint(&key).unzip();
+                pending.answers.push((i, session.clone()));
+                pending.local = Some((session, fingerprint));
             } else {
                 remote.push(i);
             }
@@ -472,8 +478,9 @@ impl Node {
                 self.schedule(self.config.speculative_read_ms, Timer::Speculate(id));
             }
         }
+        let digest = pending.local.is_some();
         for &i in &remote {
-            send_read(&mut self.effects, id, &replicas[i], &key);
+            send_read(&mut self.effects, id, &replicas[i], &key, digest);
         }
         self.track_read(id, pending, now_ms);
     }
@@ -483,12 +490,14 @@ impl Node {
         let Some(pending) = self.in_flight.reads.get_mut(&request) else {
             return;
         };
+        let digest = pending.local.is_some();
         for i in std::mem::take(&mut pending.unasked) {
             send_read(
                 &mut self.effects,
                 request,
                 &pending.replicas[i],
                 &pending.key,
+                digest,
             );
         }
     }
@@ -520,6 +529,20 @@ impl Node {
                 });
             }
             Message::ReadReply { request, session } => self.answer(request, from, session, now_ms),
+            Message::ReadDigest { request, key } => {
+                let fingerprint = self.store.fingerprint(&key);
+                self.effects.push(Effect::Send {
+                    to: from,
+                    message: Message::DigestReply {
+                        request,
+                        fingerprint,
+                    },
+                });
+            }
+            Message::DigestReply {
+                request,
+                fingerprint,
+            } => self.answer_digest(request, from, fingerprint, now_ms),
             Message::DigestRoots { roots } => self.compare_roots(from, &roots),
             Message::DigestBuckets { partition, buckets } => {
                 self.compare_buckets(from, partition, &buckets)
@@ -671,6 +694,46 @@ impl Node {
         pending
             .answers
             .push((bit.trailing_zeros() as usize, session));
+        if pending.answers.len() >= pending.needed
+            && let Some(pending) = self.in_flight.reads.remove(&request)
+        {
+            self.finish_read(pending, now_ms);
+        }
+    }
+
+    /// A replica's fingerprint for a read: the same as this node's copy
+    /// counts as an answer with that copy; a different one asks the replica
+    /// for its state, which [`answer`](Self::answer) then takes.
+    fn answer_digest(
+        &mut self,
+        request: u64,
+        from: SocketAddr,
+        fingerprint: Option<u64>,
+        now_ms: u64,
+    ) {
+        let Some(pending) = self.in_flight.reads.get_mut(&request) else {
+            return;
+        };
+        let Some((local, local_fingerprint)) = &pending.local else {
+            return;
+        };
+        let Some(bit) = waiting_on(&pending.replicas, pending.waiting, from) else {
+            return;
+        };
+        if fingerprint != *local_fingerprint {
+            self.stats.digest_mismatches += 1;
+            self.effects.push(Effect::Send {
+                to: from,
+                message: Message::Read {
+                    request,
+                    key: pending.key.clone(),
+                },
+            });
+            return;
+        }
+        let same = local.clone();
+        pending.waiting &= !bit;
+        pending.answers.push((bit.trailing_zeros() as usize, same));
         if pending.answers.len() >= pending.needed
             && let Some(pending) = self.in_flight.reads.remove(&request)
         {
@@ -1132,15 +1195,22 @@ fn waiting_on(replicas: &[Replica], waiting: u64, from: SocketAddr) -> Option<u6
         .map(|i| 1 << i)
 }
 
-fn send_read(effects: &mut Vec<Effect>, request: u64, replica: &Replica, key: &Bytes) {
+/// Asks `replica` for its state of `key`, or only for its fingerprint.
+fn send_read(
+    effects: &mut Vec<Effect>,
+    request: u64,
+    replica: &Replica,
+    key: &Bytes,
+    digest: bool,
+) {
     if let Some(to) = replica.addr {
-        effects.push(Effect::Send {
-            to,
-            message: Message::Read {
-                request,
-                key: key.clone(),
-            },
-        });
+        let key = key.clone();
+        let message = if digest {
+            Message::ReadDigest { request, key }
+        } else {
+            Message::Read { request, key }
+        };
+        effects.push(Effect::Send { to, message });
     }
 }
 

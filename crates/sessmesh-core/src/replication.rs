@@ -132,6 +132,11 @@ pub(crate) struct PendingRead {
     pub(crate) then: Option<(Write, Level)>,
     /// Replicas not asked yet, asked if the others are slow.
     pub(crate) unasked: Vec<usize>,
+    /// This node's copy and its fingerprint, when this node is a replica:
+    /// the others are then asked for their fingerprints only, and a replica
+    /// whose fingerprint matches answers with this copy. One that differs
+    /// is asked for its state.
+    pub(crate) local: Option<(Option<Session>, Option<u64>)>,
 }
 
 /// Requests in flight, by request id.

@@ -366,6 +366,26 @@ impl Store {
         find(&partition.table, hash, key).map(|packed| Packed::parse(packed).to_session())
     }
 
+    /// The fingerprint of the state under `key` (tombstones included), as
+    /// anti-entropy compares it: equal on two replicas exactly when their
+    /// stamps are.
+    pub fn fingerprint(&self, key: &[u8]) -> Option<u64> {
+        let hash = key_hash(key);
+        let partition = self.shared.read(partition_of(hash, self.partition_count()));
+        find(&partition.table, hash, key).map(|packed| Packed::parse(packed).fingerprint())
+    }
+
+    /// [`session`](Self::session) and [`fingerprint`](Self::fingerprint)
+    /// of `key`, read together.
+    pub fn session_and_fingerprint(&self, key: &[u8]) -> Option<(Session, u64)> {
+        let hash = key_hash(key);
+        let partition = self.shared.read(partition_of(hash, self.partition_count()));
+        find(&partition.table, hash, key).map(|packed| {
+            let packed = Packed::parse(packed);
+            (packed.to_session(), packed.fingerprint())
+        })
+    }
+
     /// Applies a write stamped by its coordinator. Returns whether the stored
     /// state changed (`false` for a duplicate or superseded write).
     ///

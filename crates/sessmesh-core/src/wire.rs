@@ -23,8 +23,9 @@ use crate::partition::PartitionId;
 use crate::session::{Session, Write};
 use crate::store::Entry;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks. Version 2 added `ReadDigest`
+/// and `DigestReply`.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bytes of the length prefix in front of each framed envelope.
 pub const FRAME_PREFIX_LEN: usize = 4;
@@ -124,6 +125,23 @@ pub enum Message {
         partition: PartitionId,
         /// The key hashes wanted.
         key_hashes: Vec<u64>,
+    },
+    /// Coordinator to replica: send the fingerprint of your state of `key`
+    /// (a read whose coordinator holds a copy to compare it with).
+    ReadDigest {
+        /// Echoed in the reply.
+        request: u64,
+        /// The session's key.
+        key: Bytes,
+    },
+    /// Replica to coordinator: the fingerprint of the key's state (the one
+    /// anti-entropy compares: a hash of the key and every stamp), if it
+    /// holds any.
+    DigestReply {
+        /// The request answered.
+        request: u64,
+        /// The fingerprint, tombstones included; `None` when absent.
+        fingerprint: Option<u64>,
     },
 }
 
@@ -393,6 +411,18 @@ mod tests {
                 request: 2,
                 session: None,
             },
+            Message::ReadDigest {
+                request: 3,
+                key: key.clone(),
+            },
+            Message::DigestReply {
+                request: 3,
+                fingerprint: Some(u64::MAX),
+            },
+            Message::DigestReply {
+                request: 4,
+                fingerprint: None,
+            },
             Message::Merge {
                 entries: vec![Entry {
                     key: key.clone(),
@@ -470,12 +500,12 @@ mod tests {
     #[test]
     fn refuses_another_version() {
         let mut bytes =
-            postcard::to_allocvec(&(2u16, codec().cluster(), &Message::WriteAck { request: 1 }))
+            postcard::to_allocvec(&(3u16, codec().cluster(), &Message::WriteAck { request: 1 }))
                 .unwrap();
         assert_eq!(
             codec().decode(&bytes),
             Err(DecodeError::Version {
-                got: 2,
+                got: 3,
                 supported: PROTOCOL_VERSION
             })
         );
@@ -485,7 +515,7 @@ mod tests {
         assert_eq!(
             codec().decode(&bytes),
             Err(DecodeError::Version {
-                got: 2,
+                got: 3,
                 supported: PROTOCOL_VERSION
             })
         );

@@ -752,6 +752,8 @@ fn kind(message: &Message) -> &'static str {
         Message::WriteAck { .. } => "WriteAck",
         Message::Read { .. } => "Read",
         Message::ReadReply { .. } => "ReadReply",
+        Message::ReadDigest { .. } => "ReadDigest",
+        Message::DigestReply { .. } => "DigestReply",
         Message::Merge { .. } => "Merge",
         Message::Handoff { .. } => "Handoff",
         Message::DigestRoots { .. } => "DigestRoots",

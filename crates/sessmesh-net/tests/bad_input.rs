@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{ConnectionError, VarInt};
-use sessmesh_core::{ClusterId, Codec, Message};
+use sessmesh_core::{ClusterId, Codec, Message, PROTOCOL_VERSION};
 use sessmesh_net::quic::close_code;
 use sessmesh_net::{
     CaCertificate, ClusterCa, Incoming, NodeIdentity, QuicSettings, QuicTransport, RequestError,
@@ -202,17 +202,19 @@ async fn another_cluster_or_version_closes_the_connection() {
         other => panic!("expected an application close, got {other}"),
     }
 
-    // Version 2 of the protocol, as a future node would speak it.
+    // The next version of the protocol, as a future node would speak it.
     let mallory = raw_peer(&ca, to).await;
-    let mut v2 =
-        postcard::to_allocvec(&(2u16, cluster(), Message::WriteAck { request: 1 })).unwrap();
-    let len = u32::try_from(v2.len()).unwrap().to_le_bytes();
-    v2.splice(0..0, len);
-    let _ = send_uni(&mallory, &v2, true).await;
+    let next = PROTOCOL_VERSION + 1;
+    let mut future =
+        postcard::to_allocvec(&(next, cluster(), Message::WriteAck { request: 1 })).unwrap();
+    let len = u32::try_from(future.len()).unwrap().to_le_bytes();
+    future.splice(0..0, len);
+    let _ = send_uni(&mallory, &future, true).await;
     match tokio::time::timeout(WAIT, mallory.closed()).await.unwrap() {
         ConnectionError::ApplicationClosed(close) => {
             assert_eq!(close.error_code, VarInt::from_u32(close_code::FOREIGN));
-            assert!(String::from_utf8_lossy(&close.reason).contains("protocol version 2"));
+            let reason = String::from_utf8_lossy(&close.reason);
+            assert!(reason.contains(&format!("protocol version {next}")), "{reason}");
         }
         other => panic!("expected an application close, got {other}"),
     }

@@ -69,6 +69,7 @@ pub(crate) struct Metrics {
     anti_entropy_rounds: Counter,
     keys_repaired: Counter,
     clock_drift_refused: Counter,
+    digest_mismatches: Counter,
     peer_bytes: Family<PeerLabels, Counter>,
     /// Per-peer byte totals already counted, by peer and direction; a
     /// reconnection restarts the transport's counts.
@@ -179,6 +180,11 @@ impl Metrics {
             "Peer stamps refused for being ahead of this node's clock by more than max_clock_drift_ms",
             Counter::default(),
         );
+        let digest_mismatches = metric(
+            "read_digest_mismatches",
+            "Reads where a replica's fingerprint differed from this node's copy, so its state was fetched",
+            Counter::default(),
+        );
         let connections = Gauge::default();
         registry.register(
             "resp_connections",
@@ -253,6 +259,7 @@ impl Metrics {
             anti_entropy_rounds,
             keys_repaired,
             clock_drift_refused,
+            digest_mismatches,
             peer_bytes,
             peer_seen: std::sync::Mutex::new(HashMap::new()),
             scrapes: AtomicU64::new(0),
@@ -311,6 +318,7 @@ impl Metrics {
             sync(&self.anti_entropy_rounds, r.anti_entropy_rounds);
             sync(&self.keys_repaired, r.keys_repaired);
             sync(&self.clock_drift_refused, r.clock_drift_refused);
+            sync(&self.digest_mismatches, r.digest_mismatches);
             let names: HashMap<_, _> = status
                 .members
                 .iter()

@@ -373,6 +373,7 @@ async fn status_page(State((node, _)): State<(Node, Arc<Metrics>)>) -> impl Into
                 "anti_entropy_rounds": r.anti_entropy_rounds,
                 "keys_repaired": r.keys_repaired,
                 "clock_drift_refused": r.clock_drift_refused,
+                "digest_mismatches": r.digest_mismatches,
             },
         })),
     )

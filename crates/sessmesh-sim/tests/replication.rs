@@ -239,6 +239,70 @@ fn a_read_whose_first_replica_is_silent_asks_the_others_and_does_not_time_out() 
     }
 }
 
+/// The replicas of `key` as node numbers, from node-0's view.
+fn replicas_of(sim: &Sim, key: &str) -> Vec<usize> {
+    let core = sim.core(0).expect("up");
+    core.replicas_for(core.store().partition_of(key.as_bytes()))
+        .iter()
+        .map(|name| {
+            name.trim_start_matches("node-")
+                .parse()
+                .expect("a node number")
+        })
+        .collect()
+}
+
+#[test]
+fn a_read_compares_fingerprints_and_fetches_only_a_copy_that_differs() {
+    let mut sim = converged(31);
+    let key = (0..1_000)
+        .map(|i| format!("k{i}"))
+        .find(|k| replicas_of(&sim, k).contains(&0))
+        .expect("some key lives on node-0");
+    let others: Vec<usize> = replicas_of(&sim, &key)
+        .into_iter()
+        .filter(|&r| r != 0)
+        .collect();
+    // Agreeing copies: the other replica answers with a fingerprint that
+    // matches node-0's own copy.
+    let written = sim_write(&mut sim, 0, &key, "first");
+    assert!(matches!(
+        outcome(&mut sim, written),
+        Outcome::Written { .. }
+    ));
+    sim.run_for(100);
+    let read = sim.read(0, key.as_bytes(), Level::Quorum);
+    assert_eq!(
+        field(&outcome(&mut sim, read), "v"),
+        Some(b"first".to_vec())
+    );
+    assert_eq!(sim.core(0).expect("up").stats().digest_mismatches, 0);
+
+    // A write node-0 never sees: its copy is stale, the other replicas'
+    // fingerprints differ, and the read fetches their state and repairs
+    // node-0's copy.
+    sim.faults_mut().one_way_cuts.insert((others[0], 0));
+    sim.faults_mut().one_way_cuts.insert((others[1], 0));
+    let newer = sim_write(&mut sim, others[0], &key, "second");
+    assert!(matches!(outcome(&mut sim, newer), Outcome::Written { .. }));
+    sim.faults_mut().one_way_cuts.clear();
+    let read = sim.read(0, key.as_bytes(), Level::Quorum);
+    assert_eq!(
+        field(&outcome(&mut sim, read), "v"),
+        Some(b"second".to_vec()),
+        "seed {}",
+        sim.seed()
+    );
+    let node0 = sim.core(0).expect("up");
+    assert!(node0.stats().digest_mismatches >= 1, "seed {}", sim.seed());
+    assert_eq!(
+        field(&Outcome::Read(node0.store().session(key.as_bytes())), "v"),
+        Some(b"second".to_vec()),
+        "node-0's copy was repaired; seed {}",
+        sim.seed()
+    );
+}
+
 #[test]
 fn a_logout_through_a_node_whose_clock_lags_still_ends_the_session() {
     let mut sim = converged(26);
