@@ -214,7 +214,10 @@ async fn another_cluster_or_version_closes_the_connection() {
         ConnectionError::ApplicationClosed(close) => {
             assert_eq!(close.error_code, VarInt::from_u32(close_code::FOREIGN));
             let reason = String::from_utf8_lossy(&close.reason);
-            assert!(reason.contains(&format!("protocol version {next}")), "{reason}");
+            assert!(
+                reason.contains(&format!("protocol version {next}")),
+                "{reason}"
+            );
         }
         other => panic!("expected an application close, got {other}"),
     }
