@@ -123,6 +123,13 @@ impl Shared {
         packed.is_visible(now_ms).then(|| f(SessionRef { packed }))
     }
 
+    /// Calls `f` with what is stored under `key`, tombstones included.
+    fn stored<R>(&self, key: &[u8], f: impl FnOnce(Packed<'_>) -> R) -> Option<R> {
+        let hash = key_hash(key);
+        let partition = self.read(partition_of(hash, self.partition_count));
+        find(&partition.table, hash, key).map(|packed| f(Packed::parse(packed)))
+    }
+
     fn write(&self, partition: PartitionId) -> RwLockWriteGuard<'_, Partition> {
         self.partitions[partition.0 as usize]
             .0
@@ -361,29 +368,21 @@ impl Store {
     /// The full replicated state under `key`, tombstones included, for
     /// replication and repair.
     pub fn session(&self, key: &[u8]) -> Option<Session> {
-        let hash = key_hash(key);
-        let partition = self.shared.read(partition_of(hash, self.partition_count()));
-        find(&partition.table, hash, key).map(|packed| Packed::parse(packed).to_session())
+        self.shared.stored(key, |packed| packed.to_session())
     }
 
     /// The fingerprint of the state under `key` (tombstones included), as
     /// anti-entropy compares it: equal on two replicas exactly when their
     /// stamps are.
     pub fn fingerprint(&self, key: &[u8]) -> Option<u64> {
-        let hash = key_hash(key);
-        let partition = self.shared.read(partition_of(hash, self.partition_count()));
-        find(&partition.table, hash, key).map(|packed| Packed::parse(packed).fingerprint())
+        self.shared.stored(key, |packed| packed.fingerprint())
     }
 
     /// [`session`](Self::session) and [`fingerprint`](Self::fingerprint)
     /// of `key`, read together.
     pub fn session_and_fingerprint(&self, key: &[u8]) -> Option<(Session, u64)> {
-        let hash = key_hash(key);
-        let partition = self.shared.read(partition_of(hash, self.partition_count()));
-        find(&partition.table, hash, key).map(|packed| {
-            let packed = Packed::parse(packed);
-            (packed.to_session(), packed.fingerprint())
-        })
+        self.shared
+            .stored(key, |packed| (packed.to_session(), packed.fingerprint()))
     }
 
     /// Applies a write stamped by its coordinator. Returns whether the stored
