@@ -1191,19 +1191,33 @@ impl Transport for QuicTransport {
     }
 
     fn send(&self, to: SocketAddr, message: &Message) -> Result<(), SendError> {
-        let mut frame = Vec::new();
-        self.inner.codec.encode_frame(message, &mut frame)?;
-        let link = self.inner.link(to)?;
-        if let Err(e) = link
-            .queued
-            .admit(to, frame.len(), self.inner.config.max_queue_bytes)
-        {
-            bump(&self.inner.stats.queue_full);
-            return Err(e);
+        self.send_all(to, std::slice::from_ref(message))
+    }
+
+    /// Encodes the messages back to back into one buffer and queues it once.
+    fn send_all(&self, to: SocketAddr, messages: &[Message]) -> Result<(), SendError> {
+        let mut frames = Vec::new();
+        let mut refused = None;
+        for message in messages {
+            // A message that cannot be encoded is left out; the rest go.
+            if let Err(e) = self.inner.codec.encode_frame(message, &mut frames) {
+                refused.get_or_insert(SendError::from(e));
+            }
         }
-        link.queue
-            .send(Bytes::from(frame))
-            .map_err(|_| SendError::Closed)
+        if !frames.is_empty() {
+            let link = self.inner.link(to)?;
+            if let Err(e) = link
+                .queued
+                .admit(to, frames.len(), self.inner.config.max_queue_bytes)
+            {
+                bump(&self.inner.stats.queue_full);
+                return Err(e);
+            }
+            link.queue
+                .send(Bytes::from(frames))
+                .map_err(|_| SendError::Closed)?;
+        }
+        refused.map_or(Ok(()), Err)
     }
 
     async fn request(

@@ -119,6 +119,23 @@ pub trait Transport: Clone + Send + Sync + 'static {
     /// [`SendError::Encode`] for a message over the frame limit, [`SendError::Closed`].
     fn send(&self, to: SocketAddr, message: &Message) -> Result<(), SendError>;
 
+    /// Queues one-way messages to one peer, in order, as [`send`](Self::send)
+    /// would one after another. A transport may queue them together: then
+    /// all or none of them fit the queue's byte limit.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), for the first message refused; the others
+    /// are queued.
+    fn send_all(&self, to: SocketAddr, messages: &[Message]) -> Result<(), SendError> {
+        let mut refused = None;
+        for message in messages {
+            if let Err(e) = self.send(to, message) {
+                refused.get_or_insert(e);
+            }
+        }
+        refused.map_or(Ok(()), Err)
+    }
+
     /// Sends a request and waits up to `timeout` for its answer.
     fn request(
         &self,

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sessmesh_core::{ClusterId, Message};
+use sessmesh_core::{ClusterId, Message, PartitionId};
 use sessmesh_net::mem::MemNetwork;
 use sessmesh_net::{
     ClusterCa, Incoming, QuicSettings, QuicTransport, RequestError, SendError, Transport,
@@ -22,6 +22,7 @@ const WAIT: Duration = Duration::from_secs(10);
 fn config() -> TransportConfig {
     TransportConfig {
         max_queue_bytes: 64 << 10,
+        max_frame_bytes: 16 << 10,
         ..TransportConfig::default()
     }
 }
@@ -201,6 +202,32 @@ async fn one_way_messages_arrive_in_order_from_the_named_sender(mut net: impl Ne
     }
 }
 
+async fn messages_sent_together_arrive_in_order_without_an_oversized_one(mut net: impl Net) {
+    let (a, _a_rx) = net.node("node-a");
+    let (b, mut b_rx) = net.node("node-b");
+    let mut batch: Vec<Message> = (0..100)
+        .map(|request| Message::WriteAck { request })
+        .collect();
+    // Over the 16 KiB frame limit.
+    batch.insert(
+        50,
+        Message::DigestRoots {
+            roots: (0..4_096).map(|p| (PartitionId(p), u64::MAX)).collect(),
+        },
+    );
+    let err = a.send_all(b.local_addr(), &batch).unwrap_err();
+    assert!(matches!(err, SendError::Encode(_)), "{err}");
+    for expected in 0..100 {
+        match next(&mut b_rx).await {
+            Incoming::Message {
+                message: Message::WriteAck { request },
+                ..
+            } => assert_eq!(request, expected),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 async fn fifty_requests_in_flight_are_all_answered(mut net: impl Net) {
     let (a, _a_rx) = net.node("node-a");
     let (b, b_rx) = net.node("node-b");
@@ -355,6 +382,7 @@ macro_rules! conformance {
 
 conformance!(
     one_way_messages_arrive_in_order_from_the_named_sender,
+    messages_sent_together_arrive_in_order_without_an_oversized_one,
     fifty_requests_in_flight_are_all_answered,
     datagrams_arrive_and_oversized_ones_are_refused,
     a_cut_link_times_requests_out_and_healing_restores_them,

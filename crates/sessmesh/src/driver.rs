@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sessmesh_core::{
-    CallId, Effect, KeyChange, Level, Member, MemberEvent, MemberState, NodeEvent, Outcome,
-    PartitionId, Session, Timer, Write,
+    CallId, Effect, KeyChange, Level, Member, MemberEvent, MemberState, Message, NodeEvent,
+    Outcome, PartitionId, Session, Timer, Write,
 };
 use sessmesh_net::{Incoming, Transport};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -407,6 +407,9 @@ impl<T: Transport> Driver<T> {
     }
 
     fn apply(&mut self) {
+        // Messages go out per peer, in order, once the rest is done: a turn's
+        // messages to one peer are queued together.
+        let mut sends: Vec<(SocketAddr, Vec<Message>)> = Vec::new();
         for effect in self.node.take_effects() {
             match effect {
                 Effect::Gossip { to, payload } => {
@@ -415,8 +418,9 @@ impl<T: Transport> Driver<T> {
                     }
                 }
                 Effect::Send { to, message } => {
-                    if let Err(e) = self.transport.send(to, &message) {
-                        warn!(peer = %to, "message not sent: {e}");
+                    match sends.iter_mut().find(|(peer, _)| *peer == to) {
+                        Some((_, messages)) => messages.push(message),
+                        None => sends.push((to, vec![message])),
                     }
                 }
                 Effect::Done { call, outcome } => {
@@ -455,6 +459,11 @@ impl<T: Transport> Driver<T> {
                     // Nobody may be listening; that is fine.
                     let _ = self.events.send(event);
                 }
+            }
+        }
+        for (to, messages) in sends {
+            if let Err(e) = self.transport.send_all(to, &messages) {
+                warn!(peer = %to, messages = messages.len(), "messages not sent: {e}");
             }
         }
     }
