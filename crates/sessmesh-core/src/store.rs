@@ -313,8 +313,8 @@ impl Store {
     /// Starts or stops recording the changes [`take_changes`](Self::take_changes)
     /// returns. Off by default, so an unwatched store keeps no list.
     pub fn record_changes(&mut self, on: bool) {
-        self.shared.watching.store(on, Ordering::Relaxed);
-        if !on {
+        if self.shared.watching.swap(on, Ordering::Relaxed) != on {
+            // Whatever is left from before belongs to no current watcher.
             self.take_changes();
         }
     }
