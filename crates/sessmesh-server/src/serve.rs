@@ -51,7 +51,7 @@ pub(crate) fn run(overrides: Overrides) -> Result {
 /// its tasks never move between threads or wake one another across them;
 /// reads the node answers locally run there too. Only calls the peer
 /// coordinates cross to the main thread. (A work-stealing runtime measured
-/// slower here: see docs/BENCHMARKS.md.)
+/// no better unpipelined and slower on pipelines: see docs/BENCHMARKS.md.)
 struct Shards {
     others: Vec<tokio::runtime::Handle>,
     next: AtomicUsize,
