@@ -52,14 +52,22 @@ field() { sed -E "s/.* $2=([^ ]+).*/\1/" "$work/$1.out"; }
 resp_port() { local addr; addr=$(field "$1" resp); echo "${addr##*:}"; }
 
 value=$(printf 'v%.0s' $(seq 1 256))
-# One benchmark row: prints requests per second.
+# One benchmark row: prints requests per second, then redis-benchmark's own
+# CPU time over the row's wall time (100 = one core busy throughout). A
+# client near 100 is the bottleneck: the row then measures the client as
+# much as the server.
 rps() { # port test [pipeline]
   local port=$1 test=$2 pipeline=${3:-1} args=(-h 127.0.0.1 -p "$1" -c $CLIENTS -d 256 -r 100000 -n "$REQUESTS" -P "$pipeline" -q --csv)
-  case $test in
-    SET|GET) redis-benchmark "${args[@]}" -t "${test,,}" ;;
-    HSET) redis-benchmark "${args[@]}" HSET "h:__rand_int__" field "$value" ;;
-    HGETALL) redis-benchmark "${args[@]}" HGETALL "h:__rand_int__" ;;
-  esac | tail -1 | cut -d, -f2 | tr -d '"'
+  local TIMEFORMAT='%R %U %S' real user sys
+  {
+    time case $test in
+      SET|GET) redis-benchmark "${args[@]}" -t "${test,,}" ;;
+      HSET) redis-benchmark "${args[@]}" HSET "h:__rand_int__" field "$value" ;;
+      HGETALL) redis-benchmark "${args[@]}" HGETALL "h:__rand_int__" ;;
+    esac > "$work/row"
+  } 2> "$work/time"
+  read -r real user sys < "$work/time"
+  echo "$(tail -1 "$work/row" | cut -d, -f2 | tr -d '"') $(awk -v r="$real" -v u="$user" -v s="$sys" 'BEGIN { printf "%.0f", (u + s) / r * 100 }')"
 }
 
 redis_port=$(free_port)
@@ -71,20 +79,20 @@ compare() { # label sessmesh-port pipelines...
   local label=$1 port=$2; shift 2
   for pipeline in "$@"; do
     for test in SET GET HSET HGETALL; do
-      local r s
-      r=$(rps "$redis_port" "$test" "$pipeline")
-      s=$(rps "$port" "$test" "$pipeline")
-      awk -v l="$label" -v t="$test" -v p="$pipeline" -v r="$r" -v s="$s" \
-        'BEGIN { printf "| %s | %s | %s | %.0f | %.0f | %.2fx |\n", l, t, p, r, s, s / r }'
+      local r rc s sc
+      read -r r rc < <(rps "$redis_port" "$test" "$pipeline")
+      read -r s sc < <(rps "$port" "$test" "$pipeline")
+      awk -v l="$label" -v t="$test" -v p="$pipeline" -v r="$r" -v s="$s" -v rc="$rc" -v sc="$sc" \
+        'BEGIN { printf "| %s | %s | %s | %.0f | %.0f | %.2fx | %s%% / %s%% |\n", l, t, p, r, s, s / r, rc, sc }'
     done
   done
 }
 
-echo "| sessmesh | command | pipeline | redis-server req/s | sessmesh req/s | ratio |"
-echo "| --- | --- | ---: | ---: | ---: | ---: |"
+echo "| sessmesh | command | pipeline | redis-server req/s | sessmesh req/s | ratio | client CPU (vs redis / vs sessmesh) |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
 if [[ " $PARTS " == *" single "* ]]; then
   start_node single "$SINGLE_WORKERS" --development --name bench-1 > /dev/null
-  compare "1 node" "$(resp_port single)" 1 16
+  compare "1 node, $SINGLE_WORKERS threads" "$(resp_port single)" 1 16
   kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
 fi
 
@@ -101,5 +109,5 @@ if [[ " $PARTS " == *" cluster "* ]]; then
     [ "$(curl -s "http://$http/status" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["members"]))')" = 3 ] && break
     sleep 0.1
   done
-  compare "3 nodes, rf 3, Quorum" "$(resp_port node-1)" 1 16
+  compare "3 nodes, rf 3, Quorum, $CLUSTER_WORKERS thread each" "$(resp_port node-1)" 1 16
 fi
