@@ -159,88 +159,134 @@ fn deadline(option: &[u8], arg: &[u8], command: &str) -> Result<i64, Reply> {
     at.ok_or_else(invalid)
 }
 
-/// Every command this node knows: its name, arity (negative: at least) and
-/// whether it needs an authenticated connection.
-const COMMANDS: &[(&str, i32)] = &[
-    ("AUTH", -2),
-    ("CLIENT", -2),
-    ("COMMAND", -1),
-    ("CONFIG", -2),
-    ("DBSIZE", 1),
-    ("DEL", -2),
-    ("ECHO", 2),
-    ("EXISTS", -2),
-    ("EXPIRE", -3),
-    ("EXPIREAT", -3),
-    ("GET", 2),
-    ("GETDEL", 2),
-    ("GETEX", -2),
-    ("HDEL", -3),
-    ("HELLO", -1),
-    ("HEXISTS", 3),
-    ("HGET", 3),
-    ("HGETALL", 2),
-    ("HINCRBY", 4),
-    ("HKEYS", 2),
-    ("HLEN", 2),
-    ("HMGET", -3),
-    ("HMSET", -4),
-    ("HSET", -4),
-    ("HSETNX", 4),
-    ("HVALS", 2),
-    ("INFO", -1),
-    ("MGET", -2),
-    ("MSET", -3),
-    ("PERSIST", 2),
-    ("PEXPIRE", -3),
-    ("PEXPIREAT", -3),
-    ("PING", -1),
-    ("PSETEX", 4),
-    ("PTTL", 2),
-    ("QUIT", -1),
-    ("SCAN", -2),
-    ("SELECT", 2),
-    ("SET", -3),
-    ("SETEX", 4),
-    ("TTL", 2),
-    ("TYPE", 2),
-    ("UNLINK", -2),
+/// Every command this node knows, sorted by name: its name, arity (negative:
+/// at least) and whether it only reads data (`GET`, `HGETALL`, `TTL`...).
+const COMMANDS: &[(&str, i32, bool)] = &[
+    ("AUTH", -2, false),
+    ("CLIENT", -2, false),
+    ("COMMAND", -1, false),
+    ("CONFIG", -2, false),
+    ("DBSIZE", 1, false),
+    ("DEL", -2, false),
+    ("ECHO", 2, false),
+    ("EXISTS", -2, true),
+    ("EXPIRE", -3, false),
+    ("EXPIREAT", -3, false),
+    ("GET", 2, true),
+    ("GETDEL", 2, false),
+    ("GETEX", -2, false),
+    ("HDEL", -3, false),
+    ("HELLO", -1, false),
+    ("HEXISTS", 3, true),
+    ("HGET", 3, true),
+    ("HGETALL", 2, true),
+    ("HINCRBY", 4, false),
+    ("HKEYS", 2, true),
+    ("HLEN", 2, true),
+    ("HMGET", -3, true),
+    ("HMSET", -4, false),
+    ("HSET", -4, false),
+    ("HSETNX", 4, false),
+    ("HVALS", 2, true),
+    ("INFO", -1, false),
+    ("MGET", -2, true),
+    ("MSET", -3, false),
+    ("PERSIST", 2, false),
+    ("PEXPIRE", -3, false),
+    ("PEXPIREAT", -3, false),
+    ("PING", -1, false),
+    ("PSETEX", 4, false),
+    ("PTTL", 2, true),
+    ("QUIT", -1, false),
+    ("SCAN", -2, false),
+    ("SELECT", 2, false),
+    ("SET", -3, false),
+    ("SETEX", 4, false),
+    ("TTL", 2, true),
+    ("TYPE", 2, true),
+    ("UNLINK", -2, false),
 ];
 
-/// The canonical names of every command, for metrics.
-pub fn command_names() -> impl Iterator<Item = &'static str> {
-    COMMANDS.iter().map(|(name, _)| *name)
+/// The longest command name [`Command::lookup`] can find.
+const MAX_NAME: usize = 15;
+
+/// A command name packed into one number that sorts as the name does: the
+/// name's upper-cased bytes, zero-padded, then its length.
+const fn pack(name: &[u8]) -> Option<u128> {
+    if name.len() > MAX_NAME {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    let mut i = 0;
+    while i < name.len() {
+        bytes[i] = name[i].to_ascii_uppercase();
+        i += 1;
+    }
+    #[allow(clippy::cast_possible_truncation)] // at most MAX_NAME
+    {
+        bytes[MAX_NAME] = name.len() as u8;
+    }
+    Some(u128::from_be_bytes(bytes))
 }
 
-/// The table entry of a known command: upper-cased on the stack, then a
-/// binary search of the sorted table.
-fn lookup(arg: &[u8]) -> Option<&'static (&'static str, i32)> {
-    let mut upper = [0u8; 16];
-    let name = upper.get_mut(..arg.len())?;
-    name.copy_from_slice(arg);
-    name.make_ascii_uppercase();
-    let name: &[u8] = name;
-    COMMANDS
-        .binary_search_by(|(n, _)| n.as_bytes().cmp(name))
-        .ok()
-        .map(|i| &COMMANDS[i])
-}
+/// [`COMMANDS`]' names, packed, in the same order.
+const PACKED: [u128; COMMANDS.len()] = {
+    let mut packed = [0; COMMANDS.len()];
+    let mut i = 0;
+    while i < COMMANDS.len() {
+        packed[i] = match pack(COMMANDS[i].0.as_bytes()) {
+            Some(p) => p,
+            None => panic!("a command name is too long"),
+        };
+        i += 1;
+    }
+    packed
+};
 
-/// The commands that only read data, sorted.
-const READ_ONLY: &[&str] = &[
-    "EXISTS", "GET", "HEXISTS", "HGET", "HGETALL", "HKEYS", "HLEN", "HMGET", "HVALS", "MGET",
-    "PTTL", "TTL", "TYPE",
-];
+/// A command this node knows. A request's name is looked up once
+/// ([`Command::lookup`]) and the command handed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Command(u8);
+
+impl Command {
+    /// The command named `name`, in any case; `None` for a command this
+    /// node does not know.
+    pub fn lookup(name: &[u8]) -> Option<Command> {
+        let packed = pack(name)?;
+        let i = PACKED.binary_search(&packed).ok()?;
+        Some(Command(u8::try_from(i).ok()?))
+    }
+
+    /// Every command, in name order.
+    pub fn all() -> impl Iterator<Item = Command> {
+        (0..COMMANDS.len()).filter_map(|i| u8::try_from(i).ok().map(Command))
+    }
+
+    /// The canonical (upper-case) name.
+    pub fn name(self) -> &'static str {
+        COMMANDS[self.index()].0
+    }
+
+    /// The command's place in [`all`](Self::all), from 0: for tables
+    /// indexed by command.
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+
+    fn arity(self) -> i32 {
+        COMMANDS[self.index()].1
+    }
+
+    fn reads_only(self) -> bool {
+        COMMANDS[self.index()].2
+    }
+}
 
 /// The error for a wrong number of arguments, if it is wrong.
-fn check_arity(name: &str, rule: i32, args: &[Bytes]) -> Option<Reply> {
+fn check_arity(command: Command, args: &[Bytes]) -> Option<Reply> {
     let n = i32::try_from(args.len()).unwrap_or(i32::MAX);
-    ((rule > 0 && n != rule) || (rule < 0 && n < -rule)).then(|| arity(name))
-}
-
-/// The canonical name of a known command (for metrics), or `None`.
-pub fn command_name(arg: &[u8]) -> Option<&'static str> {
-    lookup(arg).map(|(n, _)| *n)
+    let rule = command.arity();
+    ((rule > 0 && n != rule) || (rule < 0 && n < -rule)).then(|| arity(command.name()))
 }
 
 fn unknown(args: &[Bytes]) -> Reply {
@@ -286,9 +332,10 @@ impl Handler {
     pub async fn submit_set(
         &self,
         client: &Client,
+        command: Command,
         args: &[Bytes],
     ) -> Option<Result<Submitted, Reply>> {
-        if args.len() != 3 || !client.authenticated || !eq(&args[0], "SET") {
+        if args.len() != 3 || !client.authenticated || command.name() != "SET" {
             return None;
         }
         let write = Write::Put {
@@ -310,52 +357,48 @@ impl Handler {
         }
     }
 
-    /// Runs one command (its name first) for `client`: its reply, whether
-    /// the connection goes on, and the command's canonical name (`None` for
-    /// an unknown command).
+    /// Runs one request for `client`: `args` is the whole request, its
+    /// name first, and `command` what [`Command::lookup`] found for that
+    /// name. Returns the reply and whether the connection goes on.
     pub async fn execute(
         &self,
         client: &mut Client,
+        command: Option<Command>,
         args: &[Bytes],
-    ) -> (Reply, Flow, Option<&'static str>) {
-        let Some(&(name, arity_rule)) = lookup(&args[0]) else {
-            return (unknown(args), Flow::Continue, None);
-        };
-        let (reply, flow) = self.execute_known(client, name, arity_rule, args).await;
-        (reply, flow, Some(name))
-    }
-
-    /// Whether `args` is a command that only reads data (`GET`, `HGETALL`,
-    /// `TTL`...) from a client allowed to run it: such commands next to each
-    /// other in a pipeline may run at the same time
-    /// ([`execute_read`](Self::execute_read)), their replies still in order.
-    pub fn reads_only(&self, client: &Client, args: &[Bytes]) -> bool {
-        client.authenticated
-            && lookup(&args[0]).is_some_and(|(name, _)| READ_ONLY.binary_search(name).is_ok())
-    }
-
-    /// Runs a command [`reads_only`](Self::reads_only) accepted: its reply
-    /// and canonical name.
-    pub async fn execute_read(&self, args: &[Bytes]) -> (Reply, Option<&'static str>) {
-        let Some(&(name, arity_rule)) = lookup(&args[0]) else {
-            return (unknown(args), None);
-        };
-        if let Some(wrong) = check_arity(name, arity_rule, args) {
-            return (wrong, Some(name));
+    ) -> (Reply, Flow) {
+        match command {
+            Some(command) => self.execute_known(client, command, args).await,
+            None => (unknown(args), Flow::Continue),
         }
-        (self.data_command(name, args).await, Some(name))
+    }
+
+    /// Whether `command` only reads data (`GET`, `HGETALL`, `TTL`...) and
+    /// `client` may run it: such requests next to each other in a pipeline
+    /// may run at the same time ([`execute_read`](Self::execute_read)),
+    /// their replies still in order.
+    pub fn reads_only(&self, client: &Client, command: Command) -> bool {
+        client.authenticated && command.reads_only()
+    }
+
+    /// Runs a request whose command [`reads_only`](Self::reads_only)
+    /// accepted.
+    pub async fn execute_read(&self, command: Command, args: &[Bytes]) -> Reply {
+        if let Some(wrong) = check_arity(command, args) {
+            return wrong;
+        }
+        self.data_command(command.name(), args).await
     }
 
     async fn execute_known(
         &self,
         client: &mut Client,
-        name: &'static str,
-        arity_rule: i32,
+        command: Command,
         args: &[Bytes],
     ) -> (Reply, Flow) {
-        if let Some(wrong) = check_arity(name, arity_rule, args) {
+        if let Some(wrong) = check_arity(command, args) {
             return (wrong, Flow::Continue);
         }
+        let name = command.name();
         if !client.authenticated && !matches!(name, "AUTH" | "HELLO" | "QUIT") {
             return (err("NOAUTH Authentication required."), Flow::Continue);
         }
@@ -1032,7 +1075,7 @@ impl Handler {
             None => Reply::Array(
                 COMMANDS
                     .iter()
-                    .map(|(name, arity)| {
+                    .map(|(name, arity, _)| {
                         Reply::Array(vec![
                             Reply::bulk(name.to_ascii_lowercase()),
                             Reply::Int(i64::from(*arity)),
@@ -1106,25 +1149,36 @@ mod tests {
             "the table is sorted"
         );
         assert!(
-            READ_ONLY.windows(2).all(|w| w[0] < w[1]),
-            "the read-only list is sorted"
+            PACKED.windows(2).all(|w| w[0] < w[1]),
+            "packed names sort as the names do"
         );
-        assert!(
-            READ_ONLY
-                .iter()
-                .all(|r| COMMANDS.iter().any(|(n, _)| n == r)),
-            "every read-only command is a command"
-        );
-        for (name, _) in COMMANDS {
+        for command in Command::all() {
+            let name = command.name();
+            assert_eq!(Command::lookup(name.as_bytes()), Some(command));
             assert_eq!(
-                command_name(name.to_ascii_lowercase().as_bytes()),
-                Some(*name)
+                Command::lookup(name.to_ascii_lowercase().as_bytes()),
+                Some(command)
             );
         }
-        assert!(command_name(b"get") == Some("GET"));
-        assert!(command_name(b"GETX").is_none());
-        assert!(command_name(&[b'a'; 40]).is_none());
-        assert!(command_name(b"nosuch").is_none());
+        assert_eq!(Command::all().count(), COMMANDS.len());
+        let get = Command::lookup(b"gEt").map(Command::name);
+        assert_eq!(get, Some("GET"));
+        for unknown in [&b"GETX"[..], b"GE", b"GET\0", b"\0GET", b"", b"nosuch"] {
+            assert_eq!(Command::lookup(unknown), None, "{unknown:?}");
+        }
+        assert_eq!(Command::lookup(&[b'a'; 40]), None);
+        assert_eq!(Command::lookup(b"PEXPIREAT\0\0\0\0\0\0"), None);
+        let reads: Vec<_> = Command::all()
+            .filter(|c| c.reads_only())
+            .map(Command::name)
+            .collect();
+        assert_eq!(
+            reads,
+            [
+                "EXISTS", "GET", "HEXISTS", "HGET", "HGETALL", "HKEYS", "HLEN", "HMGET", "HVALS",
+                "MGET", "PTTL", "TTL", "TYPE"
+            ]
+        );
         let unknown = unknown(&[Bytes::from_static(b"foo"), Bytes::from_static(b"a")]);
         assert_eq!(
             unknown,

@@ -10,15 +10,16 @@ use tracing::debug;
 
 use sessmesh::Submitted;
 
-use crate::commands::{Client, Flow, Handler};
+use crate::commands::{Client, Command, Flow, Handler};
 use crate::reply::Reply;
 use crate::request::{Limits, Parsed, next_request};
 
 /// What a connection reports as it goes, for metrics.
 pub trait Observer: Send + Sync {
-    /// A command ran: its canonical name (`None` for an unknown command),
-    /// how long it took, and whether it answered with an error.
-    fn command(&self, name: Option<&'static str>, elapsed: Duration, error: bool);
+    /// A request was answered: its command (`None` for an unknown one),
+    /// the time from its arrival to its reply, and whether the reply is an
+    /// error.
+    fn command(&self, command: Option<Command>, elapsed: Duration, error: bool);
     /// The connection sent something that is not RESP and was closed.
     fn protocol_error(&self) {}
     /// Bytes read from and written to the client.
@@ -32,19 +33,19 @@ pub trait Observer: Send + Sync {
 pub struct NoObserver;
 
 impl Observer for NoObserver {
-    fn command(&self, _: Option<&'static str>, _: Duration, _: bool) {}
+    fn command(&self, _: Option<Command>, _: Duration, _: bool) {}
 }
 
 /// Waits for the submitted writes, in order, and encodes their replies.
 async fn finish(
-    submitted: &mut VecDeque<(Submitted, Instant)>,
+    submitted: &mut VecDeque<(Submitted, Command, Instant)>,
     client: &Client,
     output: &mut BytesMut,
     observer: &dyn Observer,
 ) {
-    while let Some((set, started)) = submitted.pop_front() {
+    while let Some((set, command, arrived)) = submitted.pop_front() {
         let reply = Handler::finish_set(set).await;
-        observer.command(Some("SET"), started.elapsed(), reply.is_error());
+        observer.command(Some(command), arrived.elapsed(), reply.is_error());
         reply.encode(client.protocol, output);
     }
 }
@@ -52,7 +53,7 @@ async fn finish(
 /// Runs the reads gathered from a pipeline at the same time, and encodes
 /// their replies in order.
 async fn run_reads(
-    reads: &mut Vec<(Vec<Bytes>, Instant)>,
+    reads: &mut Vec<(Vec<Bytes>, Command, Instant)>,
     handler: &Handler,
     client: &Client,
     output: &mut BytesMut,
@@ -61,9 +62,15 @@ async fn run_reads(
     if reads.is_empty() {
         return;
     }
-    let replies = join_all(reads.iter().map(|(args, _)| handler.execute_read(args))).await;
-    for ((reply, name), (_, started)) in replies.into_iter().zip(reads.drain(..)) {
-        observer.command(name, started.elapsed(), reply.is_error());
+    let replies = join_all(
+        reads
+            .iter()
+            .map(|(args, command, _)| handler.execute_read(*command, args)),
+    )
+    .await;
+    let done = Instant::now();
+    for (reply, (_, command, arrived)) in replies.into_iter().zip(reads.drain(..)) {
+        observer.command(Some(command), done - arrived, reply.is_error());
         reply.encode(client.protocol, output);
     }
 }
@@ -92,9 +99,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut output = BytesMut::with_capacity(16 * 1024);
     // Plain SETs of the current pipeline, handed to the peer and not yet
     // acknowledged, in order.
-    let mut submitted: VecDeque<(Submitted, Instant)> = VecDeque::new();
+    let mut submitted: VecDeque<(Submitted, Command, Instant)> = VecDeque::new();
     // Reads of the current pipeline not run yet, in order.
-    let mut reads: Vec<(Vec<Bytes>, Instant)> = Vec::new();
+    let mut reads: Vec<(Vec<Bytes>, Command, Instant)> = Vec::new();
+    // When the last bytes came in: the requests they complete arrived then.
+    let mut arrived = Instant::now();
     loop {
         let mut close = false;
         loop {
@@ -102,34 +111,36 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 Parsed::Incomplete => break,
                 Parsed::Empty => {}
                 Parsed::Command(args) => {
-                    let started = Instant::now();
-                    if handler.reads_only(&client, &args) {
+                    let command = Command::lookup(&args[0]);
+                    if let Some(read) = command.filter(|&c| handler.reads_only(&client, c)) {
                         // They must see the writes before them.
                         finish(&mut submitted, &client, &mut output, observer).await;
-                        reads.push((args, started));
+                        reads.push((args, read, arrived));
                         if reads.len() == MAX_READS {
                             run_reads(&mut reads, handler, &client, &mut output, observer).await;
                         }
                         continue;
                     }
                     run_reads(&mut reads, handler, &client, &mut output, observer).await;
-                    match handler.submit_set(&client, &args).await {
-                        Some(Ok(set)) => {
-                            submitted.push_back((set, started));
-                            continue;
+                    if let Some(known) = command {
+                        match handler.submit_set(&client, known, &args).await {
+                            Some(Ok(set)) => {
+                                submitted.push_back((set, known, arrived));
+                                continue;
+                            }
+                            Some(Err(reply)) => {
+                                finish(&mut submitted, &client, &mut output, observer).await;
+                                observer.command(command, arrived.elapsed(), true);
+                                reply.encode(client.protocol, &mut output);
+                                continue;
+                            }
+                            None => {}
                         }
-                        Some(Err(reply)) => {
-                            finish(&mut submitted, &client, &mut output, observer).await;
-                            observer.command(Some("SET"), started.elapsed(), true);
-                            reply.encode(client.protocol, &mut output);
-                            continue;
-                        }
-                        None => {}
                     }
                     // Anything else runs after the writes before it.
                     finish(&mut submitted, &client, &mut output, observer).await;
-                    let (reply, flow, name) = handler.execute(&mut client, &args).await;
-                    observer.command(name, started.elapsed(), reply.is_error());
+                    let (reply, flow) = handler.execute(&mut client, command, &args).await;
+                    observer.command(command, arrived.elapsed(), reply.is_error());
                     reply.encode(client.protocol, &mut output);
                     if flow == Flow::Close {
                         close = true;
@@ -165,6 +176,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         if read == 0 {
             return Ok(());
         }
+        arrived = Instant::now();
         observer.bytes(read, 0);
     }
 }

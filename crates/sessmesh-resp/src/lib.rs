@@ -1,9 +1,9 @@
 //! The Redis protocol for a sessmesh peer, so that any Redis client can use
 //! a sessmesh cluster.
 //!
-//! - [`request`]: requests framed by `redis-protocol` (RESP arrays, and
-//!   inline commands), with size limits checked from the headers before the
-//!   bytes are buffered.
+//! - [`request`]: requests framed in one pass (RESP arrays, and inline
+//!   commands), with size limits checked from the headers before the bytes
+//!   are buffered; replies are encoded by `redis-protocol`.
 //! - [`commands`]: the command set. A string is a session with one value; a
 //!   hash is a session's fields, so `HSET`s of different fields on different
 //!   nodes merge.

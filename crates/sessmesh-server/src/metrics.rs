@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use sessmesh::{MemberState, Node};
 use sessmesh_resp::Observer;
+use sessmesh_resp::commands::Command;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommandLabels {
@@ -41,14 +42,90 @@ struct DirectionLabels {
 struct CommandSeries {
     calls: Counter,
     errors: Counter,
-    latency: Histogram,
+    latency: Latency,
+}
+
+/// Latency buckets: the first holds up to 10 µs, each next one twice the
+/// last, the 20th up to about 5 s; a last one holds the rest.
+const LATENCY_BUCKETS: usize = 20;
+const LATENCY_FIRST_NANOS: u128 = 10_000;
+
+/// A latency histogram that counts without a lock: one atomic add for the
+/// bucket and one for the sum. (`prometheus_client`'s `Histogram` takes a
+/// write lock per observation, which every thread serving the same command
+/// would contend for.)
+#[derive(Clone, Debug, Default)]
+struct Latency(Arc<LatencyCounts>);
+
+#[derive(Debug, Default)]
+struct LatencyCounts {
+    buckets: [AtomicU64; LATENCY_BUCKETS + 1],
+    sum_nanos: AtomicU64,
+}
+
+/// The bucket an observation of `elapsed` goes into: the first whose bound
+/// is at least `elapsed`.
+fn latency_bucket(elapsed: Duration) -> usize {
+    let firsts = elapsed.as_nanos().div_ceil(LATENCY_FIRST_NANOS);
+    // The smallest i with 2^i >= firsts.
+    let i = if firsts <= 1 {
+        0
+    } else {
+        128 - (firsts - 1).leading_zeros()
+    };
+    usize::try_from(i).map_or(LATENCY_BUCKETS, |i| i.min(LATENCY_BUCKETS))
+}
+
+impl Latency {
+    fn observe(&self, elapsed: Duration) {
+        let counts = &self.0;
+        counts.buckets[latency_bucket(elapsed)].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        counts.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for Latency {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Latency {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut bound = 1e-5;
+        let mut count = 0;
+        let buckets: Vec<(f64, u64)> = self
+            .0
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, bucket)| {
+                let n = bucket.load(Ordering::Relaxed);
+                count += n;
+                let upper = if i == LATENCY_BUCKETS {
+                    f64::MAX
+                } else {
+                    bound
+                };
+                bound *= 2.0;
+                (upper, n)
+            })
+            .collect();
+        #[allow(clippy::cast_precision_loss)] // a sum of latencies, for rates
+        let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 /// Every metric the node exports.
 #[derive(Debug)]
 pub(crate) struct Metrics {
     registry: Registry,
-    commands: HashMap<&'static str, CommandSeries>,
+    /// By [`Command::index`].
+    commands: Vec<CommandSeries>,
     unknown: CommandSeries,
     connections: Gauge,
     connections_refused: Counter,
@@ -90,15 +167,12 @@ fn gauge(value: usize) -> i64 {
 }
 
 impl Metrics {
-    /// Metrics for the commands named in `commands`.
-    pub(crate) fn new(commands: impl IntoIterator<Item = &'static str>) -> Self {
+    /// Metrics for a node's commands and peer.
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("sessmesh");
         let calls = Family::<CommandLabels, Counter>::default();
         let errors = Family::<CommandLabels, Counter>::default();
-        let latency = Family::<CommandLabels, Histogram>::new_with_constructor(|| {
-            // 10 µs to about 5 s.
-            Histogram::new(exponential_buckets(0.000_01, 2.0, 20))
-        });
+        let latency = Family::<CommandLabels, Latency>::default();
         registry.register("commands", "Redis commands run, by command", calls.clone());
         registry.register(
             "command_errors",
@@ -118,7 +192,7 @@ impl Metrics {
                 latency: latency.get_or_create_owned(&labels),
             }
         };
-        let commands = commands.into_iter().map(|c| (c, series(c))).collect();
+        let commands = Command::all().map(|c| series(c.name())).collect();
         let unknown = series("unknown");
 
         let mut metric = |name: &str, help: &str, m: Counter| {
@@ -359,14 +433,16 @@ impl Metrics {
 pub(crate) struct CommandObserver(pub Arc<Metrics>);
 
 impl Observer for CommandObserver {
-    fn command(&self, name: Option<&'static str>, elapsed: Duration, error: bool) {
+    fn command(&self, command: Option<Command>, elapsed: Duration, error: bool) {
         let m = &self.0;
-        let series = name.and_then(|n| m.commands.get(n)).unwrap_or(&m.unknown);
+        let series = command
+            .and_then(|c| m.commands.get(c.index()))
+            .unwrap_or(&m.unknown);
         series.calls.inc();
         if error {
             series.errors.inc();
         }
-        series.latency.observe(elapsed.as_secs_f64());
+        series.latency.observe(elapsed);
     }
 
     fn protocol_error(&self) {
@@ -380,5 +456,68 @@ impl Observer for CommandObserver {
         if written > 0 {
             self.0.client_written.inc_by(written as u64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    #[test]
+    fn latencies_fall_in_the_first_bucket_whose_bound_holds_them() {
+        let us = Duration::from_micros;
+        let cases = [
+            (Duration::ZERO, 0),
+            (us(10), 0),
+            (us(10) + Duration::from_nanos(1), 1),
+            (us(20), 1),
+            (us(21), 2),
+            (us(40), 2),
+            (us(10 << 19), 19),
+            (us(10 << 19) + Duration::from_nanos(1), 20),
+            (Duration::MAX, 20),
+        ];
+        for (elapsed, bucket) in cases {
+            assert_eq!(latency_bucket(elapsed), bucket, "{elapsed:?}");
+        }
+    }
+
+    #[test]
+    fn latencies_encode_as_a_cumulative_histogram() {
+        let mut registry = Registry::default();
+        let latency = Latency::default();
+        registry.register("latency", "test", latency.clone());
+        for micros in [5, 15, 15, 30, 10_000_000] {
+            latency.observe(Duration::from_micros(micros));
+        }
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+                .to_owned()
+        };
+        assert!(line("# TYPE latency ").ends_with("histogram"), "{text}");
+        assert_eq!(line("latency_count"), "latency_count 5");
+        assert_eq!(line("latency_sum"), "latency_sum 10.000065");
+        let buckets: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("latency_bucket"))
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(buckets.len(), LATENCY_BUCKETS + 1, "{text}");
+        assert_eq!(&buckets[..4], ["1", "3", "4", "4"]);
+        assert_eq!(
+            buckets[LATENCY_BUCKETS - 1],
+            "4",
+            "5.24 s holds all but 10 s"
+        );
+        assert_eq!(buckets[LATENCY_BUCKETS], "5");
+        assert!(
+            line("latency_bucket{le=\"+Inf\"}").ends_with(" 5"),
+            "{text}"
+        );
     }
 }

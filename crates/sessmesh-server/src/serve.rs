@@ -181,7 +181,7 @@ async fn serve(settings: Settings, shards: Shards) -> Result {
         .await
         .map_err(|e| format!("http_listen {}: {e}", settings.http_listen))?;
     let node = start_node(&settings).await?;
-    let metrics = Arc::new(Metrics::new(sessmesh_resp::commands::command_names()));
+    let metrics = Arc::new(Metrics::new());
     let handler = Arc::new(Handler::new(
         node.clone(),
         sessmesh_resp::Settings {
