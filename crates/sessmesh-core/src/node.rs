@@ -172,6 +172,10 @@ pub struct Node {
     names: HashMap<SocketAddr, String>,
     /// Each partition's replicas with their addresses, as requests use them.
     replica_sets: Vec<ReplicaSet>,
+    /// Keys whose delete this node coordinates and is still reading (its
+    /// stamp not taken yet), with the writes of the key handed over since,
+    /// in order: they wait for the delete's stamp so that they come after it.
+    deleting: HashMap<Bytes, Vec<(CallId, Write, Level)>>,
     effects: Vec<Effect>,
 }
 
@@ -216,6 +220,7 @@ impl Node {
             addrs: HashMap::new(),
             names: HashMap::new(),
             replica_sets: Vec::new(),
+            deleting: HashMap::new(),
             effects: Vec::new(),
         };
         node.rebalance();
@@ -381,12 +386,30 @@ impl Node {
     /// A [`Write::Delete`] first reads `key` at the same level, so that its
     /// stamp is newer than every stamp that read saw: a logout supersedes
     /// every write acknowledged at that level before it began, whatever the
-    /// coordinators' clocks (within the drift bound) say.
+    /// coordinators' clocks (within the drift bound) say. Writes of the same
+    /// key handed to this node while that read runs wait for it and are
+    /// stamped after the delete: writes are applied in the order they came.
     pub fn write(&mut self, call: CallId, key: Bytes, write: Write, level: Level, now_ms: u64) {
-        if write == Write::Delete {
-            self.start_read(call, key, level, Some((write, level)), now_ms);
+        if let Some(waiting) = self.deleting.get_mut(&key) {
+            waiting.push((call, write, level));
+        } else if write == Write::Delete {
+            self.deleting.insert(key.clone(), Vec::new());
+            if !self.start_read(call, key.clone(), level, Some(level), now_ms) {
+                self.deleting.remove(&key);
+            }
         } else {
             self.write_now(call, key, write, level, now_ms);
+        }
+    }
+
+    /// Coordinates a delete whose read is done (or timed out), then the
+    /// writes of its key that waited for it, in order.
+    fn write_delete(&mut self, call: CallId, key: Bytes, level: Level, now_ms: u64) {
+        self.write_now(call, key.clone(), Write::Delete, level, now_ms);
+        for (call, write, level) in self.deleting.remove(&key).unwrap_or_default() {
+            // A later delete among them starts its own read, and the rest
+            // wait for that one.
+            self.write(call, key.clone(), write, level, now_ms);
         }
     }
 
@@ -432,16 +455,17 @@ impl Node {
         self.start_read(call, key, level, None, now_ms);
     }
 
+    /// Starts a read; `false` if it was refused at once (and answered so).
     fn start_read(
         &mut self,
         call: CallId,
         key: Bytes,
         level: Level,
-        then: Option<(Write, Level)>,
+        then: Option<Level>,
         now_ms: u64,
-    ) {
+    ) -> bool {
         let Some(replicas) = self.replicas_of(&key, call) else {
-            return;
+            return false;
         };
         let id = self.in_flight.next_id();
         let mut pending = PendingRead {
@@ -483,6 +507,7 @@ impl Node {
             send_read(&mut self.effects, id, &replicas[i], &key, digest);
         }
         self.track_read(id, pending, now_ms);
+        true
     }
 
     /// Asks a slow read's remaining replicas.
@@ -776,8 +801,8 @@ impl Node {
                 }
             }
         }
-        if let Some((write, level)) = pending.then {
-            self.write_now(pending.call, pending.key, write, level, now_ms);
+        if let Some(level) = pending.then {
+            self.write_delete(pending.call, pending.key, level, now_ms);
             return;
         }
         self.effects.push(Effect::Done {
@@ -810,10 +835,10 @@ impl Node {
             }
         }
         if let Some(mut pending) = self.in_flight.reads.remove(&id) {
-            if let Some((write, level)) = pending.then.take() {
-                // The clock has seen what the answers carried; the write
+            if let Some(level) = pending.then.take() {
+                // The clock has seen what the answers carried; the delete
                 // goes ahead and its own level decides its outcome.
-                self.write_now(pending.call, pending.key, write, level, now_ms);
+                self.write_delete(pending.call, pending.key, level, now_ms);
                 return;
             }
             self.stats.read_timeouts += 1;

@@ -126,10 +126,10 @@ pub(crate) struct PendingRead {
     pub(crate) waiting: u64,
     /// Each answer, by the replica's index.
     pub(crate) answers: Vec<(usize, Option<Session>)>,
-    /// A write to coordinate once the read is done (or timed out) instead of
-    /// answering: a delete reads first, so that its stamp comes after every
-    /// stamp the read saw.
-    pub(crate) then: Option<(Write, Level)>,
+    /// For a delete's read, the level of the delete to coordinate once the
+    /// read is done (or timed out) instead of answering: a delete reads
+    /// first, so that its stamp comes after every stamp the read saw.
+    pub(crate) then: Option<Level>,
     /// Replicas not asked yet, asked if the others are slow.
     pub(crate) unasked: Vec<usize>,
     /// This node's copy and its fingerprint, when this node is a replica:

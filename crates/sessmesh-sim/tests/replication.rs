@@ -575,3 +575,34 @@ fn joining_nodes_take_their_partitions_and_old_owners_drop_them_after_handoff() 
         "three copies of each session, no more"
     );
 }
+
+#[test]
+fn a_write_handed_over_right_after_a_delete_of_the_same_key_survives_it() {
+    let mut sim = converged(27);
+    let key = "session:late";
+    let written = sim_write(&mut sim, 1, key, "before");
+    assert!(matches!(
+        outcome(&mut sim, written),
+        Outcome::Written { .. }
+    ));
+    // Handed over one after the other, as a pipeline would, before either
+    // is answered: the later write must not be superseded by the delete.
+    let deleted = sim.write(1, key.as_bytes(), Write::Delete, Level::Quorum);
+    let rewritten = sim_write(&mut sim, 1, key, "after");
+    assert!(matches!(
+        outcome(&mut sim, deleted),
+        Outcome::Written { .. }
+    ));
+    assert!(matches!(
+        outcome(&mut sim, rewritten),
+        Outcome::Written { .. }
+    ));
+    let read = sim.read(0, key.as_bytes(), Level::All);
+    let read = outcome(&mut sim, read);
+    assert_eq!(
+        field(&read, "v"),
+        Some(b"after".to_vec()),
+        "the write after the delete wins; seed {}",
+        sim.seed()
+    );
+}

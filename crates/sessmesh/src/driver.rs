@@ -45,7 +45,8 @@ pub(crate) enum Command {
 pub(crate) struct Channels {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) events: broadcast::Sender<NodeEvent>,
-    /// Writes sent and not yet taken by the task.
+    /// Writes sent and not yet taken by the task, and deletes not yet
+    /// answered: while any are, a handle's writes go through the task.
     pub(crate) queued_writes: Arc<AtomicUsize>,
 }
 
@@ -70,6 +71,7 @@ pub(crate) fn start<T: Transport>(
         next_call: 0,
         unreachable: HashSet::new(),
         queued_writes: Arc::new(AtomicUsize::new(0)),
+        deletes: HashSet::new(),
     };
     let queued_writes = Arc::clone(&driver.queued_writes);
     tokio::spawn(driver.run(incoming, rx, seeds));
@@ -221,8 +223,15 @@ struct Driver<T> {
     next_call: u64,
     /// Members declared down, until they are back.
     unreachable: HashSet<SocketAddr>,
-    /// Writes the handles sent that are not taken yet.
+    /// Writes the handles sent that are not taken yet, and deletes taken
+    /// and not yet answered.
     queued_writes: Arc<AtomicUsize>,
+    /// The deletes counted in `queued_writes`. A delete reads before it is
+    /// stamped; a write stored on a handle's thread in the meantime (were
+    /// the key's partition to become this peer's alone) would be stamped
+    /// before it, so writes keep going through the task, which orders them
+    /// after the delete, until it is answered.
+    deletes: HashSet<CallId>,
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the only clock the node sees.
@@ -376,8 +385,12 @@ impl<T: Transport> Driver<T> {
                 let _ = reply.send(self.status());
             }
             Command::Write(key, write, level, reply) => {
-                self.queued_writes.fetch_sub(1, Ordering::AcqRel);
                 let call = self.call(reply);
+                if write == Write::Delete {
+                    self.deletes.insert(call);
+                } else {
+                    self.queued_writes.fetch_sub(1, Ordering::AcqRel);
+                }
                 self.node.write(call, key, write, level, now_ms());
             }
             Command::Read(key, level, reply) => {
@@ -477,6 +490,9 @@ impl<T: Transport> Driver<T> {
                     }
                 }
                 Effect::Done { call, outcome } => {
+                    if self.deletes.remove(&call) {
+                        self.queued_writes.fetch_sub(1, Ordering::AcqRel);
+                    }
                     if let Some(reply) = self.calls.remove(&call) {
                         // The caller may have stopped waiting.
                         let _ = reply.send(outcome);

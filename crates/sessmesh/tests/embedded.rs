@@ -421,3 +421,54 @@ async fn the_builder_names_what_is_wrong() {
         "{reason}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_after_a_delete_comes_after_it_though_the_key_became_this_peers_alone() {
+    // The delete reads both replicas before it is stamped; with the link to
+    // the second cut, that read waits. Meanwhile the first peer sees the
+    // second down and becomes the key's only replica, so a write handed
+    // over now could be stored on the caller's thread, stamped before the
+    // delete that came first. It must come after it.
+    let start = |name: &str| {
+        builder(name).replication_factor(2).config(Config {
+            request_timeout_ms: 8_000,
+            partition_count: 64,
+            ..Config::default()
+        })
+    };
+    let first = start("first").start().await.unwrap();
+    let second = start("second")
+        .seeds([first.me().addr])
+        .start()
+        .await
+        .unwrap();
+    wait_for(
+        "the first peer to replicate the key with the second",
+        || async { first.replicas_of("k").await.unwrap().len() == 2 },
+    )
+    .await;
+    first.at(Level::All).put_field("k", "f", "1").await.unwrap();
+
+    let faults = first.faults().unwrap();
+    faults.block(second.me().addr);
+    let deleted = first
+        .submit("k", sessmesh::Write::Delete, Level::All)
+        .await
+        .unwrap();
+    wait_for("the first peer to be the key's only replica", || async {
+        first.replicas_of("k").await.unwrap() == ["first"]
+    })
+    .await;
+    let write = sessmesh::Write::PutField {
+        name: "f".into(),
+        value: "2".into(),
+    };
+    let rewritten = first.submit("k", write, Level::One).await.unwrap();
+    faults.unblock_all();
+    // Each answers once its read or replicas answer, or it times out.
+    let _ = deleted.outcome().await;
+    let _ = rewritten.outcome().await;
+    let got = first.at(Level::One).get_field("k", "f").await.unwrap();
+    assert_eq!(got.as_deref(), Some(&b"2"[..]), "the later write was lost");
+    drop(second);
+}
