@@ -96,26 +96,103 @@ pub(crate) fn encode(key: &[u8], session: &Session) -> Box<[u8]> {
     }
     put_varint(&mut out, session.registers().len() as u64);
     for (name, field) in session.registers() {
-        put_varint(&mut out, name.len() as u64);
-        out.extend_from_slice(name);
-        let mut field_flags = 0;
-        if field.val.is_some() {
-            field_flags |= FIELD_VALUE;
-        }
-        if field.marker == header.clear {
-            field_flags |= FIELD_AT_CLEAR;
-        }
-        out.push(field_flags);
-        if field_flags & FIELD_AT_CLEAR == 0 {
-            put_stamp(&mut out, field.marker);
-        }
-        if let Some(value) = &field.val {
-            put_varint(&mut out, value.len() as u64);
-            out.extend_from_slice(value);
-        }
+        put_field(
+            &mut out,
+            name,
+            field.val.as_deref(),
+            field.marker,
+            header.clear,
+        );
     }
     debug_assert_eq!(out.len(), out.capacity(), "encoded_len must be exact");
     out.into_boxed_slice()
+}
+
+/// Appends one field as [`encode`] lays it out.
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: Option<&[u8]>, marker: Stamp, clear: Stamp) {
+    put_varint(out, name.len() as u64);
+    out.extend_from_slice(name);
+    let mut flags = 0;
+    if value.is_some() {
+        flags |= FIELD_VALUE;
+    }
+    if marker == clear {
+        flags |= FIELD_AT_CLEAR;
+    }
+    out.push(flags);
+    if flags & FIELD_AT_CLEAR == 0 {
+        put_stamp(out, marker);
+    }
+    if let Some(value) = value {
+        put_varint(out, value.len() as u64);
+        out.extend_from_slice(value);
+    }
+}
+
+/// The size [`put_field`] writes.
+fn field_len(name: &[u8], value: Option<&[u8]>, marker: Stamp, clear: Stamp) -> usize {
+    varint_len(name.len() as u64)
+        + name.len()
+        + 1
+        + if marker == clear { 0 } else { STAMP_LEN }
+        + value.map_or(0, |v| varint_len(v.len() as u64) + v.len())
+}
+
+/// `packed` with its field `name` set to `value` at `stamp`: the packing of
+/// what merging that one write ([`crate::session::Write::PutField`]) into
+/// the unpacked session gives, made without unpacking it. Such a write
+/// leaves the header as it is, so only the field list changes: the bytes
+/// before and after the field are copied around it. `None` when the merge
+/// changes nothing: the clear stamp hides the write, or the stored field is
+/// newer (or as new, with a value that wins the tie).
+pub(crate) fn with_field(
+    packed: &Packed<'_>,
+    name: &[u8],
+    value: &[u8],
+    stamp: Stamp,
+) -> Option<Box<[u8]>> {
+    let clear = packed.header.clear;
+    if !packed.header.is_live(stamp) {
+        return None;
+    }
+    // The field's place in the field list: where it starts, and where the
+    // stored field it replaces ends.
+    let mut fields = packed.fields();
+    let (at, replaced_end) = loop {
+        let start = fields.reader.pos;
+        let Some(field) = fields.next() else {
+            break (start, None);
+        };
+        match field.name.cmp(name) {
+            std::cmp::Ordering::Less => {}
+            std::cmp::Ordering::Greater => break (start, None),
+            std::cmp::Ordering::Equal => {
+                // The register merge: the later stamp wins, and at the same
+                // stamp the larger value.
+                if field.stamp > stamp || (field.stamp == stamp && field.value >= Some(value)) {
+                    return None;
+                }
+                break (start, Some(fields.reader.pos));
+            }
+        }
+    };
+    let count = packed.field_count + usize::from(replaced_end.is_none());
+    let fields_start = packed.bytes.len() - packed.fields.len();
+    let count_start = fields_start - varint_len(packed.field_count as u64);
+    let after = replaced_end.unwrap_or(at);
+    let len = count_start
+        + varint_len(count as u64)
+        + at
+        + field_len(name, Some(value), stamp, clear)
+        + (packed.fields.len() - after);
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&packed.bytes[..count_start]);
+    put_varint(&mut out, count as u64);
+    out.extend_from_slice(&packed.fields[..at]);
+    put_field(&mut out, name, Some(value), stamp, clear);
+    out.extend_from_slice(&packed.fields[after..]);
+    debug_assert_eq!(out.len(), len, "the length must be exact");
+    Some(out.into_boxed_slice())
 }
 
 /// The exact size [`encode`] produces, so it allocates once.
@@ -143,10 +220,7 @@ fn encoded_len(key: &[u8], session: &Session) -> usize {
     };
     len += varint_len(session.registers().len() as u64);
     for (name, field) in session.registers() {
-        len += varint_len(name.len() as u64) + name.len() + 1 + stamp_unless_clear(field.marker);
-        if let Some(value) = &field.val {
-            len += varint_len(value.len() as u64) + value.len();
-        }
+        len += field_len(name, field.val.as_deref(), field.marker, header.clear);
     }
     len
 }
@@ -498,6 +572,43 @@ mod tests {
             prop_assert_eq!(view.deadline_ms(), session.deadline_ms());
             for now in [0, 5_000, 50_000, u64::MAX] {
                 prop_assert_eq!(view.is_visible(|| now), session.is_visible(now));
+            }
+        }
+
+        /// Setting one field on the packed bytes gives what unpacking,
+        /// merging the write and packing again gives, and `None` exactly
+        /// when that merge changes nothing. Stamps come near the stored
+        /// ones (the same time and node included), so every case is met:
+        /// hidden by the clear stamp, older, tied, newer, new field.
+        #[test]
+        fn setting_a_field_in_place_equals_merging_and_packing(
+            key in prop::collection::vec(any::<u8>(), 0..20),
+            session in arb_session(),
+            name in prop::sample::select(&["", "user", "cart", "theme", "zz"][..]),
+            value in prop::sample::select(&["", "a", "b", "ccc"][..]),
+            ms in 0u64..60_000,
+            node in 1u64..4,
+            reuse in prop::option::of(0usize..8),
+        ) {
+            // Reuse a stamp already stored, or make one.
+            let stored: Vec<Stamp> = session.registers().map(|(_, f)| f.marker)
+                .chain([session.header().clear]).collect();
+            let at = reuse.and_then(|i| stored.get(i % stored.len()).copied())
+                .unwrap_or_else(|| stamp(ms, node));
+            let write = Write::PutField {
+                name: Bytes::from_static(name.as_bytes()),
+                value: Bytes::from_static(value.as_bytes()),
+            };
+            let mut merged = session.clone();
+            merged.apply(&write, at);
+            let packed = encode(&key, &session);
+            let view = Packed::parse(&packed);
+            match with_field(&view, name.as_bytes(), value.as_bytes(), at) {
+                Some(set) => {
+                    prop_assert_ne!(&merged, &session);
+                    prop_assert_eq!(set, encode(&key, &merged));
+                }
+                None => prop_assert_eq!(&merged, &session),
             }
         }
 

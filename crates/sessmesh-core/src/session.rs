@@ -265,6 +265,18 @@ impl Session {
         self.drop_hidden_fields();
     }
 
+    /// The field, value and stamp of a session that is one field write
+    /// ([`Write::PutField`]) on an empty replica, as
+    /// [`from_write`](Self::from_write) makes it: no header, one field with
+    /// a value.
+    pub(crate) fn as_field_put(&self) -> Option<(&[u8], &[u8], Stamp)> {
+        if self.fields.len() != 1 || self.header != Header::default() {
+            return None;
+        }
+        let (name, field) = self.fields.iter().next()?;
+        Some((name, field.val.as_deref()?, field.marker))
+    }
+
     /// Builds a session from its parts, dropping fields the clear stamp hides.
     pub fn from_parts(header: Header, fields: BTreeMap<Bytes, FieldRegister>) -> Session {
         let mut session = Session { header, fields };

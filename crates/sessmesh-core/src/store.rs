@@ -160,8 +160,25 @@ impl Shared {
         now_ms: u64,
     ) -> bool {
         let Partition { table, digest } = partition;
-        let found = table.find_entry(slot_hash(hash), |packed| packed::key_of(packed) == key);
+        let mut found = table.find_entry(slot_hash(hash), |packed| packed::key_of(packed) == key);
         let due_by = now_ms.max(incoming.newest_stamp().wall_ms());
+        // One field set on a stored session that is not expiring: the
+        // packed bytes take the field in place, with no unpacking. It keeps
+        // a value, so the session stays visible and nothing is collected.
+        if let Some((name, value, stamp)) = incoming.as_field_put()
+            && let Ok(slot) = &mut found
+        {
+            let old = Packed::parse(slot.get());
+            if old.deadline_ms().is_none_or(|d| d > due_by)
+                && let Some(new) = packed::with_field(&old, name, value, stamp)
+            {
+                digest.remove(hash, old.fingerprint());
+                digest.add(hash, Packed::parse(&new).fingerprint());
+                *slot.get_mut() = new;
+                self.record(key, ChangeKind::Updated);
+                return true;
+            }
+        }
         let (old_fingerprint, old_live, mut session) = match &found {
             Ok(slot) => {
                 let old = Packed::parse(slot.get());
@@ -1254,6 +1271,48 @@ mod tests {
             } else {
                 prop_assert_eq!(got, Some(expected));
             }
+        }
+
+        /// A one-field write (the path that sets the field in the packed
+        /// bytes) stores exactly what a full unpack and merge would, at any
+        /// stamp: older or newer than the stored ones, before or after the
+        /// deadline. The digest follows.
+        #[test]
+        fn a_field_write_stores_what_a_full_merge_would(
+            history in prop::collection::vec((arb_write(), 0u64..60_000), 1..12),
+            name in prop::sample::select(&["", "user", "cart", "zz"][..]),
+            value in prop::sample::select(&["a", "ccc"][..]),
+            at in 0u64..70_000,
+            node in 1u64..14,
+            now in 0u64..120_000,
+        ) {
+            let mut s = store();
+            for (i, (write, ms)) in history.iter().enumerate() {
+                s.apply(b"k", write, stamp(*ms, i as u64 + 1), *ms).unwrap();
+            }
+            let before = s.session(b"k");
+            let write = Write::PutField {
+                name: Bytes::from_static(name.as_bytes()),
+                value: Bytes::from_static(value.as_bytes()),
+            };
+            let incoming = Session::from_write(&write, stamp(at, node));
+            let due_by = now.max(incoming.newest_stamp().wall_ms());
+            let mut expected = before.clone().unwrap_or_default();
+            expected.expire_if_due(due_by);
+            expected.merge(incoming.clone());
+            expected.expire_if_due(now);
+            let collectable = expected.is_tombstone()
+                && expected.collectable_at_ms(GRACE_MS) <= now;
+            let changed = s.merge_remote(b"k", incoming, now).unwrap();
+            let got = s.session(b"k");
+            if collectable {
+                prop_assert_eq!(&got, &None);
+            } else {
+                prop_assert_eq!(&got, &Some(expected));
+            }
+            prop_assert_eq!(changed, got != before);
+            let p = s.partition_of(b"k");
+            prop_assert_eq!(s.digest(p), recomputed_digest(&s, p));
         }
 
         /// The incrementally kept digest always equals one rebuilt from scratch.
