@@ -75,6 +75,8 @@ redis-server --port "$redis_port" --save "" --appendonly no --daemonize no > "$w
 pids+=($!)
 for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
+threads() { if [ "$1" = 1 ]; then echo "1 thread"; else echo "$1 threads"; fi; }
+
 compare() { # label sessmesh-port pipelines...
   local label=$1 port=$2; shift 2
   for pipeline in "$@"; do
@@ -92,7 +94,7 @@ echo "| sessmesh | command | pipeline | redis-server req/s | sessmesh req/s | ra
 echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
 if [[ " $PARTS " == *" single "* ]]; then
   start_node single "$SINGLE_WORKERS" --development --name bench-1 > /dev/null
-  compare "1 node, $SINGLE_WORKERS threads" "$(resp_port single)" 1 16
+  compare "1 node, $(threads "$SINGLE_WORKERS")" "$(resp_port single)" 1 16
   kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
 fi
 
@@ -109,5 +111,5 @@ if [[ " $PARTS " == *" cluster "* ]]; then
     [ "$(curl -s "http://$http/status" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["members"]))')" = 3 ] && break
     sleep 0.1
   done
-  compare "3 nodes, rf 3, Quorum, $CLUSTER_WORKERS thread each" "$(resp_port node-1)" 1 16
+  compare "3 nodes, rf 3, Quorum, $(threads "$CLUSTER_WORKERS") each" "$(resp_port node-1)" 1 16
 fi
