@@ -1240,6 +1240,19 @@ mod tests {
         )
     }
 
+    /// What the store keeps after merging `incoming` into `before` at
+    /// `now_ms`, by the rules [`Store::merge_remote`] states, with a full
+    /// unpack and merge: `None` when the result is a collectable tombstone.
+    fn full_merge(before: Option<Session>, incoming: &Session, now_ms: u64) -> Option<Session> {
+        let due_by = now_ms.max(incoming.newest_stamp().wall_ms());
+        let mut merged = before.unwrap_or_default();
+        merged.expire_if_due(due_by);
+        merged.merge(incoming.clone());
+        merged.expire_if_due(now_ms);
+        let collectable = merged.is_tombstone() && merged.collectable_at_ms(GRACE_MS) <= now_ms;
+        (!collectable).then_some(merged)
+    }
+
     proptest! {
         /// A write that clears past everything stored (the path that skips
         /// unpacking the stored fields) stores exactly what a full unpack
@@ -1257,20 +1270,9 @@ mod tests {
             let before = s.session(b"k");
             // Later than every stamp in the history.
             let incoming = Session::from_write(&last, stamp(70_000, 99));
-            let due_by = now.max(incoming.newest_stamp().wall_ms());
-            let mut expected = before.clone().unwrap_or_default();
-            expected.expire_if_due(due_by);
-            expected.merge(incoming.clone());
-            expected.expire_if_due(now);
-            let collectable = expected.is_tombstone()
-                && expected.collectable_at_ms(GRACE_MS) <= now;
+            let expected = full_merge(before, &incoming, now);
             s.merge_remote(b"k", incoming, now).unwrap();
-            let got = s.session(b"k");
-            if collectable {
-                prop_assert_eq!(got, None);
-            } else {
-                prop_assert_eq!(got, Some(expected));
-            }
+            prop_assert_eq!(s.session(b"k"), expected);
         }
 
         /// A one-field write (the path that sets the field in the packed
@@ -1296,20 +1298,10 @@ mod tests {
                 value: Bytes::from_static(value.as_bytes()),
             };
             let incoming = Session::from_write(&write, stamp(at, node));
-            let due_by = now.max(incoming.newest_stamp().wall_ms());
-            let mut expected = before.clone().unwrap_or_default();
-            expected.expire_if_due(due_by);
-            expected.merge(incoming.clone());
-            expected.expire_if_due(now);
-            let collectable = expected.is_tombstone()
-                && expected.collectable_at_ms(GRACE_MS) <= now;
+            let expected = full_merge(before.clone(), &incoming, now);
             let changed = s.merge_remote(b"k", incoming, now).unwrap();
             let got = s.session(b"k");
-            if collectable {
-                prop_assert_eq!(&got, &None);
-            } else {
-                prop_assert_eq!(&got, &Some(expected));
-            }
+            prop_assert_eq!(&got, &expected);
             prop_assert_eq!(changed, got != before);
             let p = s.partition_of(b"k");
             prop_assert_eq!(s.digest(p), recomputed_digest(&s, p));
