@@ -222,7 +222,7 @@ const fn pack(name: &[u8]) -> Option<u128> {
         bytes[i] = name[i].to_ascii_uppercase();
         i += 1;
     }
-    #[allow(clippy::cast_possible_truncation)] // at most MAX_NAME
+    #[expect(clippy::cast_possible_truncation, reason = "at most MAX_NAME")]
     {
         bytes[MAX_NAME] = name.len() as u8;
     }

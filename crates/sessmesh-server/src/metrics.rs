@@ -110,7 +110,7 @@ impl EncodeMetric for Latency {
                 (upper, n)
             })
             .collect();
-        #[allow(clippy::cast_precision_loss)] // a sum of latencies, for rates
+        #[expect(clippy::cast_precision_loss, reason = "a sum of latencies, for rates")]
         let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
