@@ -13,6 +13,11 @@
 # redis-server serves commands on one thread. PARTS=single or PARTS=cluster
 # runs one half.
 #
+# CLIENT_CPUS and SERVER_CPUS, when set, are taskset(1) CPU lists: redis-
+# benchmark runs on the first, redis-server and the sessmesh nodes on the
+# second, so that on a machine with cores to spare the client does not take
+# the servers' CPU (or they its). Unset, nothing is pinned.
+#
 # Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +26,10 @@ SINGLE_WORKERS=${SINGLE_WORKERS:-$(nproc)}
 CLUSTER_WORKERS=${CLUSTER_WORKERS:-1}
 PARTS=${PARTS:-single cluster}  # which comparisons to run
 CLIENTS=50
+pin() { # cpus command... : runs the command on those CPUs, or anywhere
+  local cpus=$1; shift
+  if [ -n "$cpus" ]; then taskset -c "$cpus" "$@"; else "$@"; fi
+}
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -38,7 +47,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # Starts a node; prints its ready line's fields into the named variables.
 start_node() { # name workers args...
   local name=$1 workers=$2; shift 2
-  "$bin" serve --peer-listen 127.0.0.1:0 --resp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+  pin "${SERVER_CPUS:-}" "$bin" serve --peer-listen 127.0.0.1:0 --resp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
     --worker-threads "$workers" "$@" \
     > "$work/$name.out" 2> "$work/$name.err" &
   pids+=($!)
@@ -61,9 +70,9 @@ rps() { # port test [pipeline]
   local TIMEFORMAT='%R %U %S' real user sys
   {
     time case $test in
-      SET|GET) redis-benchmark "${args[@]}" -t "${test,,}" ;;
-      HSET) redis-benchmark "${args[@]}" HSET "h:__rand_int__" field "$value" ;;
-      HGETALL) redis-benchmark "${args[@]}" HGETALL "h:__rand_int__" ;;
+      SET|GET) pin "${CLIENT_CPUS:-}" redis-benchmark "${args[@]}" -t "${test,,}" ;;
+      HSET) pin "${CLIENT_CPUS:-}" redis-benchmark "${args[@]}" HSET "h:__rand_int__" field "$value" ;;
+      HGETALL) pin "${CLIENT_CPUS:-}" redis-benchmark "${args[@]}" HGETALL "h:__rand_int__" ;;
     esac > "$work/row"
   } 2> "$work/time"
   read -r real user sys < "$work/time"
@@ -71,7 +80,7 @@ rps() { # port test [pipeline]
 }
 
 redis_port=$(free_port)
-redis-server --port "$redis_port" --save "" --appendonly no --daemonize no > "$work/redis.log" 2>&1 &
+pin "${SERVER_CPUS:-}" redis-server --port "$redis_port" --save "" --appendonly no --daemonize no > "$work/redis.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
