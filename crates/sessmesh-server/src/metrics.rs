@@ -48,7 +48,7 @@ struct CommandSeries {
 /// Latency buckets: the first holds up to 10 µs, each next one twice the
 /// last, the 20th up to about 5 s; a last one holds the rest.
 const LATENCY_BUCKETS: usize = 20;
-const LATENCY_FIRST_NANOS: u128 = 10_000;
+const LATENCY_FIRST_NANOS: u64 = 10_000;
 
 /// A latency histogram that counts without a lock: one atomic add for the
 /// bucket and one for the sum. (`prometheus_client`'s `Histogram` takes a
@@ -66,7 +66,7 @@ struct LatencyCounts {
 /// The bucket an observation of `elapsed` goes into: the first whose bound
 /// is at least `elapsed`.
 fn latency_bucket(elapsed: Duration) -> usize {
-    let firsts = elapsed.as_nanos().div_ceil(LATENCY_FIRST_NANOS);
+    let firsts = elapsed.as_nanos().div_ceil(u128::from(LATENCY_FIRST_NANOS));
     // The smallest i with 2^i >= firsts.
     let i = if firsts <= 1 {
         0
@@ -91,7 +91,7 @@ impl TypedMetric for Latency {
 
 impl EncodeMetric for Latency {
     fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let mut bound = 1e-5;
+        let mut bound = Duration::from_nanos(LATENCY_FIRST_NANOS).as_secs_f64();
         let mut count = 0;
         let buckets: Vec<(f64, u64)> = self
             .0
