@@ -16,8 +16,12 @@
 //!   [`MemberEvent::Refused`] naming both values. Two clusters that disagree
 //!   on placement never merge their views, and so never split the data silently.
 //! - **State.** Each member's [`MemberState`] (joining, alive, leaving) spreads as
-//!   a foca custom broadcast. A member that announced `Leaving` before going
-//!   down is reported [`MemberEvent::Left`], not [`MemberEvent::Down`].
+//!   a foca custom broadcast. A broadcast is piggybacked for a few rounds
+//!   only, so a member says its state again whenever it sees a member come
+//!   up (a late joiner, a restarted node, the other side of a healed
+//!   partition) and every ten probe periods, in case one was missed. A
+//!   member that announced `Leaving` before going down is reported
+//!   [`MemberEvent::Left`], not [`MemberEvent::Down`].
 //! - **Joining.** [`Membership::join`] announces to every seed, and repeats
 //!   every `rejoin_period_ms` until some member answers. An unreachable seed
 //!   is retried, not fatal.
@@ -175,8 +179,15 @@ impl BroadcastHandler<Member> for SharedStates {
             if known.is_some_and(|k| !update.newer_than(k)) {
                 return None;
             }
+            // A member repeats its state now and then so newcomers hear it;
+            // only a new state (or a new incarnation's) is an event.
+            let changed = known
+                .is_none_or(|k| (k.generation, k.state) != (update.generation, update.state));
             book.latest.insert(update.name.clone(), update.clone());
-            book.fresh.push(update.clone());
+            if changed {
+                book.fresh.push(update.clone());
+            }
+            // Passed on either way, so the repeat spreads.
             Some(update)
         }))
     }
@@ -189,6 +200,8 @@ pub enum MembershipTimer {
     Swim(Timer<Member>),
     /// Announce to the seeds again if still alone.
     AnnounceSeeds,
+    /// Spread this node's state again, for members that missed it.
+    RepeatState,
 }
 
 /// A change in the cluster, as membership sees it.
@@ -557,6 +570,17 @@ impl Membership {
             after: Duration::from_millis(self.config.rejoin_period_ms),
             timer: MembershipTimer::AnnounceSeeds,
         });
+        self.schedule_state_repeat();
+    }
+
+    /// How many probe periods pass between repeats of this node's state.
+    const STATE_REPEAT_PROBES: u64 = 10;
+
+    fn schedule_state_repeat(&mut self) {
+        self.effects.push(MembershipEffect::Schedule {
+            after: Duration::from_millis(self.config.probe_period_ms * Self::STATE_REPEAT_PROBES),
+            timer: MembershipTimer::RepeatState,
+        });
     }
 
     /// While disconnected, announces to the seeds and to a few known members.
@@ -659,6 +683,10 @@ impl Membership {
                     timer: MembershipTimer::AnnounceSeeds,
                 });
             }
+            MembershipTimer::RepeatState => {
+                self.publish_state();
+                self.schedule_state_repeat();
+            }
         }
     }
 
@@ -694,7 +722,13 @@ impl Membership {
     fn notify(&mut self, notification: foca::OwnedNotification<Member>) {
         use foca::OwnedNotification as N;
         let event = match notification {
-            N::MemberUp(member) => MemberEvent::Up(member),
+            N::MemberUp(member) => {
+                // A state broadcast spreads for a few rounds only; one that
+                // went out before this member came (or came back) never
+                // reached it. Say ours again.
+                self.publish_state();
+                MemberEvent::Up(member)
+            }
             N::MemberDown(member) => {
                 let leaving = self.states.with(|book| {
                     book.latest.get(&member.name).is_some_and(|u| {
@@ -721,7 +755,13 @@ impl Membership {
                 self.connected = false;
                 return;
             }
-            // Renames come with Up/Down for liveness changes.
+            // A member restarted at the same address (foca reports it as a
+            // rename, with no Up when both were active): a new member that
+            // has heard nobody's state yet.
+            N::Rename(..) => {
+                self.publish_state();
+                return;
+            }
             _ => return,
         };
         self.effects.push(MembershipEffect::Event(event));

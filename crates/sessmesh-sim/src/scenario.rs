@@ -117,6 +117,9 @@ pub enum Check {
     },
     /// Some running node refused `node`'s packets, and none counts it a member.
     Refused(usize),
+    /// Every running node reports every other running member in the state
+    /// that member announces (joining, alive, leaving).
+    StatesKnown,
 }
 
 /// A list of steps with a name; build it with the methods, run it with [`Scenario::run`].
@@ -376,6 +379,26 @@ impl Check {
                     .find(|&o| o != *node && sim.view(o).iter().any(|(n, _)| *n == name))
                 {
                     return Err(format!("node-{observer} counts {name} as a member"));
+                }
+                Ok(())
+            }
+            Check::StatesKnown => {
+                for observer in sim.up_nodes() {
+                    let Some(core) = sim.core(observer) else {
+                        continue;
+                    };
+                    for member in sim.up_nodes().into_iter().filter(|&m| m != observer) {
+                        let Some(truth) = sim.core(member).map(|c| c.membership().state()) else {
+                            continue;
+                        };
+                        let name = format!("node-{member}");
+                        let seen = core.membership().state_of(&name);
+                        if seen != Some(truth) {
+                            return Err(format!(
+                                "node-{observer} reports {name} as {seen:?}; it is {truth:?}"
+                            ));
+                        }
+                    }
                 }
                 Ok(())
             }

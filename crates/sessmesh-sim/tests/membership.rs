@@ -86,6 +86,33 @@ fn a_restarted_node_rejoins_as_a_new_generation() {
 }
 
 #[test]
+fn a_late_joiner_and_a_restarted_node_learn_every_members_state() {
+    let bound = lan(3).detection_bound_ms();
+    // A node announces itself alive after its first anti-entropy period.
+    let alive = sessmesh_core::Config::default().anti_entropy_period_ms + 1_000;
+    let scenario = Scenario::new("states reach a late joiner and a restarted node")
+        .start([0], &[])
+        .start([1], &[0])
+        .expect_within(Check::Converged, bound)
+        .wait(alive)
+        .expect(Check::StatesKnown)
+        // Both announced alive long ago; the newcomer still learns it.
+        .start([2], &[0])
+        .expect_within(Check::Converged, bound)
+        .expect_within(Check::StatesKnown, bound)
+        .wait(alive)
+        .expect(Check::StatesKnown)
+        // A restart is a new member that must learn the others' states anew.
+        .crash(0)
+        .restart(0, &[1])
+        .expect_within(Check::Converged, 2 * bound)
+        .expect_within(Check::StatesKnown, bound)
+        .wait(alive)
+        .expect(Check::StatesKnown);
+    run(3, &scenario, 11);
+}
+
+#[test]
 fn a_partition_gives_two_views_and_healing_gives_one() {
     let config = lan(5);
     let bound = config.detection_bound_ms();
