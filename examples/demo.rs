@@ -1,6 +1,8 @@
 //! Five sessmesh peers in one process, over real QUIC on loopback: discovery,
 //! replication, per-field merges, a network cut with conflicting writes and a
-//! logout on both sides, the heal, and a crashed peer.
+//! logout on both sides, the heal, and a crashed peer. Each step says the
+//! level it uses: Quorum (a majority of a key's three copies) unless it says
+//! One (any replica that is up).
 //!
 //! ```text
 //! cargo run --release --example demo
@@ -41,6 +43,7 @@ fn show(session: &Option<SessionData>) -> String {
     }
 }
 
+/// Reads at the peer's default level, Quorum.
 async fn read(peer: &Node, key: &str) -> Result<Option<SessionData>, String> {
     peer.get(key.to_owned())
         .await
@@ -171,12 +174,12 @@ async fn main() -> Result<(), String> {
         .map_err(failed)?;
     say(
         start,
-        "peer-0 wrote session:ada and session:bob (3 replicas each)",
+        "peer-0 wrote session:ada and session:bob at Quorum (3 copies each, answered once 2 acknowledged)",
     );
     say(
         start,
         &format!(
-            "peer-3 reads session:ada: {}",
+            "peer-3 reads session:ada at Quorum: {}",
             show(&read(&peers[3], "session:ada").await?)
         ),
     );
@@ -189,12 +192,12 @@ async fn main() -> Result<(), String> {
     b.map_err(failed)?;
     say(
         start,
-        "at the same time, peer-1 set ada's cart and peer-2 set ada's theme",
+        "at the same time, peer-1 set ada's cart and peer-2 set ada's theme, both at Quorum",
     );
     say(
         start,
         &format!(
-            "peer-4 reads session:ada: {}",
+            "peer-4 reads session:ada at Quorum: {}",
             show(&read(&peers[4], "session:ada").await?)
         ),
     );
@@ -216,7 +219,9 @@ async fn main() -> Result<(), String> {
         start,
         "each side has declared the other down, and goes on serving",
     );
-    // Each side holds only some replicas of a key: writes at level One.
+    // Quorum needs two of a key's three copies on whichever side the
+    // client is (a side of one peer could not give it); writes that must go
+    // on wherever the client is use level One, which needs one.
     peers[0]
         .at(Level::One)
         .put_field("session:ada", "theme", "light")
@@ -234,14 +239,17 @@ async fn main() -> Result<(), String> {
         .map_err(failed)?;
     say(
         start,
-        "left side: ada's theme := light; right side: ada's cart := 3 books, and bob logs out",
+        "at level One: left side, ada's theme := light; right side, ada's cart := 3 books, and bob logs out",
     );
     for (side, peer) in [("left ", &peers[0]), ("right", &peers[3])] {
         let seen = match peer.at(Level::One).get("session:ada").await {
             Ok(session) => show(&session),
             Err(e) => format!("({e})"),
         };
-        say(start, &format!("  the {side} side reads ada: {seen}"));
+        say(
+            start,
+            &format!("  the {side} side reads ada at One: {seen}"),
+        );
     }
 
     cut(&left, &right, false);
@@ -261,7 +269,10 @@ async fn main() -> Result<(), String> {
     .await?;
     let ada = read(&peers[1], "session:ada").await?;
     let bob = read(&peers[1], "session:bob").await?;
-    say(start, &format!("every replica agrees; ada: {}", show(&ada)));
+    say(
+        start,
+        &format!("every replica agrees; ada, read at Quorum: {}", show(&ada)),
+    );
     say(start, &format!("bob: {} (the logout held)", show(&bob)));
     let merged = ada.as_ref().ok_or("ada is missing")?;
     let user = field(merged, "user");
@@ -286,7 +297,7 @@ async fn main() -> Result<(), String> {
     say(
         start,
         &format!(
-            "peer-2 still serves ada from the other replicas: {}",
+            "peer-2 still serves ada at Quorum from the other replicas: {}",
             show(&served)
         ),
     );

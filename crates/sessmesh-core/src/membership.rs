@@ -32,7 +32,7 @@
 //!   foca is not connected, the node also announces to a few members it knows,
 //!   by address, which reaches them whatever generation they now run as.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::{Arc, Mutex};
@@ -181,8 +181,8 @@ impl BroadcastHandler<Member> for SharedStates {
             }
             // A member repeats its state now and then so newcomers hear it;
             // only a new state (or a new incarnation's) is an event.
-            let changed = known
-                .is_none_or(|k| (k.generation, k.state) != (update.generation, update.state));
+            let changed =
+                known.is_none_or(|k| (k.generation, k.state) != (update.generation, update.state));
             book.latest.insert(update.name.clone(), update.clone());
             if changed {
                 book.fresh.push(update.clone());
@@ -450,6 +450,8 @@ pub struct Membership {
     states: SharedStates,
     /// Whether foca has heard from an active member since it last (re)joined.
     connected: bool,
+    /// Whether it ever has: until then, the seeds stand for the members.
+    joined: bool,
     /// For choosing which known members to announce to while disconnected.
     rng: SmallRng,
     seeds: Vec<SocketAddr>,
@@ -515,6 +517,7 @@ impl Membership {
             swim,
             states,
             connected: false,
+            joined: false,
             rng,
             seeds: Vec::new(),
             my_state: MemberState::Joining,
@@ -552,6 +555,38 @@ impl Membership {
             .with(|book| book.latest.get(name).map(|u| u.state))
     }
 
+    /// The names of the members copies are counted against: this node and
+    /// every member it knows of, up, suspected or declared down, except
+    /// those that announced they are leaving. A member declared down is
+    /// forgotten `remove_down_after_ms` after (24 hours by default).
+    pub fn counted_names(&self) -> BTreeSet<String> {
+        let leaving = |name: &str| self.state_of(name) == Some(MemberState::Leaving);
+        let mut names: BTreeSet<String> = self
+            .swim
+            .iter_membership_state()
+            .map(|m| &m.id().name)
+            .filter(|name| !name.is_empty() && !leaving(name))
+            .cloned()
+            .collect();
+        if self.my_state != MemberState::Leaving {
+            names.insert(self.me().name.clone());
+        }
+        names
+    }
+
+    /// How many members the cluster has, as copies are counted: the
+    /// [`counted_names`](Self::counted_names), or, before this node has
+    /// heard from any member, itself and one member per seed: a node told
+    /// to join a cluster does not act as a cluster of one meanwhile.
+    pub fn counted_members(&self) -> usize {
+        let named = self.counted_names().len();
+        if self.joined {
+            named
+        } else {
+            named.max(1 + self.seeds.len())
+        }
+    }
+
     /// Takes the effects produced since the last call, in order.
     pub fn take_effects(&mut self) -> Vec<MembershipEffect> {
         std::mem::take(&mut self.effects)
@@ -565,6 +600,8 @@ impl Membership {
             .copied()
             .filter(|s| *s != self.me().addr)
             .collect();
+        self.seeds.sort_unstable();
+        self.seeds.dedup();
         self.reconnect();
         self.effects.push(MembershipEffect::Schedule {
             after: Duration::from_millis(self.config.rejoin_period_ms),
@@ -749,6 +786,7 @@ impl Membership {
             }
             N::Active => {
                 self.connected = true;
+                self.joined = true;
                 return;
             }
             N::Idle | N::Defunct => {
@@ -762,7 +800,6 @@ impl Membership {
                 self.publish_state();
                 return;
             }
-            _ => return,
         };
         self.effects.push(MembershipEffect::Event(event));
     }

@@ -36,7 +36,7 @@ use crate::membership::{
     Member, MemberEvent, MemberState, Membership, MembershipConfig, MembershipEffect,
     MembershipTimer,
 };
-use crate::partition::{PartitionId, Partitioner};
+use crate::partition::{PartitionId, Partitioner, rendezvous_score};
 use crate::replication::{
     CallId, Hint, Hints, InFlight, Level, MAX_REPLICAS, Outcome, PendingRead, PendingWrite,
     Replica, ReplicaSet, replicas_in,
@@ -87,10 +87,17 @@ pub enum NodeEvent {
 pub struct NodeStats {
     /// Acknowledgements from replicas of writes this node coordinated.
     pub replica_acks: u64,
-    /// Coordinated writes answered `WriteTimedOut`.
+    /// Coordinated writes answered `TooFewAcks` because replicas did not
+    /// answer in time.
     pub write_timeouts: u64,
-    /// Coordinated reads answered `ReadTimedOut`.
+    /// Coordinated reads answered `TooFewAnswers` because replicas did not
+    /// answer in time.
     pub read_timeouts: u64,
+    /// Coordinated writes answered `TooFewAcks` as soon as every replica up
+    /// had answered, because fewer are up than the level counts.
+    pub writes_short_of_copies: u64,
+    /// Coordinated reads answered `TooFewAnswers` for the same reason.
+    pub reads_short_of_copies: u64,
     /// Hints kept for replicas that missed a write.
     pub hints_queued: u64,
     /// Hints replayed and acknowledged.
@@ -172,6 +179,12 @@ pub struct Node {
     names: HashMap<SocketAddr, String>,
     /// Each partition's replicas with their addresses, as requests use them.
     replica_sets: Vec<ReplicaSet>,
+    /// The members copies are counted against (see
+    /// [`Membership::counted_names`]), for hinting those that are down.
+    counted: BTreeSet<String>,
+    /// How many copies a key should have: the replication factor, or the
+    /// members the cluster has when it has fewer. Levels count against it.
+    copies: usize,
     /// Keys whose delete this node coordinates and is still reading (its
     /// stamp not taken yet), with the writes of the key handed over since,
     /// in order: they wait for the delete's stamp so that they come after it.
@@ -220,6 +233,8 @@ impl Node {
             addrs: HashMap::new(),
             names: HashMap::new(),
             replica_sets: Vec::new(),
+            counted: BTreeSet::new(),
+            copies: 1,
             deleting: HashMap::new(),
             effects: Vec::new(),
         };
@@ -275,7 +290,14 @@ impl Node {
     /// Joins the cluster through `seeds`.
     pub fn join(&mut self, seeds: &[SocketAddr]) {
         self.membership.join(seeds);
+        // Until it hears from them, the seeds count as members.
+        self.rebalance();
         self.collect();
+    }
+
+    /// How many copies each key should have, as levels count them.
+    pub fn copies(&self) -> usize {
+        self.copies
     }
 
     /// Marks this node as serving (it has its data).
@@ -398,14 +420,22 @@ impl Node {
                 self.deleting.remove(&key);
             }
         } else {
-            self.write_now(call, key, write, level, now_ms);
+            self.write_now(call, key, write, level, None, now_ms);
         }
     }
 
-    /// Coordinates a delete whose read is done (or timed out), then the
-    /// writes of its key that waited for it, in order.
-    fn write_delete(&mut self, call: CallId, key: Bytes, level: Level, now_ms: u64) {
-        self.write_now(call, key.clone(), Write::Delete, level, now_ms);
+    /// Coordinates a delete whose read is done (or timed out, or answered
+    /// by every replica up), then the writes of its key that waited for
+    /// it, in order. `existed` is whether the read saw a live session.
+    fn write_delete(&mut self, call: CallId, key: Bytes, level: Level, existed: bool, now_ms: u64) {
+        self.write_now(
+            call,
+            key.clone(),
+            Write::Delete,
+            level,
+            Some(existed),
+            now_ms,
+        );
         for (call, write, level) in self.deleting.remove(&key).unwrap_or_default() {
             // A later delete among them starts its own read, and the rest
             // wait for that one.
@@ -413,7 +443,15 @@ impl Node {
         }
     }
 
-    fn write_now(&mut self, call: CallId, key: Bytes, write: Write, level: Level, now_ms: u64) {
+    fn write_now(
+        &mut self,
+        call: CallId,
+        key: Bytes,
+        write: Write,
+        level: Level,
+        existed: Option<bool>,
+        now_ms: u64,
+    ) {
         let Some(replicas) = self.replicas_of(&key, call) else {
             return;
         };
@@ -424,11 +462,12 @@ impl Node {
             key: key.clone(),
             write: write.clone(),
             stamp,
-            needed: level.required(replicas.len()),
+            needed: level.required(self.copies),
             waiting: all_of(&replicas),
             replicas: Arc::clone(&replicas),
             acks: 0,
             answered: false,
+            existed,
         };
         for (i, replica) in replicas.iter().enumerate() {
             if replica.local {
@@ -471,7 +510,7 @@ impl Node {
         let mut pending = PendingRead {
             call,
             key: key.clone(),
-            needed: level.required(replicas.len()),
+            needed: level.required(self.copies),
             waiting: all_of(&replicas),
             replicas: Arc::clone(&replicas),
             answers: Vec::with_capacity(replicas.len()),
@@ -659,14 +698,66 @@ impl Node {
 
     fn track_write(&mut self, id: u64, mut pending: PendingWrite) {
         answer_when_written(&mut self.effects, &mut pending);
-        if pending.waiting != 0 {
+        if pending.waiting == 0 {
+            self.write_settled(pending);
+        } else {
             self.schedule_deadline(id);
             self.in_flight.writes.insert(id, pending);
         }
     }
 
+    /// Every replica up has acknowledged a write. If that was too few for
+    /// its level (fewer replicas are up than it counts), the client hears
+    /// so now rather than at the deadline, and the members that are down
+    /// but would hold a copy get hints.
+    fn write_settled(&mut self, mut pending: PendingWrite) {
+        debug_assert_eq!(pending.waiting, 0);
+        if pending.answered {
+            return;
+        }
+        debug_assert!(pending.acks < pending.needed);
+        pending.answered = true;
+        self.stats.writes_short_of_copies += 1;
+        self.effects.push(Effect::Done {
+            call: pending.call,
+            outcome: Outcome::TooFewAcks {
+                acks: pending.acks,
+                needed: pending.needed,
+            },
+        });
+        self.hint_copies_down(&pending);
+    }
+
+    /// Hints for the members that are down (or not known to be up) but
+    /// would replicate `pending`'s key if they were up: what placement over
+    /// every counted member gives, less the replicas it has now.
+    fn hint_copies_down(&mut self, pending: &PendingWrite) {
+        if pending.replicas.len() >= self.copies {
+            return;
+        }
+        let partition = self.store.partition_of(&pending.key);
+        let mut ranked: Vec<(u64, &String)> = self
+            .counted
+            .iter()
+            .map(|name| (rendezvous_score(partition, name.as_bytes()), name))
+            .collect();
+        ranked.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, name) in ranked.into_iter().take(self.config.replication_factor) {
+            if pending.replicas.iter().any(|r| r.name == *name) {
+                continue;
+            }
+            self.stats.hints_queued += 1;
+            self.hints.push(Hint {
+                replica: name.clone(),
+                key: pending.key.clone(),
+                write: pending.write.clone(),
+                stamp: pending.stamp,
+            });
+        }
+    }
+
     fn track_read(&mut self, id: u64, pending: PendingRead, now_ms: u64) {
-        if pending.answers.len() >= pending.needed {
+        if pending.answers.len() >= pending.needed || pending.waiting == 0 {
             self.finish_read(pending, now_ms);
         } else {
             self.schedule_deadline(id);
@@ -697,8 +788,10 @@ impl Node {
         pending.acks += 1;
         self.stats.replica_acks += 1;
         answer_when_written(&mut self.effects, pending);
-        if pending.waiting == 0 {
-            self.in_flight.writes.remove(&request);
+        if pending.waiting == 0
+            && let Some(pending) = self.in_flight.writes.remove(&request)
+        {
+            self.write_settled(pending);
         }
     }
 
@@ -719,7 +812,7 @@ impl Node {
         pending
             .answers
             .push((bit.trailing_zeros() as usize, session));
-        if pending.answers.len() >= pending.needed
+        if (pending.answers.len() >= pending.needed || pending.waiting == 0)
             && let Some(pending) = self.in_flight.reads.remove(&request)
         {
             self.finish_read(pending, now_ms);
@@ -759,7 +852,7 @@ impl Node {
         let same = local.clone();
         pending.waiting &= !bit;
         pending.answers.push((bit.trailing_zeros() as usize, same));
-        if pending.answers.len() >= pending.needed
+        if (pending.answers.len() >= pending.needed || pending.waiting == 0)
             && let Some(pending) = self.in_flight.reads.remove(&request)
         {
             self.finish_read(pending, now_ms);
@@ -767,16 +860,11 @@ impl Node {
     }
 
     /// Answers a read with the merge of its answers, and repairs the
-    /// replicas that answered with less.
+    /// replicas that answered with less. A read that every replica up
+    /// answered, but fewer than its level counts, is answered so (and a
+    /// delete's read goes on to the delete).
     fn finish_read(&mut self, pending: PendingRead, now_ms: u64) {
-        let mut merged: Option<Session> = None;
-        for (_, session) in &pending.answers {
-            if let Some(session) = session {
-                merged
-                    .get_or_insert_with(Session::default)
-                    .merge(session.clone());
-            }
-        }
+        let merged = merge_answers(&pending);
         if let Some(newest) = &merged {
             for &(i, ref held) in &pending.answers {
                 if held.as_ref() == Some(newest) {
@@ -802,12 +890,22 @@ impl Node {
             }
         }
         if let Some(level) = pending.then {
-            self.write_delete(pending.call, pending.key, level, now_ms);
+            let existed = merged.as_ref().is_some_and(|s| s.is_visible(now_ms));
+            self.write_delete(pending.call, pending.key, level, existed, now_ms);
             return;
         }
+        let outcome = if pending.answers.len() >= pending.needed {
+            Outcome::Read(merged)
+        } else {
+            self.stats.reads_short_of_copies += 1;
+            Outcome::TooFewAnswers {
+                answers: pending.answers.len(),
+                needed: pending.needed,
+            }
+        };
         self.effects.push(Effect::Done {
             call: pending.call,
-            outcome: Outcome::Read(merged),
+            outcome,
         });
     }
 
@@ -816,7 +914,7 @@ impl Node {
             self.stats.hints_queued += u64::from(pending.waiting.count_ones());
             if !pending.answered {
                 self.stats.write_timeouts += 1;
-                let outcome = Outcome::WriteTimedOut {
+                let outcome = Outcome::TooFewAcks {
                     acks: pending.acks,
                     needed: pending.needed,
                 };
@@ -824,6 +922,7 @@ impl Node {
                     call: pending.call,
                     outcome,
                 });
+                self.hint_copies_down(&pending);
             }
             for i in replicas_in(pending.waiting) {
                 self.hints.push(Hint {
@@ -838,11 +937,12 @@ impl Node {
             if let Some(level) = pending.then.take() {
                 // The clock has seen what the answers carried; the delete
                 // goes ahead and its own level decides its outcome.
-                self.write_delete(pending.call, pending.key, level, now_ms);
+                let existed = merge_answers(&pending).is_some_and(|s| s.is_visible(now_ms));
+                self.write_delete(pending.call, pending.key, level, existed, now_ms);
                 return;
             }
             self.stats.read_timeouts += 1;
-            let outcome = Outcome::ReadTimedOut {
+            let outcome = Outcome::TooFewAnswers {
                 answers: pending.answers.len(),
                 needed: pending.needed,
             };
@@ -1162,7 +1262,8 @@ impl Node {
             .collect();
     }
 
-    /// Recomputes the replica sets from the members that are up and not leaving.
+    /// Recomputes the replica sets from the members that are up and not
+    /// leaving, and the copies levels count against from every member.
     fn rebalance(&mut self) {
         if self.addrs.is_empty() {
             self.refresh_addresses();
@@ -1178,11 +1279,17 @@ impl Node {
             owners.insert(me.name.clone());
         }
         let changed = self.partitioner.set_members(owners);
+        self.counted = self.membership.counted_names();
+        self.copies = self
+            .membership
+            .counted_members()
+            .clamp(1, self.config.replication_factor);
         self.replica_sets.clear();
         for partition in (0..self.store.partition_count()).map(PartitionId) {
             let replicas = self.partitioner.replicas_for(partition);
+            debug_assert!(replicas.len() <= self.copies);
             let local = if replicas.contains(&me.name) {
-                replicas.len()
+                self.copies
             } else {
                 0
             };
@@ -1239,6 +1346,19 @@ fn send_read(
     }
 }
 
+/// The merge of a read's answers (newest stamp per field), if any held the key.
+fn merge_answers(pending: &PendingRead) -> Option<Session> {
+    let mut merged: Option<Session> = None;
+    for (_, session) in &pending.answers {
+        if let Some(session) = session {
+            merged
+                .get_or_insert_with(Session::default)
+                .merge(session.clone());
+        }
+    }
+    merged
+}
+
 /// Answers a write's client, once, when enough replicas have acknowledged it.
 fn answer_when_written(effects: &mut Vec<Effect>, pending: &mut PendingWrite) {
     if !pending.answered && pending.acks >= pending.needed {
@@ -1246,6 +1366,7 @@ fn answer_when_written(effects: &mut Vec<Effect>, pending: &mut PendingWrite) {
         let outcome = Outcome::Written {
             acks: pending.acks,
             stamp: pending.stamp,
+            existed: pending.existed,
         };
         effects.push(Effect::Done {
             call: pending.call,

@@ -15,27 +15,33 @@ use bytes::Bytes;
 use crate::clock::Stamp;
 use crate::session::{Session, Write};
 
-/// How many replicas must answer before a call completes.
+/// How many copies must answer before a call completes.
+///
+/// Levels count against the copies a key should have: the replication
+/// factor, or every member the cluster has (up or declared down, not those
+/// that left) when it has fewer. A key whose replicas that are up are fewer
+/// than its level needs is written to those, and the caller hears how many
+/// acknowledged: a cut-off node does not call one copy a quorum.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Level {
-    /// One replica.
+    /// One copy: any replica that is up.
     One,
-    /// A majority of the replicas.
+    /// A majority of the copies.
     #[default]
     Quorum,
-    /// Every replica.
+    /// Every copy.
     All,
 }
 
 impl Level {
-    /// The answers needed from `replicas` replicas (at least one).
-    pub fn required(self, replicas: usize) -> usize {
+    /// The answers needed when a key has `copies` copies (at least one).
+    pub fn required(self, copies: usize) -> usize {
         match self {
             Level::One => 1,
-            Level::Quorum => replicas / 2 + 1,
-            Level::All => replicas,
+            Level::Quorum => copies / 2 + 1,
+            Level::All => copies,
         }
-        .clamp(1, replicas.max(1))
+        .clamp(1, copies.max(1))
     }
 }
 
@@ -52,23 +58,29 @@ pub enum Outcome {
         acks: usize,
         /// The write's stamp.
         stamp: Stamp,
+        /// For a delete: whether the read before it saw a live session
+        /// (what a Redis `DEL` counts). `None` for other writes.
+        existed: Option<bool>,
     },
-    /// Too few replicas acknowledged in time. The write is not rolled back:
-    /// the replicas that took it keep it, and repair spreads it later.
-    WriteTimedOut {
+    /// Fewer copies than the level needs acknowledged: some replicas did
+    /// not answer in time, or fewer replicas are up than the level counts.
+    /// The write is not rolled back: the replicas that took it keep it, the
+    /// others get hints, and repair spreads it later.
+    TooFewAcks {
         /// Replicas that acknowledged.
         acks: usize,
-        /// Replicas that had to.
+        /// Copies the level needed.
         needed: usize,
     },
     /// The newest state the required replicas hold (tombstones included;
     /// judge visibility at the caller's time).
     Read(Option<Session>),
-    /// Too few replicas answered a read in time.
-    ReadTimedOut {
+    /// Fewer copies than the level needs answered a read: some replicas
+    /// did not answer in time, or fewer replicas are up than it counts.
+    TooFewAnswers {
         /// Replicas that answered.
         answers: usize,
-        /// Replicas that had to.
+        /// Copies the level needed.
         needed: usize,
     },
     /// The call was refused before anything was sent.
@@ -113,6 +125,8 @@ pub(crate) struct PendingWrite {
     pub(crate) acks: usize,
     /// Whether the client has its answer (later acks still clear hints).
     pub(crate) answered: bool,
+    /// For a delete, whether its read saw a live session.
+    pub(crate) existed: Option<bool>,
 }
 
 /// A read waiting for answers.

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
-use sessmesh::{Error, Expiry, Node, SessionData, Submitted, Write};
+use sessmesh::{Error, Expiry, Level, Node, SessionData, Submitted, Write};
 
 use crate::glob;
 use crate::reply::{Protocol, Reply};
@@ -87,8 +87,8 @@ fn arity(name: &str) -> Reply {
 /// A peer error as a Redis error reply.
 fn failed(error: &Error) -> Reply {
     match error {
-        Error::WriteTimedOut { .. } => Reply::Error(format!("NOREPLICAS {error}")),
-        Error::ReadTimedOut { .. } => Reply::Error(format!("TRYAGAIN {error}")),
+        Error::TooFewAcks { .. } => Reply::Error(format!("NOREPLICAS {error}")),
+        Error::TooFewAnswers { .. } => Reply::Error(format!("TRYAGAIN {error}")),
         other => Reply::Error(format!("ERR {other}")),
     }
 }
@@ -468,6 +468,23 @@ impl Handler {
         Ok(data.map(value_of))
     }
 
+    /// What one replica holds of a hash, for a write that reads only to
+    /// count what it changes (`HSET`, `HDEL`): the nearest copy (this
+    /// node's own when it is a replica), and nothing when no replica
+    /// answers, so the write goes ahead whatever the read does. Only a
+    /// string under the key refuses the write.
+    async fn glance_hash(&self, key: &Bytes) -> Result<Option<SessionData>, Reply> {
+        match self.node.at(Level::One).get(key.clone()).await {
+            Ok(data) => match data.map(value_of) {
+                None => Ok(None),
+                Some(Value::Hash(data)) => Ok(Some(data)),
+                Some(Value::String { .. }) => Err(wrong_type()),
+            },
+            Err(Error::TooFewAnswers { .. }) => Ok(None),
+            Err(e) => Err(failed(&e)),
+        }
+    }
+
     async fn read_hash(&self, key: &Bytes) -> Result<Option<SessionData>, Reply> {
         match self.read(key).await? {
             None => Ok(None),
@@ -628,38 +645,51 @@ impl Handler {
         if !pairs.len().is_multiple_of(2) {
             return Err(arity("mset"));
         }
-        // Handed over in order (a key named twice ends with its last
-        // value), then waited for together.
-        let mut submitted = Vec::with_capacity(pairs.len() / 2);
-        for pair in pairs.chunks(2) {
+        let writes = pairs.chunks(2).map(|pair| {
             let write = Write::Put {
                 fields: vec![(Bytes::from_static(STRING_FIELD), pair[1].clone())],
                 expiry: Expiry::NEVER,
             };
-            let level = self.node.write_level();
+            (pair[0].clone(), write)
+        });
+        self.write_all(writes).await?;
+        Ok(Reply::Ok)
+    }
+
+    /// Hands `writes` to the peer in order (a key or field named twice ends
+    /// with its last value), then waits for them together. One that fails
+    /// does not stop the others (and is kept all the same); the first
+    /// failure is the reply.
+    async fn write_all(&self, writes: impl Iterator<Item = (Bytes, Write)>) -> Result<(), Reply> {
+        let level = self.node.write_level();
+        let mut submitted = Vec::new();
+        for (key, write) in writes {
             submitted.push(
                 self.node
-                    .submit(pair[0].clone(), write, level)
+                    .submit(key, write, level)
                     .await
                     .map_err(|e| failed(&e))?,
             );
         }
+        let mut first_failure = None;
         for outcome in join_all(submitted.into_iter().map(Submitted::outcome)).await {
-            outcome.map_err(|e| failed(&e))?;
+            if let Err(e) = outcome {
+                first_failure.get_or_insert(failed(&e));
+            }
         }
-        Ok(Reply::Ok)
+        first_failure.map_or(Ok(()), Err)
     }
 
+    /// Deletes every key, seen or not: a logout through a node that never
+    /// saw the session (it was created across a partition) must still hold
+    /// once the partition heals. The keys are deleted together, and one
+    /// that fails (the delete is kept all the same) does not stop the
+    /// others. The count is of the keys the deletes' reads saw.
     async fn del(&self, keys: &[Bytes]) -> Result<Reply, Reply> {
+        let deletes = keys.iter().map(|key| self.node.delete(key.clone()));
         let mut deleted = 0;
-        for key in keys {
-            if self.read(key).await?.is_some() {
-                self.node
-                    .delete(key.clone())
-                    .await
-                    .map_err(|e| failed(&e))?;
-                deleted += 1;
-            }
+        for outcome in join_all(deletes).await {
+            deleted += i64::from(outcome.map_err(|e| failed(&e))?);
         }
         Ok(Reply::Int(deleted))
     }
@@ -782,15 +812,22 @@ impl Handler {
         if pairs.chunks(2).any(|p| p[0].as_ref() == STRING_FIELD) {
             return Err(err("ERR empty hash field names are not supported"));
         }
-        let existing = self.read_hash(key).await?;
-        let mut added = 0;
-        for pair in pairs.chunks(2) {
-            added += i64::from(existing.as_ref().and_then(|d| d.field(&pair[0])).is_none());
-            self.node
-                .put_field(key.clone(), pair[0].clone(), pair[1].clone())
-                .await
-                .map_err(|e| failed(&e))?;
-        }
+        let existing = self.glance_hash(key).await?;
+        let mut seen = std::collections::HashSet::new();
+        let added = pairs
+            .chunks(2)
+            .filter(|pair| seen.insert(&pair[0]))
+            .filter(|pair| existing.as_ref().and_then(|d| d.field(&pair[0])).is_none())
+            .count();
+        let writes = pairs.chunks(2).map(|pair| {
+            let write = Write::PutField {
+                name: pair[0].clone(),
+                value: pair[1].clone(),
+            };
+            (key.clone(), write)
+        });
+        self.write_all(writes).await?;
+        let added = i64::try_from(added).unwrap_or(i64::MAX);
         Ok(if name == "HMSET" {
             Reply::Ok
         } else {
@@ -857,21 +894,24 @@ impl Handler {
         })
     }
 
+    /// Deletes every named field, seen or not (as `DEL` does whole
+    /// sessions); the count is of the fields the read before saw.
     async fn hdel(&self, key: &Bytes, fields: &[Bytes]) -> Result<Reply, Reply> {
-        let Some(data) = self.read_hash(key).await? else {
-            return Ok(Reply::Int(0));
-        };
-        let mut removed = 0;
-        for field in fields {
-            if data.field(field).is_some() {
-                self.node
-                    .delete_field(key.clone(), field.clone())
-                    .await
-                    .map_err(|e| failed(&e))?;
-                removed += 1;
-            }
-        }
-        Ok(Reply::Int(removed))
+        let data = self.glance_hash(key).await?;
+        let mut seen = std::collections::HashSet::new();
+        let removed = fields
+            .iter()
+            .filter(|field| seen.insert(*field))
+            .filter(|field| data.as_ref().is_some_and(|d| d.field(field).is_some()))
+            .count();
+        let writes = fields.iter().map(|field| {
+            let write = Write::DeleteField {
+                name: field.clone(),
+            };
+            (key.clone(), write)
+        });
+        self.write_all(writes).await?;
+        Ok(Reply::Int(i64::try_from(removed).unwrap_or(i64::MAX)))
     }
 
     async fn hexists(&self, key: &Bytes, field: &Bytes) -> Result<Reply, Reply> {

@@ -108,7 +108,7 @@ fn a_write_that_misses_replicas_reports_its_acks_and_reaches_them_after_the_heal
         Level::All,
     );
     let timed_out = outcome(&mut sim, call);
-    assert_eq!(timed_out, Outcome::WriteTimedOut { acks: 1, needed: 3 });
+    assert_eq!(timed_out, Outcome::TooFewAcks { acks: 1, needed: 3 });
     assert_eq!(
         sim.core(0).expect("up").hints().len(),
         2,
@@ -603,6 +603,133 @@ fn a_write_handed_over_right_after_a_delete_of_the_same_key_survives_it() {
         field(&read, "v"),
         Some(b"after".to_vec()),
         "the write after the delete wins; seed {}",
+        sim.seed()
+    );
+}
+
+/// The nodes that would replicate `key` if every one of `nodes` were up.
+fn full_replicas(key: &str, nodes: usize) -> Vec<usize> {
+    let partition = sessmesh_core::partition::partition_of(
+        sessmesh_core::key_hash(key.as_bytes()),
+        sessmesh_sim::PARTITIONS,
+    );
+    let mut ranked: Vec<(u64, usize)> = (0..nodes)
+        .map(|n| {
+            let name = format!("node-{n}");
+            (
+                sessmesh_core::partition::rendezvous_score(partition, name.as_bytes()),
+                n,
+            )
+        })
+        .collect();
+    ranked.sort_unstable_by(|a, b| b.cmp(a));
+    ranked
+        .into_iter()
+        .take(sessmesh_sim::REPLICATION_FACTOR as usize)
+        .map(|(_, n)| n)
+        .collect()
+}
+
+#[test]
+fn a_cut_off_node_does_not_call_its_one_copy_a_quorum() {
+    let mut sim = converged(41);
+    sim.faults_mut().groups = vec![[0].into_iter().collect(), (1..NODES).collect()];
+    let bound = MembershipConfig::lan(5).detection_bound_ms();
+    sim.run_until(2 * bound, 100, |s| {
+        s.core(0)
+            .is_some_and(|c| c.membership().members().next().is_none())
+    });
+    let core = sim.core(0).expect("up");
+    assert_eq!(core.copies(), 3, "members declared down still count");
+    let key = "k-cut";
+    assert_eq!(
+        core.replicas_for(core.store().partition_of(key.as_bytes())),
+        ["node-0".to_string()],
+        "alone, node-0 replicates everything it reaches"
+    );
+
+    // Quorum of three copies is two: refused at once, kept, and hinted to
+    // the members that would hold the other copies.
+    let started = sim.now_ms();
+    let quorum = sim.write(0, key.as_bytes(), put_field("v", "q"), Level::Quorum);
+    assert_eq!(
+        sim.outcome(quorum),
+        Some(&Outcome::TooFewAcks { acks: 1, needed: 2 }),
+        "answered without waiting; seed {}",
+        sim.seed()
+    );
+    assert_eq!(sim.now_ms(), started);
+    let down_copies = full_replicas(key, NODES)
+        .into_iter()
+        .filter(|&n| n != 0)
+        .count();
+    assert_eq!(sim.core(0).expect("up").hints().len(), down_copies);
+    // Level One is for writes that must succeed on any reachable node.
+    let one = sim.write(0, key.as_bytes(), put_field("w", "1"), Level::One);
+    assert!(matches!(
+        sim.outcome(one),
+        Some(Outcome::Written { acks: 1, .. })
+    ));
+    // Reads count copies the same way.
+    let read = sim.read(0, key.as_bytes(), Level::Quorum);
+    assert_eq!(
+        sim.outcome(read),
+        Some(&Outcome::TooFewAnswers {
+            answers: 1,
+            needed: 2
+        })
+    );
+
+    // After the heal both writes reach the key's replicas.
+    sim.faults_mut().groups.clear();
+    sim.run_until(4 * bound, 100, |s| s.converged());
+    sim.run_for(3_000);
+    for replica in full_replicas(key, NODES) {
+        let stored = sim
+            .core(replica)
+            .expect("up")
+            .store()
+            .session(key.as_bytes());
+        let read = Outcome::Read(stored);
+        assert_eq!(field(&read, "v"), Some(b"q".to_vec()), "node-{replica}");
+        assert_eq!(field(&read, "w"), Some(b"1".to_vec()), "node-{replica}");
+    }
+}
+
+#[test]
+fn copies_count_members_down_but_not_members_that_left() {
+    // A one-node development cluster writes at quorum.
+    let mut alone = Sim::new(1, MembershipConfig::lan(1), seed_from_env(42));
+    alone.start(0, &[]);
+    let write = alone.write(0, b"k", put_field("v", "x"), Level::Quorum);
+    assert!(matches!(
+        alone.outcome(write),
+        Some(Outcome::Written { acks: 1, .. })
+    ));
+
+    let mut sim = Sim::new(3, MembershipConfig::lan(3), seed_from_env(43));
+    let scenario = Scenario::new("three")
+        .start([0], &[])
+        .start(1..3, &[0])
+        .expect_within(Check::Converged, 30_000);
+    if let Err(failure) = scenario.run(&mut sim) {
+        panic!("{failure}");
+    }
+    assert_eq!(sim.core(0).expect("up").copies(), 3);
+    // A member that leaves on purpose no longer counts...
+    sim.leave(2);
+    sim.run_until(10_000, 100, |s| s.converged());
+    assert_eq!(sim.core(0).expect("up").copies(), 2, "seed {}", sim.seed());
+    // ...one declared down still does.
+    sim.crash(1);
+    let bound = MembershipConfig::lan(3).detection_bound_ms();
+    sim.run_until(2 * bound, 100, |s| s.converged());
+    assert_eq!(sim.core(0).expect("up").copies(), 2, "seed {}", sim.seed());
+    let write = sim.write(0, b"k", put_field("v", "x"), Level::Quorum);
+    assert_eq!(
+        sim.outcome(write),
+        Some(&Outcome::TooFewAcks { acks: 1, needed: 2 }),
+        "seed {}",
         sim.seed()
     );
 }

@@ -36,22 +36,30 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
-    /// Fewer replicas than the call's level acknowledged a write in time.
-    /// The write is **not** rolled back: the replicas that took it keep it,
-    /// hints and anti-entropy spread it to the rest, and a retry is harmless.
-    #[error("write acknowledged by {acks} of the {needed} replicas its level needs in time")]
-    WriteTimedOut {
+    /// Fewer copies than the call's level counts acknowledged a write:
+    /// replicas did not answer in time, or fewer are up than the level
+    /// counts (levels count against the replication factor, not against
+    /// the replicas that happen to be reachable). The write is **not**
+    /// rolled back: the replicas that took it keep it, hints and
+    /// anti-entropy spread it to the rest, and a retry is harmless. Use
+    /// [`Level::One`](sessmesh_core::Level::One) for writes that must
+    /// succeed on any side of a partition.
+    #[error(
+        "write acknowledged by {acks} of the {needed} copies its level needs; it is kept and spreads to the others when they are back"
+    )]
+    TooFewAcks {
         /// Replicas that acknowledged.
         acks: usize,
-        /// Replicas the level needed.
+        /// Copies the level needed.
         needed: usize,
     },
-    /// Fewer replicas than the call's level answered a read in time.
-    #[error("read answered by {answers} of the {needed} replicas its level needs in time")]
-    ReadTimedOut {
+    /// Fewer copies than the call's level counts answered a read: replicas
+    /// did not answer in time, or fewer are up than the level counts.
+    #[error("read answered by {answers} of the {needed} copies its level needs")]
+    TooFewAnswers {
         /// Replicas that answered.
         answers: usize,
-        /// Replicas the level needed.
+        /// Copies the level needed.
         needed: usize,
     },
     /// The peer refused the call before sending anything (for example, the

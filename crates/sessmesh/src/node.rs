@@ -69,7 +69,7 @@ impl Submitted {
     /// Waits for the write's outcome.
     ///
     /// # Errors
-    /// [`Error::WriteTimedOut`] (the write is kept), [`Error::Refused`],
+    /// [`Error::TooFewAcks`] (the write is kept), [`Error::Refused`],
     /// [`Error::Stopped`].
     pub async fn outcome(self) -> Result<(), Error> {
         let outcome = match self.0 {
@@ -195,7 +195,7 @@ impl Node {
     /// there is none (never written, deleted, or expired).
     ///
     /// # Errors
-    /// See [`Error`]: [`Error::ReadTimedOut`], [`Error::KeyTooLong`], [`Error::Stopped`].
+    /// See [`Error`]: [`Error::TooFewAnswers`], [`Error::KeyTooLong`], [`Error::Stopped`].
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<SessionData>, Error> {
         self.at(self.inner.read_level).get(key).await
     }
@@ -216,7 +216,7 @@ impl Node {
     /// at the default write level.
     ///
     /// # Errors
-    /// See [`Error`]: [`Error::WriteTimedOut`] (the write is kept), [`Error::KeyTooLong`], ...
+    /// See [`Error`]: [`Error::TooFewAcks`] (the write is kept), [`Error::KeyTooLong`], ...
     pub async fn put<N, V>(
         &self,
         key: impl Into<Bytes>,
@@ -263,11 +263,16 @@ impl Node {
     }
 
     /// Deletes the session under `key` (logout): nothing written to it
-    /// before comes back, on any peer, after any partition heals.
+    /// before comes back, on any peer, after any partition heals. The
+    /// delete is written whether or not this peer sees the session, so a
+    /// logout through a peer cut off from where the session was created
+    /// still holds once the partition heals. Returns whether a live
+    /// session was there, as the read that precedes the delete saw it.
     ///
     /// # Errors
-    /// As [`put`](Self::put).
-    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<(), Error> {
+    /// As [`put`](Self::put). On [`Error::TooFewAcks`] the delete is kept
+    /// and spreads as any write does.
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<bool, Error> {
         self.at(self.inner.write_level).delete(key).await
     }
 
@@ -425,16 +430,24 @@ impl Node {
         if inner.queued_writes.load(Ordering::Acquire) > 0 {
             return None;
         }
+        let now = now_ms();
+        // What a delete's read would have seen (only this copy exists).
+        let existed =
+            (*write == Write::Delete).then(|| inner.reader.read(key, now, |_| ()).is_some());
         let (stamp, changed) = inner
             .reader
-            .write_local(key, write, &inner.clock, now_ms())
+            .write_local(key, write, &inner.clock, now)
             .ok()?;
         if changed && inner.reader.watching() {
             // Have the task report the change now; a full queue means it
             // is busy and reports it soon anyway.
             let _ = inner.commands.try_send(Command::Flush);
         }
-        Some(Outcome::Written { acks: 1, stamp })
+        Some(Outcome::Written {
+            acks: 1,
+            stamp,
+            existed,
+        })
     }
 
     /// Hands a write to the peer's task and returns as soon as the task has
@@ -563,9 +576,14 @@ impl At<'_> {
     }
 
     async fn write(self, key: Bytes, write: Write) -> Result<(), Error> {
+        self.written(key, write).await.map(drop)
+    }
+
+    /// Writes, and for a delete says whether its read saw a live session.
+    async fn written(self, key: Bytes, write: Write) -> Result<Option<bool>, Error> {
         check_key(&key)?;
         match self.node.write(key, write, self.level).await? {
-            Outcome::Written { .. } => Ok(()),
+            Outcome::Written { existed, .. } => Ok(existed),
             other => Err(failure(other)),
         }
     }
@@ -625,8 +643,9 @@ impl At<'_> {
     ///
     /// # Errors
     /// As [`Node::put`].
-    pub async fn delete(self, key: impl Into<Bytes>) -> Result<(), Error> {
-        self.write(key.into(), Write::Delete).await
+    pub async fn delete(self, key: impl Into<Bytes>) -> Result<bool, Error> {
+        let existed = self.written(key.into(), Write::Delete).await?;
+        Ok(existed.unwrap_or(false))
     }
 
     /// [`Node::touch`] at this level.
@@ -671,8 +690,8 @@ impl At<'_> {
 /// The error an outcome other than success stands for.
 fn failure(outcome: Outcome) -> Error {
     match outcome {
-        Outcome::WriteTimedOut { acks, needed } => Error::WriteTimedOut { acks, needed },
-        Outcome::ReadTimedOut { answers, needed } => Error::ReadTimedOut { answers, needed },
+        Outcome::TooFewAcks { acks, needed } => Error::TooFewAcks { acks, needed },
+        Outcome::TooFewAnswers { answers, needed } => Error::TooFewAnswers { answers, needed },
         Outcome::Refused(reason) => Error::Refused(reason),
         Outcome::Written { .. } | Outcome::Read(_) => {
             Error::Refused(format!("unexpected answer {outcome:?}"))

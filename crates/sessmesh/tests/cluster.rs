@@ -400,7 +400,7 @@ async fn three_quic_nodes_converge_after_conflicting_writes_across_a_partition()
         .await;
     assert_eq!(
         cut_off.unwrap(),
-        sessmesh::Outcome::WriteTimedOut { acks: 1, needed: 2 }
+        sessmesh::Outcome::TooFewAcks { acks: 1, needed: 2 }
     );
 
     for transport in &transports {

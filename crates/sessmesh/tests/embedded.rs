@@ -340,10 +340,23 @@ async fn a_peer_whose_seeds_are_all_down_starts_alone_and_serves() {
         .await
         .unwrap();
     assert!(node.members().await.unwrap().is_empty());
-    node.put_field("s", "f", "v").await.unwrap();
+    // Until it hears from its seed it counts it as a member: one copy is
+    // not a quorum of two. The write is kept all the same.
+    let quorum = node.put_field("s", "f", "v").await;
+    assert!(
+        matches!(quorum, Err(Error::TooFewAcks { acks: 1, needed: 2 })),
+        "{quorum:?}"
+    );
+    // Level One is for writes that must go through on any reachable peer.
+    node.at(Level::One).put_field("s", "g", "w").await.unwrap();
+    let one = node.at(Level::One);
     assert_eq!(
-        node.get_field("s", "f").await.unwrap().as_deref(),
+        one.get_field("s", "f").await.unwrap().as_deref(),
         Some(&b"v"[..])
+    );
+    assert_eq!(
+        one.get_field("s", "g").await.unwrap().as_deref(),
+        Some(&b"w"[..])
     );
     node.shutdown().await.unwrap();
 }
