@@ -8,7 +8,7 @@
 //!
 //! The clock never reads the system time: the driver passes `now_ms` in.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -139,7 +139,13 @@ pub struct Hlc {
     node: NodeId,
     last: AtomicU64,
     max_drift_ms: u64,
+    /// How far the wall clock runs ahead of a majority of the peers, as
+    /// measured ([`crate::peer_clocks`]); [`NOT_MEASURED`] until then.
+    lead_over_peers_ms: AtomicI64,
 }
+
+/// The lead over peers before anything is measured.
+const NOT_MEASURED: i64 = i64::MIN;
 
 impl Clone for Hlc {
     /// An independent clock that starts where this one is.
@@ -148,6 +154,7 @@ impl Clone for Hlc {
             node: self.node,
             last: AtomicU64::new(self.last.load(Ordering::Acquire)),
             max_drift_ms: self.max_drift_ms,
+            lead_over_peers_ms: AtomicI64::new(self.lead_over_peers_ms.load(Ordering::Acquire)),
         }
     }
 }
@@ -160,12 +167,60 @@ impl Hlc {
             node,
             last: AtomicU64::new(HlcTime::ZERO.0),
             max_drift_ms,
+            lead_over_peers_ms: AtomicI64::new(NOT_MEASURED),
         }
+    }
+
+    /// Sets how far this node's wall clock runs ahead of a majority of its
+    /// peers (negative: behind), as measured; `None` when nothing is.
+    pub fn set_lead_over_peers(&self, lead_ms: Option<i64>) {
+        let lead = match lead_ms {
+            Some(lead) => lead.max(NOT_MEASURED + 1),
+            None => NOT_MEASURED,
+        };
+        self.lead_over_peers_ms.store(lead, Ordering::Release);
+    }
+
+    /// How far a stamp issued at `now_ms` would be ahead of a majority of
+    /// the peers' clocks, when that is more than the drift bound they
+    /// accept; `None` when it is within the bound or nothing is measured.
+    /// A stamp is the later of the wall clock and the last time issued or
+    /// observed, so stamps issued before a clock was corrected still count.
+    pub fn ahead_of_peers_ms(&self, now_ms: u64) -> Option<u64> {
+        let lead = self.lead_over_peers_ms.load(Ordering::Acquire);
+        if lead == NOT_MEASURED {
+            return None;
+        }
+        let carried = self.last().wall_ms().saturating_sub(now_ms);
+        let ahead = i64::try_from(carried)
+            .unwrap_or(i64::MAX)
+            .saturating_add(lead);
+        u64::try_from(ahead).ok().filter(|&a| a > self.max_drift_ms)
+    }
+
+    /// [`stamp`](Self::stamp), unless the stamp would run further ahead of
+    /// the peers than they accept.
+    ///
+    /// # Errors
+    /// [`Error::ClockAhead`]; the clock is then unchanged.
+    pub fn try_stamp(&self, now_ms: u64) -> Result<Stamp, Error> {
+        if let Some(ahead_ms) = self.ahead_of_peers_ms(now_ms) {
+            return Err(Error::ClockAhead {
+                ahead_ms,
+                max_drift_ms: self.max_drift_ms,
+            });
+        }
+        Ok(self.stamp(now_ms))
     }
 
     /// The node this clock stamps for.
     pub fn node(&self) -> NodeId {
         self.node
+    }
+
+    /// The drift bound it enforces, ms.
+    pub fn max_drift_ms(&self) -> u64 {
+        self.max_drift_ms
     }
 
     /// The latest time issued or observed.

@@ -20,6 +20,19 @@ pub enum Error {
         /// The node that issued the stamp.
         from: NodeId,
     },
+    /// This node's clock runs further ahead of its peers than they accept
+    /// (see [`crate::peer_clocks`]): it stamps no write until the clock is
+    /// corrected, or real time catches up with the stamps it already
+    /// issued. Nothing was stamped or stored.
+    #[error(
+        "clock drift: this node's clock runs {ahead_ms} ms ahead of its peers, over max_clock_drift_ms = {max_drift_ms}; it takes no writes until the clock is corrected"
+    )]
+    ClockAhead {
+        /// How far ahead of a majority of the peers a stamp would be.
+        ahead_ms: u64,
+        /// The configured bound.
+        max_drift_ms: u64,
+    },
     /// A key longer than [`crate::MAX_KEY_LEN`]. Nothing was stored.
     #[error("key is {len} bytes, over the {max}-byte limit")]
     KeyTooLong {

@@ -57,6 +57,7 @@ pub mod membership;
 pub mod node;
 mod packed;
 pub mod partition;
+pub mod peer_clocks;
 pub mod replication;
 pub mod session;
 pub mod store;

@@ -23,7 +23,7 @@
 //!   refused: the write is not applied and not acknowledged, and the refusal
 //!   is reported.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +37,7 @@ use crate::membership::{
     MembershipTimer,
 };
 use crate::partition::{PartitionId, Partitioner, rendezvous_score};
+use crate::peer_clocks::{PROBE_PERIOD_MS, PeerClocks};
 use crate::replication::{
     CallId, Hint, Hints, InFlight, Level, MAX_REPLICAS, Outcome, PendingRead, PendingWrite,
     Replica, ReplicaSet, replicas_in,
@@ -45,6 +46,8 @@ use crate::session::{Session, Write};
 use crate::store::{Entry, KeyChange, MAX_KEY_LEN, Store};
 use crate::wire::Message;
 use crate::{Config, Error};
+
+mod clocks;
 
 /// A timer a node asked for; hand it back through [`Node::handle_timer`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +64,11 @@ pub enum Timer {
     Sweep,
     /// Ask the replicas a read has not asked yet, if it still waits.
     Speculate(u64),
+    /// Measure the members' clocks; a periodic round schedules the next.
+    ProbeClocks {
+        /// Whether this is the periodic round.
+        periodic: bool,
+    },
 }
 
 /// Something the node reports.
@@ -74,12 +82,22 @@ pub enum NodeEvent {
     /// [`Node::watch_changes`] is on.
     SessionsChanged(Vec<KeyChange>),
     /// A peer's message carried a stamp too far ahead; it was not applied.
+    /// Reported once per episode: again only after the peer's clock has
+    /// been measured within the bound.
     ClockDriftRefused {
         /// The peer.
         from: SocketAddr,
         /// What the check said.
         reason: String,
     },
+    /// This node's clock started running further ahead of its peers than
+    /// they accept: it stamps no writes until it no longer does.
+    ClockAhead {
+        /// How far ahead of a majority of its peers, ms.
+        ahead_ms: u64,
+    },
+    /// This node's clock no longer runs ahead of its peers.
+    ClockInSync,
 }
 
 /// Counts of what a node's replication did since it started, for metrics.
@@ -108,6 +126,9 @@ pub struct NodeStats {
     pub keys_repaired: u64,
     /// Stamps refused for being too far ahead of this node's clock.
     pub clock_drift_refused: u64,
+    /// Writes this node refused to stamp, or that every other replica
+    /// refused, because its own clock ran ahead of its peers'.
+    pub writes_refused_clock_ahead: u64,
     /// Reads where a replica's fingerprint differed from this node's copy,
     /// so its state was fetched.
     pub digest_mismatches: u64,
@@ -185,6 +206,11 @@ pub struct Node {
     /// How many copies a key should have: the replication factor, or the
     /// members the cluster has when it has fewer. Levels count against it.
     copies: usize,
+    /// The members' clocks, as measured.
+    clocks: PeerClocks,
+    /// Peers whose stamps were refused since their clock was last measured
+    /// within the bound: a refusal is reported once per episode.
+    refusing: HashSet<SocketAddr>,
     /// Keys whose delete this node coordinates and is still reading (its
     /// stamp not taken yet), with the writes of the key handed over since,
     /// in order: they wait for the delete's stamp so that they come after it.
@@ -235,6 +261,8 @@ impl Node {
             replica_sets: Vec::new(),
             counted: BTreeSet::new(),
             copies: 1,
+            clocks: PeerClocks::default(),
+            refusing: HashSet::new(),
             deleting: HashMap::new(),
             effects: Vec::new(),
         };
@@ -242,6 +270,7 @@ impl Node {
         node.schedule_hint_replay();
         node.schedule(config.anti_entropy_period_ms, Timer::AntiEntropy);
         node.schedule(config.sweep_period_ms, Timer::Sweep);
+        node.schedule(PROBE_PERIOD_MS, Timer::ProbeClocks { periodic: true });
         node.collect();
         Ok(node)
     }
@@ -359,6 +388,12 @@ impl Node {
                 self.replay_hints();
                 self.schedule_hint_replay();
             }
+            Timer::ProbeClocks { periodic } => {
+                self.probe_clocks(now_ms);
+                if periodic {
+                    self.schedule(PROBE_PERIOD_MS, Timer::ProbeClocks { periodic: true });
+                }
+            }
         }
         self.collect();
     }
@@ -412,7 +447,9 @@ impl Node {
     /// key handed to this node while that read runs wait for it and are
     /// stamped after the delete: writes are applied in the order they came.
     pub fn write(&mut self, call: CallId, key: Bytes, write: Write, level: Level, now_ms: u64) {
-        if let Some(waiting) = self.deleting.get_mut(&key) {
+        if let Some(ahead_ms) = self.hlc.ahead_of_peers_ms(now_ms) {
+            self.refuse_ahead(call, ahead_ms);
+        } else if let Some(waiting) = self.deleting.get_mut(&key) {
             waiting.push((call, write, level));
         } else if write == Write::Delete {
             self.deleting.insert(key.clone(), Vec::new());
@@ -455,7 +492,17 @@ impl Node {
         let Some(replicas) = self.replicas_of(&key, call) else {
             return;
         };
-        let stamp = self.hlc.stamp(now_ms);
+        let stamp = match self.hlc.try_stamp(now_ms) {
+            Ok(stamp) => stamp,
+            Err(Error::ClockAhead { ahead_ms, .. }) => {
+                self.refuse_ahead(call, ahead_ms);
+                return;
+            }
+            Err(_) => unreachable!("stamping fails only for a clock ahead"),
+        };
+        // Until this node's clock is measured, its own copy waits for
+        // another replica to accept the stamp.
+        let defer = !self.clocks.measured() && replicas.iter().any(|r| r.addr.is_some());
         let id = self.in_flight.next_id();
         let mut pending = PendingWrite {
             call,
@@ -468,10 +515,14 @@ impl Node {
             acks: 0,
             answered: false,
             existed,
+            deferred: None,
+            refused_ahead_ms: 0,
         };
         for (i, replica) in replicas.iter().enumerate() {
             if replica.local {
-                if self.store.apply(&key, &write, stamp, now_ms).is_ok() {
+                if defer {
+                    pending.deferred = Some(i);
+                } else if self.store.apply(&key, &write, stamp, now_ms).is_ok() {
                     pending.waiting &= !(1 << i);
                     pending.acks += 1;
                 }
@@ -577,6 +628,13 @@ impl Node {
             } => {
                 if let Err(e) = self.hlc.observe(stamp, now_ms) {
                     self.refuse_drift(from, &e);
+                    self.effects.push(Effect::Send {
+                        to: from,
+                        message: Message::StampRefused {
+                            request,
+                            clock_ms: now_ms,
+                        },
+                    });
                 } else if self.store.apply(&key, &write, stamp, now_ms).is_ok() {
                     self.effects.push(Effect::Send {
                         to: from,
@@ -584,7 +642,7 @@ impl Node {
                     });
                 }
             }
-            Message::WriteAck { request } => self.acknowledge(request, from),
+            Message::WriteAck { request } => self.acknowledge(request, from, now_ms),
             Message::Read { request, key } => {
                 let session = self.store.session(&key);
                 self.effects.push(Effect::Send {
@@ -656,19 +714,23 @@ impl Node {
                     }
                 }
             }
+            Message::ClockProbe { sent_ms } => self.effects.push(Effect::Send {
+                to: from,
+                message: Message::ClockReply {
+                    sent_ms,
+                    clock_ms: now_ms,
+                },
+            }),
+            Message::ClockReply { sent_ms, clock_ms } => {
+                self.clock_measured(from, clock_ms, sent_ms, now_ms);
+            }
+            Message::StampRefused { request, clock_ms } => {
+                self.stamp_refused(request, from, clock_ms, now_ms);
+            }
             // Connection set-up is the transport's; gossip arrives as datagrams.
             Message::Hello | Message::Welcome | Message::Gossip(_) => {}
         }
         self.collect();
-    }
-
-    fn refuse_drift(&mut self, from: SocketAddr, error: &Error) {
-        self.stats.clock_drift_refused += 1;
-        self.effects
-            .push(Effect::Event(NodeEvent::ClockDriftRefused {
-                from,
-                reason: error.to_string(),
-            }));
     }
 
     /// The replicas of `key`, or an answer refusing the call.
@@ -769,7 +831,7 @@ impl Node {
         self.schedule(self.config.request_timeout_ms, Timer::Request(id));
     }
 
-    fn acknowledge(&mut self, request: u64, from: SocketAddr) {
+    fn acknowledge(&mut self, request: u64, from: SocketAddr, now_ms: u64) {
         if self.in_flight.replays.remove(&request).is_some() {
             self.stats.hints_replayed += 1;
             return;
@@ -787,6 +849,17 @@ impl Node {
         pending.waiting &= !bit;
         pending.acks += 1;
         self.stats.replica_acks += 1;
+        if let Some(i) = pending.deferred.take() {
+            // A replica accepted the stamp: this node's copy takes it too.
+            if self
+                .store
+                .apply(&pending.key, &pending.write, pending.stamp, now_ms)
+                .is_ok()
+            {
+                pending.waiting &= !(1 << i);
+                pending.acks += 1;
+            }
+        }
         answer_when_written(&mut self.effects, pending);
         if pending.waiting == 0
             && let Some(pending) = self.in_flight.writes.remove(&request)
@@ -910,7 +983,23 @@ impl Node {
     }
 
     fn expire_request(&mut self, id: u64, now_ms: u64) {
-        if let Some(pending) = self.in_flight.writes.remove(&id) {
+        if let Some(mut pending) = self.in_flight.writes.remove(&id) {
+            if let Some(i) = pending.deferred.take() {
+                if pending.refused_ahead_ms > 0 {
+                    // Refused, and accepted nowhere: it is stored nowhere.
+                    self.refuse_ahead(pending.call, pending.refused_ahead_ms);
+                    return;
+                }
+                // Nobody answered: nothing says the stamp is bad.
+                if self
+                    .store
+                    .apply(&pending.key, &pending.write, pending.stamp, now_ms)
+                    .is_ok()
+                {
+                    pending.waiting &= !(1 << i);
+                    pending.acks += 1;
+                }
+            }
             self.stats.hints_queued += u64::from(pending.waiting.count_ones());
             if !pending.answered {
                 self.stats.write_timeouts += 1;
@@ -1241,6 +1330,7 @@ impl Node {
             self.rebalance();
             // A member came or went: replicas may have diverged, or moved.
             self.anti_entropy_round();
+            self.probe_clocks_soon();
         }
         if returned {
             self.replay_hints();

@@ -83,6 +83,15 @@ pub enum Outcome {
         /// Copies the level needed.
         needed: usize,
     },
+    /// This node's clock runs further ahead of its peers than they accept:
+    /// the write was not stamped, or (before the clock was measured) every
+    /// replica that answered refused its stamp. It is stored nowhere.
+    ClockAhead {
+        /// How far ahead, ms.
+        ahead_ms: u64,
+        /// The bound the peers enforce, `max_clock_drift_ms`.
+        max_drift_ms: u64,
+    },
     /// The call was refused before anything was sent.
     Refused(String),
 }
@@ -127,6 +136,13 @@ pub(crate) struct PendingWrite {
     pub(crate) answered: bool,
     /// For a delete, whether its read saw a live session.
     pub(crate) existed: Option<bool>,
+    /// The index of this node among the replicas while its own copy waits
+    /// for another replica to accept the stamp (this node's clock is not
+    /// measured yet): a write every other replica refuses is stored nowhere.
+    pub(crate) deferred: Option<usize>,
+    /// How far ahead of the clock of a replica that refused the stamp it
+    /// was, at most, ms; 0 while none refused.
+    pub(crate) refused_ahead_ms: u64,
 }
 
 /// A read waiting for answers.

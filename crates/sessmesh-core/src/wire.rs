@@ -24,8 +24,9 @@ use crate::session::{Session, Write};
 use crate::store::Entry;
 
 /// The protocol version this build speaks. Version 2 added `ReadDigest`
-/// and `DigestReply`.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// and `DigestReply`; version 3 added `ClockProbe`, `ClockReply` and
+/// `StampRefused`.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Bytes of the length prefix in front of each framed envelope.
 pub const FRAME_PREFIX_LEN: usize = 4;
@@ -142,6 +143,28 @@ pub enum Message {
         request: u64,
         /// The fingerprint, tombstones included; `None` when absent.
         fingerprint: Option<u64>,
+    },
+    /// Asks a peer for its wall clock, to measure the offset between the
+    /// two (see [`crate::peer_clocks`]).
+    ClockProbe {
+        /// The sender's wall clock when it sent this, ms; echoed back.
+        sent_ms: u64,
+    },
+    /// Answers a `ClockProbe`.
+    ClockReply {
+        /// The probe's `sent_ms`.
+        sent_ms: u64,
+        /// The answering peer's wall clock when it answered, ms.
+        clock_ms: u64,
+    },
+    /// Replica to coordinator: the write `request` carried a stamp further
+    /// ahead of this replica's clock than `max_clock_drift_ms`; it was not
+    /// applied.
+    StampRefused {
+        /// The refused request.
+        request: u64,
+        /// The replica's wall clock when it refused, ms.
+        clock_ms: u64,
     },
 }
 
@@ -456,6 +479,15 @@ mod tests {
                 partition: PartitionId(3),
                 key_hashes: vec![1, 2, 3],
             },
+            Message::ClockProbe { sent_ms: 1 },
+            Message::ClockReply {
+                sent_ms: 1,
+                clock_ms: u64::MAX,
+            },
+            Message::StampRefused {
+                request: 5,
+                clock_ms: 1_700_000_000_000,
+            },
         ]
     }
 
@@ -499,13 +531,14 @@ mod tests {
 
     #[test]
     fn refuses_another_version() {
+        let next = PROTOCOL_VERSION + 1;
         let mut bytes =
-            postcard::to_allocvec(&(3u16, codec().cluster(), &Message::WriteAck { request: 1 }))
+            postcard::to_allocvec(&(next, codec().cluster(), &Message::WriteAck { request: 1 }))
                 .unwrap();
         assert_eq!(
             codec().decode(&bytes),
             Err(DecodeError::Version {
-                got: 3,
+                got: next,
                 supported: PROTOCOL_VERSION
             })
         );
@@ -515,7 +548,7 @@ mod tests {
         assert_eq!(
             codec().decode(&bytes),
             Err(DecodeError::Version {
-                got: 3,
+                got: next,
                 supported: PROTOCOL_VERSION
             })
         );

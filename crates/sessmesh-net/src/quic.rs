@@ -760,6 +760,9 @@ fn kind(message: &Message) -> &'static str {
         Message::DigestBuckets { .. } => "DigestBuckets",
         Message::DigestKeys { .. } => "DigestKeys",
         Message::FetchKeys { .. } => "FetchKeys",
+        Message::ClockProbe { .. } => "ClockProbe",
+        Message::ClockReply { .. } => "ClockReply",
+        Message::StampRefused { .. } => "StampRefused",
     }
 }
 

@@ -89,6 +89,12 @@ fn failed(error: &Error) -> Reply {
     match error {
         Error::TooFewAcks { .. } => Reply::Error(format!("NOREPLICAS {error}")),
         Error::TooFewAnswers { .. } => Reply::Error(format!("TRYAGAIN {error}")),
+        Error::ClockAhead {
+            ahead_ms,
+            max_drift_ms,
+        } => Reply::Error(format!(
+            "CLOCKDRIFT this node's clock runs {ahead_ms} ms ahead of its peers, over max_clock_drift_ms = {max_drift_ms}; it takes no writes until the clock is corrected"
+        )),
         other => Reply::Error(format!("ERR {other}")),
     }
 }

@@ -33,6 +33,11 @@ struct PeerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerNameLabels {
+    peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     direction: &'static str,
 }
@@ -146,8 +151,12 @@ pub(crate) struct Metrics {
     anti_entropy_rounds: Counter,
     keys_repaired: Counter,
     clock_drift_refused: Counter,
+    writes_refused_clock_ahead: Counter,
+    writes_short_of_copies: Counter,
+    reads_short_of_copies: Counter,
     digest_mismatches: Counter,
     peer_bytes: Family<PeerLabels, Counter>,
+    peer_clock_offset: Family<PeerNameLabels, Gauge>,
     /// Per-peer byte totals already counted, by peer and direction; a
     /// reconnection restarts the transport's counts.
     peer_seen: std::sync::Mutex<HashMap<(String, &'static str), u64>>,
@@ -254,6 +263,21 @@ impl Metrics {
             "Peer stamps refused for being ahead of this node's clock by more than max_clock_drift_ms",
             Counter::default(),
         );
+        let writes_refused_clock_ahead = metric(
+            "clock_ahead_refused_writes",
+            "Writes this node refused to stamp, or that every other replica refused, because its clock ran ahead of its peers by more than max_clock_drift_ms",
+            Counter::default(),
+        );
+        let writes_short_of_copies = metric(
+            "replication_writes_short_of_copies",
+            "Writes answered with too few acknowledgements at once, because fewer replicas were up than the level counts",
+            Counter::default(),
+        );
+        let reads_short_of_copies = metric(
+            "replication_reads_short_of_copies",
+            "Reads answered with too few answers at once, because fewer replicas were up than the level counts",
+            Counter::default(),
+        );
         let digest_mismatches = metric(
             "read_digest_mismatches",
             "Reads where a replica's fingerprint differed from this node's copy, so its state was fetched",
@@ -310,6 +334,12 @@ impl Metrics {
             "Bytes to and from each peer over QUIC, by peer and direction",
             peer_bytes.clone(),
         );
+        let peer_clock_offset = Family::<PeerNameLabels, Gauge>::default();
+        registry.register(
+            "peer_clock_offset_milliseconds",
+            "Each peer's wall clock less this node's, as last measured (negative: this node runs ahead of it)",
+            peer_clock_offset.clone(),
+        );
         Metrics {
             registry,
             commands,
@@ -333,8 +363,12 @@ impl Metrics {
             anti_entropy_rounds,
             keys_repaired,
             clock_drift_refused,
+            writes_refused_clock_ahead,
+            writes_short_of_copies,
+            reads_short_of_copies,
             digest_mismatches,
             peer_bytes,
+            peer_clock_offset,
             peer_seen: std::sync::Mutex::new(HashMap::new()),
             scrapes: AtomicU64::new(0),
         }
@@ -392,7 +426,24 @@ impl Metrics {
             sync(&self.anti_entropy_rounds, r.anti_entropy_rounds);
             sync(&self.keys_repaired, r.keys_repaired);
             sync(&self.clock_drift_refused, r.clock_drift_refused);
+            sync(
+                &self.writes_refused_clock_ahead,
+                r.writes_refused_clock_ahead,
+            );
+            sync(&self.writes_short_of_copies, r.writes_short_of_copies);
+            sync(&self.reads_short_of_copies, r.reads_short_of_copies);
             sync(&self.digest_mismatches, r.digest_mismatches);
+            // Members gone drop out of the gauge.
+            self.peer_clock_offset.clear();
+            for m in &status.members {
+                if let Some(offset) = m.clock_offset_ms {
+                    self.peer_clock_offset
+                        .get_or_create(&PeerNameLabels {
+                            peer: m.member.name.clone(),
+                        })
+                        .set(offset);
+                }
+            }
             let names: HashMap<_, _> = status
                 .members
                 .iter()

@@ -343,6 +343,7 @@ async fn status_page(State((node, _)): State<(Node, Arc<Metrics>)>) -> impl Into
                 "partitions": m.partitions,
                 "peer_addr": m.member.addr.to_string(),
                 "generation": m.member.generation,
+                "clock_offset_ms": m.clock_offset_ms,
             })
         })
         .collect();
@@ -373,6 +374,9 @@ async fn status_page(State((node, _)): State<(Node, Arc<Metrics>)>) -> impl Into
                 "anti_entropy_rounds": r.anti_entropy_rounds,
                 "keys_repaired": r.keys_repaired,
                 "clock_drift_refused": r.clock_drift_refused,
+                "writes_refused_clock_ahead": r.writes_refused_clock_ahead,
+                "writes_short_of_copies": r.writes_short_of_copies,
+                "reads_short_of_copies": r.reads_short_of_copies,
                 "digest_mismatches": r.digest_mismatches,
             },
         })),

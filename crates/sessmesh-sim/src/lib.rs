@@ -178,6 +178,9 @@ pub struct Sim {
     next_call: u64,
     /// Messages refused for stamps beyond the drift bound, by sender.
     drift_refusals: HashMap<usize, u64>,
+    /// Each node's reports of its own clock running ahead or back in sync,
+    /// with when.
+    clock_reports: Vec<(u64, usize, NodeEvent)>,
 }
 
 impl fmt::Debug for Sim {
@@ -231,6 +234,7 @@ impl Sim {
             outcomes: HashMap::new(),
             next_call: 0,
             drift_refusals: HashMap::new(),
+            clock_reports: Vec::new(),
         }
     }
 
@@ -279,9 +283,26 @@ impl Sim {
         self.nodes[node].drift_ppm = ppm;
     }
 
-    /// Sets `node`'s clock `ms` ahead of true time (negative: behind).
+    /// Sets `node`'s clock `ms` ahead of true time (negative: behind). A
+    /// running node's clock steps, and its runtime tells it so, as the real
+    /// one does when the wall clock moves unlike the monotonic one.
     pub fn set_skew(&mut self, node: usize, ms: i64) {
         self.nodes[node].skew_ms = ms;
+        let now = self.wall_ms(node);
+        if let Some(core) = self.nodes[node].core.as_mut() {
+            core.clock_stepped(now);
+            self.drain(node);
+        }
+    }
+
+    /// What `node` reported of its own clock ([`NodeEvent::ClockAhead`],
+    /// [`NodeEvent::ClockInSync`]), with the virtual time of each report.
+    pub fn clock_reports(&self, node: usize) -> Vec<(u64, NodeEvent)> {
+        self.clock_reports
+            .iter()
+            .filter(|(_, n, _)| *n == node)
+            .map(|(at, _, event)| (*at, event.clone()))
+            .collect()
     }
 
     /// What `node`'s wall clock reads now: virtual time from a fixed epoch,
@@ -552,6 +573,9 @@ impl Sim {
                     });
                 }
                 Effect::Event(NodeEvent::ReplicasChanged(_) | NodeEvent::SessionsChanged(_)) => {}
+                Effect::Event(event @ (NodeEvent::ClockAhead { .. } | NodeEvent::ClockInSync)) => {
+                    self.clock_reports.push((self.now_ms, node, event));
+                }
                 Effect::Event(NodeEvent::ClockDriftRefused { from, .. }) => {
                     if let Some(&sender) = self.by_addr.get(&from) {
                         *self.drift_refusals.entry(sender).or_default() += 1;

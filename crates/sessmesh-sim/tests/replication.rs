@@ -733,3 +733,103 @@ fn copies_count_members_down_but_not_members_that_left() {
         sim.seed()
     );
 }
+
+/// A key that `node` replicates, from its own view.
+fn key_on(sim: &Sim, node: usize, prefix: &str) -> String {
+    (0..1_000)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|k| replicas_of(sim, k).contains(&node))
+        .expect("some key lives on the node")
+}
+
+fn holds(sim: &Sim, node: usize, key: &str) -> Option<Vec<u8>> {
+    let stored = sim.core(node).expect("up").store().session(key.as_bytes());
+    field(&Outcome::Read(stored), "v")
+}
+
+#[test]
+fn a_write_its_peers_refuse_for_drift_is_stored_nowhere_and_its_node_stops_stamping() {
+    let mut sim = converged(44);
+    // Every node has measured the others' clocks.
+    sim.run_for(2_000);
+    let key = key_on(&sim, 2, "drift");
+    // node-2's wall clock steps 2 s ahead; its runtime notices the step.
+    sim.set_skew(2, 2_000);
+    let refused = sim.write(2, key.as_bytes(), put_field("v", "ahead"), Level::One);
+    let refused = outcome(&mut sim, refused);
+    assert!(
+        matches!(refused, Outcome::ClockAhead { ahead_ms, max_drift_ms: 500 } if ahead_ms >= 1_500),
+        "{refused:?}; seed {}",
+        sim.seed()
+    );
+    for n in 0..NODES {
+        assert_eq!(
+            holds(&sim, n, &key),
+            None,
+            "node-{n} stored a refused write"
+        );
+    }
+    // A newer write through a node whose clock is right is acknowledged...
+    let newer = sim.write(1, key.as_bytes(), put_field("v", "newer"), Level::Quorum);
+    assert!(matches!(outcome(&mut sim, newer), Outcome::Written { .. }));
+    // ...while node-2, which knows now, refuses at once to stamp anything.
+    let at_once = sim.write(2, b"another", put_field("v", "x"), Level::One);
+    assert!(
+        matches!(sim.outcome(at_once), Some(Outcome::ClockAhead { .. })),
+        "{:?}",
+        sim.outcome(at_once)
+    );
+    // Long past the skew, with anti-entropy rounds, the newer write holds.
+    sim.run_for(30_000);
+    for n in replicas_of(&sim, &key) {
+        assert_eq!(holds(&sim, n, &key), Some(b"newer".to_vec()), "node-{n}");
+    }
+    // It said so once, and once more when its clock is back in step.
+    assert_eq!(
+        sim.clock_reports(2)
+            .iter()
+            .filter(|(_, e)| matches!(e, sessmesh_core::NodeEvent::ClockAhead { .. }))
+            .count(),
+        1
+    );
+    sim.set_skew(2, 0);
+    sim.run_for(5_000);
+    assert!(matches!(
+        sim.clock_reports(2).last(),
+        Some((_, sessmesh_core::NodeEvent::ClockInSync))
+    ));
+    let back = sim.write(2, key.as_bytes(), put_field("v", "back"), Level::Quorum);
+    assert!(matches!(outcome(&mut sim, back), Outcome::Written { .. }));
+    // Every peer measured node-2's clock as it is.
+    assert!(
+        sim.core(0)
+            .expect("up")
+            .clock_offset_of("node-2")
+            .is_some_and(|o| o.abs() < 100)
+    );
+}
+
+#[test]
+fn a_node_started_with_its_clock_ahead_takes_no_writes_once_it_has_met_its_peers() {
+    let mut sim = Sim::new(NODES, MembershipConfig::lan(5), seed_from_env(45));
+    sim.set_skew(3, 2_000);
+    let scenario = Scenario::new("start")
+        .start([0], &[])
+        .start(1..NODES, &[0])
+        .expect_within(Check::Converged, 30_000);
+    if let Err(failure) = scenario.run(&mut sim) {
+        panic!("{failure}");
+    }
+    let key = key_on(&sim, 3, "late");
+    let refused = sim.write(3, key.as_bytes(), put_field("v", "ahead"), Level::One);
+    assert!(
+        matches!(outcome(&mut sim, refused), Outcome::ClockAhead { .. }),
+        "seed {}",
+        sim.seed()
+    );
+    let offset = sim.core(3).expect("up").clock_offset_of("node-0");
+    assert!(
+        offset.is_some_and(|o| (-2_100..=-1_900).contains(&o)),
+        "node-3 measures node-0 2 s behind: {offset:?}"
+    );
+}

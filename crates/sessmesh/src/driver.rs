@@ -72,6 +72,7 @@ pub(crate) fn start<T: Transport>(
         unreachable: HashSet::new(),
         queued_writes: Arc::new(AtomicUsize::new(0)),
         deletes: HashSet::new(),
+        clock_watch: (std::time::Instant::now(), now_ms()),
     };
     let queued_writes = Arc::clone(&driver.queued_writes);
     tokio::spawn(driver.run(incoming, rx, seeds));
@@ -226,6 +227,9 @@ struct Driver<T> {
     /// Writes the handles sent that are not taken yet, and deletes taken
     /// and not yet answered.
     queued_writes: Arc<AtomicUsize>,
+    /// The wall clock and the monotonic clock as last read together: a
+    /// wall clock that moved unlike the monotonic one stepped.
+    clock_watch: (std::time::Instant, u64),
     /// The deletes counted in `queued_writes`. A delete reads before it is
     /// stamped; a write stored on a handle's thread in the meantime (were
     /// the key's partition to become this peer's alone) would be stamped
@@ -273,6 +277,8 @@ impl<T: Transport> Driver<T> {
                 biased;
                 command = commands.recv() => match command {
                     Some(command) => {
+                        // Before anything is stamped this turn.
+                        self.watch_clock();
                         self.command(command, &mut leaving);
                         // Take what else is queued before acting on it, so a
                         // burst of calls leaves in one batch per peer.
@@ -299,6 +305,7 @@ impl<T: Transport> Driver<T> {
                     None => break,
                 },
                 () = &mut timer, if armed => {
+                    self.watch_clock();
                     let now = Instant::now();
                     while let Some(timer) = self.timers.pop_due(now) {
                         self.node.handle_timer(timer, now_ms());
@@ -357,6 +364,25 @@ impl<T: Transport> Driver<T> {
             );
             Err(left)
         })
+    }
+
+    /// Tells the node when the wall clock stepped (by more than a quarter
+    /// of the drift bound since the last look) rather than ran: its
+    /// measurements of the peers' clocks are void then.
+    fn watch_clock(&mut self) {
+        let (then, then_ms) = self.clock_watch;
+        let now = std::time::Instant::now();
+        let now_ms = now_ms();
+        let ran = u64::try_from(now.duration_since(then).as_millis()).unwrap_or(u64::MAX);
+        let step = now_ms.abs_diff(then_ms.saturating_add(ran));
+        self.clock_watch = (now, now_ms);
+        if step > self.node.clock().max_drift_ms() / 4 {
+            warn!(
+                step_ms = step,
+                "the wall clock stepped: measuring the peers' clocks again"
+            );
+            self.node.clock_stepped(now_ms);
+        }
     }
 
     fn command(&mut self, command: Command, leaving: &mut Option<Leaving>) {
@@ -446,6 +472,7 @@ impl<T: Transport> Driver<T> {
                     membership.state_of(&m.name).unwrap_or(MemberState::Joining)
                 },
                 partitions: partitioner.partitions_of(&m.name).count(),
+                clock_offset_ms: node.clock_offset_of(&m.name),
             })
             .collect();
         members.sort_by(|a, b| a.member.name.cmp(&b.member.name));
@@ -511,6 +538,22 @@ impl<T: Transport> Driver<T> {
                     }
                 }
                 Effect::Event(event) => {
+                    match &event {
+                        NodeEvent::ClockDriftRefused { from, reason } => {
+                            warn!(peer = %from, "refusing a peer's stamps, once per episode: {reason}");
+                        }
+                        NodeEvent::ClockAhead { ahead_ms } => warn!(
+                            ahead_ms,
+                            max_clock_drift_ms = self.node.clock().max_drift_ms(),
+                            "this node's clock runs ahead of its peers: it takes no writes until the clock is corrected"
+                        ),
+                        NodeEvent::ClockInSync => {
+                            info!(
+                                "this node's clock is within max_clock_drift_ms of its peers again: it takes writes"
+                            );
+                        }
+                        _ => {}
+                    }
                     if let NodeEvent::Member(member_event) = &event {
                         info!("{member_event:?}");
                         match member_event {

@@ -62,6 +62,20 @@ pub enum Error {
         /// Copies the level needed.
         needed: usize,
     },
+    /// This peer's clock runs further ahead of its peers' than they accept
+    /// (`max_clock_drift_ms`), so it stamps no writes until the clock is
+    /// corrected (or real time catches up with the stamps it issued before
+    /// it noticed). Nothing was stored. Fix the clock (NTP); other peers
+    /// take writes meanwhile.
+    #[error(
+        "clock drift: this peer's clock runs {ahead_ms} ms ahead of its peers, over max_clock_drift_ms = {max_drift_ms}; it takes no writes until the clock is corrected"
+    )]
+    ClockAhead {
+        /// How far ahead of a majority of its peers, ms.
+        ahead_ms: u64,
+        /// The bound, ms.
+        max_drift_ms: u64,
+    },
     /// The peer refused the call before sending anything (for example, the
     /// key's partition has no live replica).
     #[error("refused: {0}")]

@@ -431,6 +431,12 @@ impl Node {
             return None;
         }
         let now = now_ms();
+        if let Some(ahead_ms) = inner.clock.ahead_of_peers_ms(now) {
+            return Some(Outcome::ClockAhead {
+                ahead_ms,
+                max_drift_ms: inner.clock.max_drift_ms(),
+            });
+        }
         // What a delete's read would have seen (only this copy exists).
         let existed =
             (*write == Write::Delete).then(|| inner.reader.read(key, now, |_| ()).is_some());
@@ -693,6 +699,13 @@ fn failure(outcome: Outcome) -> Error {
         Outcome::TooFewAcks { acks, needed } => Error::TooFewAcks { acks, needed },
         Outcome::TooFewAnswers { answers, needed } => Error::TooFewAnswers { answers, needed },
         Outcome::Refused(reason) => Error::Refused(reason),
+        Outcome::ClockAhead {
+            ahead_ms,
+            max_drift_ms,
+        } => Error::ClockAhead {
+            ahead_ms,
+            max_drift_ms,
+        },
         Outcome::Written { .. } | Outcome::Read(_) => {
             Error::Refused(format!("unexpected answer {outcome:?}"))
         }

@@ -39,4 +39,8 @@ pub struct MemberStatus {
     pub state: MemberState,
     /// Partitions it replicates, as this peer computes them.
     pub partitions: usize,
+    /// Its wall clock less this peer's, in ms, as last measured (`None` for
+    /// this peer itself, and before a measurement): negative when this
+    /// peer's clock runs ahead of it.
+    pub clock_offset_ms: Option<i64>,
 }
