@@ -58,6 +58,7 @@ mod repair;
 mod writes;
 
 use reads::merge_answers;
+use writes::answer_when_written;
 
 /// A timer a node asked for; hand it back through [`Node::handle_timer`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -595,6 +596,8 @@ impl Node {
                     pending.waiting &= !(1 << i);
                     pending.acks += 1;
                 }
+                // Its own copy may be all the level needs.
+                answer_when_written(&mut self.effects, &mut pending);
             }
             self.stats.hints_queued += u64::from(pending.waiting.count_ones());
             if !pending.answered {

@@ -833,3 +833,29 @@ fn a_node_started_with_its_clock_ahead_takes_no_writes_once_it_has_met_its_peers
         "node-3 measures node-0 2 s behind: {offset:?}"
     );
 }
+
+#[test]
+fn an_unmeasured_write_that_nobody_answers_is_kept_at_the_deadline() {
+    let mut sim = converged(46);
+    sim.run_for(2_000);
+    let key = key_on(&sim, 2, "silent");
+    // node-2's clock steps (it must measure again), and nobody hears it,
+    // though nobody has declared anybody down yet.
+    sim.set_skew(2, 10);
+    for other in (0..NODES).filter(|&n| n != 2) {
+        sim.faults_mut().one_way_cuts.insert((2, other));
+    }
+    let started = sim.now_ms();
+    let write = sim.write(2, key.as_bytes(), put_field("v", "kept"), Level::One);
+    let outcome = outcome(&mut sim, write);
+    assert!(
+        matches!(outcome, Outcome::Written { acks: 1, .. }),
+        "nothing refused the stamp, and One needs this copy only: {outcome:?}; seed {}",
+        sim.seed()
+    );
+    assert!(
+        sim.now_ms() - started >= 2_000,
+        "it waited for the deadline"
+    );
+    assert_eq!(holds(&sim, 2, &key), Some(b"kept".to_vec()));
+}
