@@ -58,7 +58,7 @@ mod repair;
 mod writes;
 
 use reads::merge_answers;
-use writes::answer_when_written;
+use writes::{answer_when_written, apply_deferred};
 
 /// A timer a node asked for; hand it back through [`Node::handle_timer`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -581,22 +581,15 @@ impl Node {
 
     fn expire_request(&mut self, id: u64, now_ms: u64) {
         if let Some(mut pending) = self.in_flight.writes.remove(&id) {
-            if let Some(i) = pending.deferred.take() {
+            if pending.deferred.is_some() {
                 if pending.refused_ahead_ms > 0 {
                     // Refused, and accepted nowhere: it is stored nowhere.
                     self.refuse_ahead(pending.call, pending.refused_ahead_ms);
                     return;
                 }
-                // Nobody answered: nothing says the stamp is bad.
-                if self
-                    .store
-                    .apply(&pending.key, &pending.write, pending.stamp, now_ms)
-                    .is_ok()
-                {
-                    pending.waiting &= !(1 << i);
-                    pending.acks += 1;
-                }
-                // Its own copy may be all the level needs.
+                // Nobody answered: nothing says the stamp is bad. Its own
+                // copy may be all the level needs.
+                apply_deferred(&mut self.store, &mut pending, now_ms);
                 answer_when_written(&mut self.effects, &mut pending);
             }
             self.stats.hints_queued += u64::from(pending.waiting.count_ones());

@@ -18,8 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use lab::history::{self, Directory, History, Load};
-use lab::resp::Client;
+use lab::history::{self, Directory, History, Load, Reconnecting};
 use lab::{Lab, NodeSpec};
 
 /// Session keys written (and deleted); the data a node holds is bounded
@@ -76,20 +75,14 @@ fn three_nodes_keep_every_acknowledged_write_with_one_killed_every_30_seconds() 
             let (directory, reading) = (Arc::clone(&directory), Arc::clone(&reading));
             std::thread::spawn(move || {
                 let mut reads = 0u64;
-                let mut client: Option<Client> = None;
+                let mut client = Reconnecting::new(&directory, node);
                 while reading.load(Ordering::Acquire) {
-                    let addr = directory.read().unwrap()[node];
-                    if client.is_none() {
-                        client =
-                            addr.and_then(|a| Client::connect(a, Duration::from_secs(10)).ok());
-                    }
-                    let Some(c) = client.as_mut() else {
-                        std::thread::park_timeout(Duration::from_millis(50));
+                    let Some(c) = client.get() else {
                         continue;
                     };
                     let key = format!("soak:{}", (reads * 7_919) % KEYS);
                     if c.call(&[b"GET", key.as_bytes()]).is_err() {
-                        client = None;
+                        client.broken();
                     }
                     reads += 1;
                 }

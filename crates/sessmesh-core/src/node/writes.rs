@@ -191,17 +191,8 @@ impl Node {
         pending.waiting &= !bit;
         pending.acks += 1;
         self.stats.replica_acks += 1;
-        if let Some(i) = pending.deferred.take() {
-            // A replica accepted the stamp: this node's copy takes it too.
-            if self
-                .store
-                .apply(&pending.key, &pending.write, pending.stamp, now_ms)
-                .is_ok()
-            {
-                pending.waiting &= !(1 << i);
-                pending.acks += 1;
-            }
-        }
+        // A replica accepted the stamp: this node's copy takes it too.
+        apply_deferred(&mut self.store, pending, now_ms);
         answer_when_written(&mut self.effects, pending);
         if pending.waiting == 0
             && let Some(pending) = self.in_flight.writes.remove(&request)
@@ -224,5 +215,18 @@ pub(super) fn answer_when_written(effects: &mut Vec<Effect>, pending: &mut Pendi
             call: pending.call,
             outcome,
         });
+    }
+}
+
+/// Applies a write to this node's own copy if it waited for a stamp check
+/// (see [`PendingWrite::deferred`]), and counts it.
+pub(super) fn apply_deferred(store: &mut Store, pending: &mut PendingWrite, now_ms: u64) {
+    if let Some(i) = pending.deferred.take()
+        && store
+            .apply(&pending.key, &pending.write, pending.stamp, now_ms)
+            .is_ok()
+    {
+        pending.waiting &= !(1 << i);
+        pending.acks += 1;
     }
 }

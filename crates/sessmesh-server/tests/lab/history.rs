@@ -112,6 +112,42 @@ impl History {
     }
 }
 
+/// A connection to one node that reconnects, to wherever the node now
+/// listens, after it broke.
+pub(crate) struct Reconnecting {
+    directory: Directory,
+    node: usize,
+    client: Option<Client>,
+}
+
+impl Reconnecting {
+    pub(crate) fn new(directory: &Directory, node: usize) -> Reconnecting {
+        Reconnecting {
+            directory: Arc::clone(directory),
+            node,
+            client: None,
+        }
+    }
+
+    /// The connection, or `None` while the node is down (after a short
+    /// pause, so that a caller's loop does not spin).
+    pub(crate) fn get(&mut self) -> Option<&mut Client> {
+        if self.client.is_none() {
+            let addr = self.directory.read().unwrap_or_else(|e| e.into_inner())[self.node];
+            self.client = addr.and_then(|a| Client::connect(a, Duration::from_secs(10)).ok());
+            if self.client.is_none() {
+                std::thread::park_timeout(Duration::from_millis(50));
+            }
+        }
+        self.client.as_mut()
+    }
+
+    /// Drops a connection that broke.
+    pub(crate) fn broken(&mut self) {
+        self.client = None;
+    }
+}
+
 /// Clients writing as fast as their node answers, one per node.
 pub(crate) struct Load {
     stop: Arc<AtomicBool>,
@@ -142,17 +178,10 @@ impl Load {
                 let prefix = prefix.to_owned();
                 let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (node as u64 + 1);
                 std::thread::spawn(move || {
-                    let mut client: Option<Client> = None;
+                    let mut client = Reconnecting::new(&directory, node);
                     let mut seq = 0u64;
                     while !stop.load(Ordering::Acquire) {
-                        let addr = directory.read().unwrap_or_else(|e| e.into_inner())[node];
-                        if client.is_none() {
-                            client =
-                                addr.and_then(|a| Client::connect(a, Duration::from_secs(10)).ok());
-                        }
-                        let Some(c) = client.as_mut() else {
-                            // The node is down: look again shortly.
-                            std::thread::park_timeout(Duration::from_millis(50));
+                        let Some(c) = client.get() else {
                             continue;
                         };
                         rng ^= rng << 13;
@@ -166,7 +195,7 @@ impl Load {
                             Op::Set(format!("n{}-{seq}", node + 1))
                         };
                         if history.write(c, node, &key, op).is_none() {
-                            client = None;
+                            client.broken();
                         }
                     }
                 })

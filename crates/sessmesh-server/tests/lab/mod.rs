@@ -404,8 +404,8 @@ impl Lab {
         let running: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].child.is_some())
             .collect();
-        let views = || -> Vec<Vec<(String, String)>> {
-            running
+        wait_until("every node to report every node alive", within, || {
+            let seen: Vec<Vec<(String, String)>> = running
                 .iter()
                 .map(|&i| {
                     let status = self.status(i).unwrap_or_default();
@@ -415,23 +415,16 @@ impl Lab {
                         .map(|m| (m["name"].to_string(), m["state"].to_string()))
                         .collect()
                 })
-                .collect()
-        };
-        let start = Instant::now();
-        loop {
-            let seen = views();
-            if seen
+                .collect();
+            let alive = seen
                 .iter()
-                .all(|v| v.len() == running.len() && v.iter().all(|(_, s)| s == "\"alive\""))
-            {
-                return;
+                .all(|v| v.len() == running.len() && v.iter().all(|(_, s)| s == "\"alive\""));
+            if alive {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
             }
-            assert!(
-                start.elapsed() < within,
-                "timed out after {within:?} waiting for every node to report every node alive: {seen:?}"
-            );
-            std::thread::park_timeout(Duration::from_millis(100));
-        }
+        });
     }
 
     /// Cuts every link between a node of `a` and a node of `b`, both ways,
@@ -568,13 +561,31 @@ pub(crate) fn wait_for(
     within: Duration,
     mut condition: impl FnMut() -> bool,
 ) -> Duration {
+    wait_until(what, within, || {
+        if condition() {
+            Ok(())
+        } else {
+            Err(String::new())
+        }
+    })
+}
+
+/// Polls `check` until it passes; panics after `within` with what it last said.
+pub(crate) fn wait_until(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+) -> Duration {
     let start = Instant::now();
-    while !condition() {
+    loop {
+        let why = match check() {
+            Ok(()) => return start.elapsed(),
+            Err(why) => why,
+        };
         assert!(
             start.elapsed() < within,
-            "timed out after {within:?} waiting for {what}"
+            "timed out after {within:?} waiting for {what}: {why}"
         );
         std::thread::park_timeout(Duration::from_millis(100));
     }
-    start.elapsed()
 }
