@@ -69,9 +69,14 @@ const BATCH_BYTES: usize = 256 << 10;
 /// Largest chunk read from a stream at once.
 const READ_CHUNK: usize = 256 << 10;
 
-/// Counters of what the transport refused or dropped.
+/// Counters of what the transport refused or dropped, and what it holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TransportStats {
+    /// Peers it holds a link for: a send queue, a connection, or redials
+    /// (until the peer is forgotten).
+    pub links: u64,
+    /// Bytes waiting in the send queues of every link.
+    pub queued_bytes: u64,
     /// Streams stopped for bad frames.
     pub bad_frames: u64,
     /// Connections closed because the peer is foreign or skipped `Hello`.
@@ -509,7 +514,14 @@ impl TransportObserver {
 impl Inner {
     fn stats(&self) -> TransportStats {
         let s = &self.stats;
+        let (links, queued_bytes) = {
+            let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            let queued: usize = peers.values().map(|link| link.queued.queued()).sum();
+            (peers.len() as u64, queued as u64)
+        };
         TransportStats {
+            links,
+            queued_bytes,
             bad_frames: s.bad_frames.load(Ordering::Relaxed),
             refused_connections: s.refused_connections.load(Ordering::Relaxed),
             failed_handshakes: s.failed_handshakes.load(Ordering::Relaxed),

@@ -157,6 +157,8 @@ pub(crate) struct Metrics {
     digest_mismatches: Counter,
     peer_bytes: Family<PeerLabels, Counter>,
     peer_clock_offset: Family<PeerNameLabels, Gauge>,
+    transport_links: Gauge,
+    transport_queued: Gauge,
     /// Per-peer byte totals already counted, by peer and direction; a
     /// reconnection restarts the transport's counts.
     peer_seen: std::sync::Mutex<HashMap<(String, &'static str), u64>>,
@@ -334,6 +336,18 @@ impl Metrics {
             "Bytes to and from each peer over QUIC, by peer and direction",
             peer_bytes.clone(),
         );
+        let transport_links = Gauge::default();
+        registry.register(
+            "transport_links",
+            "Peers the transport holds a link for (a send queue, a connection or redials); a member gone for good is dropped",
+            transport_links.clone(),
+        );
+        let transport_queued = Gauge::default();
+        registry.register(
+            "transport_queued_bytes",
+            "Bytes waiting in the transport's send queues, every peer together",
+            transport_queued.clone(),
+        );
         let peer_clock_offset = Family::<PeerNameLabels, Gauge>::default();
         registry.register(
             "peer_clock_offset_milliseconds",
@@ -369,6 +383,8 @@ impl Metrics {
             digest_mismatches,
             peer_bytes,
             peer_clock_offset,
+            transport_links,
+            transport_queued,
             peer_seen: std::sync::Mutex::new(HashMap::new()),
             scrapes: AtomicU64::new(0),
         }
@@ -449,7 +465,11 @@ impl Metrics {
                 .iter()
                 .map(|m| (m.member.addr, m.member.name.clone()))
                 .collect();
-            if let Some((_, peers)) = node.transport_stats() {
+            if let Some((stats, peers)) = node.transport_stats() {
+                self.transport_links
+                    .set(i64::try_from(stats.links).unwrap_or(i64::MAX));
+                self.transport_queued
+                    .set(i64::try_from(stats.queued_bytes).unwrap_or(i64::MAX));
                 let mut seen = self.peer_seen.lock().unwrap_or_else(|e| e.into_inner());
                 for peer in peers {
                     let name = names

@@ -70,6 +70,7 @@ pub(crate) fn start<T: Transport>(
         calls: HashMap::new(),
         next_call: 0,
         unreachable: HashSet::new(),
+        member_addrs: HashMap::new(),
         queued_writes: Arc::new(AtomicUsize::new(0)),
         deletes: HashSet::new(),
         clock_watch: (std::time::Instant::now(), now_ms()),
@@ -224,6 +225,11 @@ struct Driver<T> {
     next_call: u64,
     /// Members declared down, until they are back.
     unreachable: HashSet<SocketAddr>,
+    /// Where each member was last seen up, by name. A member back at
+    /// another address (restarted on a new port) is gone from the old one
+    /// for good, as is one that left: the transport drops what it still
+    /// holds for that address (its queue, its connection, its redials).
+    member_addrs: HashMap<String, SocketAddr>,
     /// Writes the handles sent that are not taken yet, and deletes taken
     /// and not yet answered.
     queued_writes: Arc<AtomicUsize>,
@@ -503,6 +509,7 @@ impl<T: Transport> Driver<T> {
         // Messages go out per peer, in order, once the rest is done: a turn's
         // messages to one peer are queued together.
         let mut sends: Vec<(SocketAddr, Vec<Message>)> = Vec::new();
+        let mut gone: Vec<SocketAddr> = Vec::new();
         for effect in self.node.take_effects() {
             match effect {
                 Effect::Gossip { to, payload } => {
@@ -560,10 +567,27 @@ impl<T: Transport> Driver<T> {
                             MemberEvent::Down(member) => {
                                 self.unreachable.insert(member.addr);
                             }
-                            MemberEvent::Up(member) if self.unreachable.remove(&member.addr) => {
-                                // Back after an outage: its connection's timers
-                                // have backed off; start afresh.
-                                self.transport.retry_now(member.addr);
+                            MemberEvent::Up(member) => {
+                                let before =
+                                    self.member_addrs.insert(member.name.clone(), member.addr);
+                                if let Some(old) = before.filter(|old| *old != member.addr) {
+                                    gone.push(old);
+                                }
+                                // A member now at an address another had.
+                                gone.retain(|addr| *addr != member.addr);
+                                if self.unreachable.remove(&member.addr) {
+                                    // Back after an outage: its connection's
+                                    // timers have backed off; start afresh.
+                                    self.transport.retry_now(member.addr);
+                                }
+                            }
+                            MemberEvent::Left(member) => {
+                                if self.member_addrs.get(&member.name) == Some(&member.addr) {
+                                    self.member_addrs.remove(&member.name);
+                                }
+                                if !self.member_addrs.values().any(|a| *a == member.addr) {
+                                    gone.push(member.addr);
+                                }
                             }
                             _ => {}
                         }
@@ -574,9 +598,16 @@ impl<T: Transport> Driver<T> {
             }
         }
         for (to, messages) in sends {
+            if gone.contains(&to) {
+                continue;
+            }
             if let Err(e) = self.transport.send_all(to, &messages) {
                 warn!(peer = %to, messages = messages.len(), "messages not sent: {e}");
             }
+        }
+        for addr in gone {
+            self.unreachable.remove(&addr);
+            self.transport.forget(addr);
         }
     }
 }

@@ -485,3 +485,38 @@ async fn a_write_after_a_delete_comes_after_it_though_the_key_became_this_peers_
     assert_eq!(got.as_deref(), Some(&b"2"[..]), "the later write was lost");
     drop(second);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_back_at_another_address_leaves_nothing_held_for_the_old_one() {
+    let mut peers = cluster(2, 2).await;
+    let second = peers.pop().unwrap();
+    let first = peers.pop().unwrap();
+    first.put_field("k", "f", "v").await.unwrap();
+    let old = second.me().addr;
+    let linked = |peer: &Node, addr| {
+        peer.transport_stats()
+            .is_some_and(|(_, peers)| peers.iter().any(|p| p.addr == addr))
+    };
+    assert!(linked(&first, old));
+    // peer-1 stops at once (no goodbye) and comes back on another port.
+    drop(second);
+    let again = builder("peer-1")
+        .replication_factor(2)
+        .seeds([first.me().addr])
+        .start()
+        .await
+        .unwrap();
+    let new = again.me().addr;
+    assert_ne!(new, old);
+    wait_for("peer-0 to see peer-1 at its new address", || async {
+        first.members().await.unwrap().iter().any(|m| m.addr == new)
+    })
+    .await;
+    // What peer-0 held for the old address (its queue, its connection, its
+    // redials) is gone: one link, to the new one.
+    let links = |peer: &Node| peer.transport_stats().map(|(stats, _)| stats.links);
+    wait_for("peer-0 to drop the old address", || async {
+        links(&first) == Some(1) && linked(&first, new)
+    })
+    .await;
+}
