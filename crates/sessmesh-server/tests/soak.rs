@@ -45,6 +45,20 @@ fn rss_kib(ns: &str) -> Option<u64> {
         })
 }
 
+/// A gauge from node `i`'s metrics.
+fn gauge(lab: &Lab, i: usize, name: &str) -> Option<u64> {
+    let http = lab.nodes[i].http?;
+    let body = ureq::get(&format!("http://{http}/metrics"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[test]
 #[ignore = "a ten-minute soak, run by hand"]
 fn three_nodes_keep_every_acknowledged_write_with_one_killed_every_30_seconds() {
@@ -105,9 +119,12 @@ fn three_nodes_keep_every_acknowledged_write_with_one_killed_every_30_seconds() 
         directory.write().unwrap()[2] = lab.nodes[2].resp;
         restarts += 1;
         println!(
-            "{:>4} s: resident KiB {:?}; {} writes so far; node-3 restarted",
+            "{:>4} s: resident KiB {:?}; node-1 holds {:?} transport links, {:?} bytes queued, {:?} hints; {} writes so far; node-3 restarted",
             start.elapsed().as_secs(),
             samples.last().unwrap(),
+            gauge(&lab, 0, "sessmesh_transport_links"),
+            gauge(&lab, 0, "sessmesh_transport_queued_bytes"),
+            gauge(&lab, 0, "sessmesh_hints_pending"),
             history.records().len()
         );
     }
