@@ -680,12 +680,7 @@ impl Node {
 
     fn refresh_addresses(&mut self) {
         let me = self.membership.me();
-        self.addrs = self
-            .membership
-            .members()
-            .chain(std::iter::once(me))
-            .map(|m| (m.name.clone(), m.addr))
-            .collect();
+        self.addrs = newest_addresses(self.membership.members().chain(std::iter::once(me)));
         self.names = self
             .addrs
             .iter()
@@ -743,6 +738,23 @@ impl Node {
     }
 }
 
+/// Each member's address by name. A member restarted at another address
+/// (a new port) is up twice until the old incarnation is declared down:
+/// the newest generation is the one that answers.
+fn newest_addresses<'a>(members: impl Iterator<Item = &'a Member>) -> HashMap<String, SocketAddr> {
+    let mut newest: HashMap<&str, &Member> = HashMap::new();
+    for m in members {
+        let entry = newest.entry(&m.name).or_insert(m);
+        if m.generation > entry.generation {
+            *entry = m;
+        }
+    }
+    newest
+        .into_iter()
+        .map(|(name, m)| (name.to_owned(), m.addr))
+        .collect()
+}
+
 /// A bit for each replica of `replicas`.
 fn all_of(replicas: &[Replica]) -> u64 {
     match replicas.len() {
@@ -756,4 +768,26 @@ fn waiting_on(replicas: &[Replica], waiting: u64, from: SocketAddr) -> Option<u6
     replicas_in(waiting)
         .find(|&i| replicas[i].addr == Some(from))
         .map(|i| 1 << i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_up_twice_is_reached_at_its_newest_incarnation() {
+        let at = |port: u16, generation: u64| Member {
+            name: "node-3".into(),
+            addr: SocketAddr::from(([10, 0, 0, 3], port)),
+            client_addr: None,
+            generation,
+            partition_count: 256,
+            replication_factor: 3,
+        };
+        let (old, new) = (at(7001, 4), at(7002, 5));
+        for order in [[&old, &new], [&new, &old]] {
+            let addrs = newest_addresses(order.into_iter());
+            assert_eq!(addrs.get("node-3"), Some(&new.addr));
+        }
+    }
 }

@@ -71,6 +71,7 @@ pub(crate) fn start<T: Transport>(
         next_call: 0,
         unreachable: HashSet::new(),
         member_addrs: HashMap::new(),
+        superseded: HashSet::new(),
         queued_writes: Arc::new(AtomicUsize::new(0)),
         deletes: HashSet::new(),
         clock_watch: (std::time::Instant::now(), now_ms()),
@@ -230,6 +231,11 @@ struct Driver<T> {
     /// for good, as is one that left: the transport drops what it still
     /// holds for that address (its queue, its connection, its redials).
     member_addrs: HashMap<String, SocketAddr>,
+    /// Those addresses, until a member comes up at one again. Membership
+    /// would still probe an old incarnation until it declares it down, and
+    /// announce to it after; nothing is sent there, so the transport holds
+    /// nothing for it. One entry per restart or leave.
+    superseded: HashSet<SocketAddr>,
     /// Writes the handles sent that are not taken yet, and deletes taken
     /// and not yet answered.
     queued_writes: Arc<AtomicUsize>,
@@ -512,6 +518,7 @@ impl<T: Transport> Driver<T> {
         let mut gone: Vec<SocketAddr> = Vec::new();
         for effect in self.node.take_effects() {
             match effect {
+                Effect::Gossip { to, .. } if self.superseded.contains(&to) => {}
                 Effect::Gossip { to, payload } => {
                     if let Err(e) = self.transport.send_datagram(to, payload) {
                         warn!(peer = %to, "gossip not sent: {e}");
@@ -575,6 +582,7 @@ impl<T: Transport> Driver<T> {
                                 }
                                 // A member now at an address another had.
                                 gone.retain(|addr| *addr != member.addr);
+                                self.superseded.remove(&member.addr);
                                 if self.unreachable.remove(&member.addr) {
                                     // Back after an outage: its connection's
                                     // timers have backed off; start afresh.
@@ -597,8 +605,9 @@ impl<T: Transport> Driver<T> {
                 }
             }
         }
+        self.superseded.extend(gone.iter().copied());
         for (to, messages) in sends {
-            if gone.contains(&to) {
+            if self.superseded.contains(&to) {
                 continue;
             }
             if let Err(e) = self.transport.send_all(to, &messages) {

@@ -499,6 +499,7 @@ async fn a_member_back_at_another_address_leaves_nothing_held_for_the_old_one() 
     };
     assert!(linked(&first, old));
     // peer-1 stops at once (no goodbye) and comes back on another port.
+    let mut events = first.subscribe();
     drop(second);
     let again = builder("peer-1")
         .replication_factor(2)
@@ -519,4 +520,19 @@ async fn a_member_back_at_another_address_leaves_nothing_held_for_the_old_one() 
         links(&first) == Some(1) && linked(&first, new)
     })
     .await;
+    // Membership declares the old incarnation down, and goes on announcing
+    // to members down; none of that reaches the old address any more.
+    loop {
+        match events.recv().await.unwrap() {
+            sessmesh::NodeEvent::Member(sessmesh::MemberEvent::Down(m)) if m.addr == old => break,
+            _ => {}
+        }
+    }
+    let announce = Duration::from_millis(3 * MembershipConfig::local().announce_to_down_period_ms);
+    let watched = Instant::now();
+    while watched.elapsed() < announce {
+        assert_eq!(links(&first), Some(1), "a link to the old address again");
+        // A look every 10 ms over the window.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
