@@ -47,14 +47,8 @@ fn rss_kib(ns: &str) -> Option<u64> {
 
 /// A gauge from node `i`'s metrics.
 fn gauge(lab: &Lab, i: usize, name: &str) -> Option<u64> {
-    let http = lab.nodes[i].http?;
-    let body = ureq::get(&format!("http://{http}/metrics"))
-        .call()
-        .ok()?
-        .body_mut()
-        .read_to_string()
-        .ok()?;
-    body.lines()
+    lab.http_get(i, "/metrics")?
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }

@@ -385,16 +385,24 @@ impl Lab {
         node.http = None;
     }
 
-    /// The JSON `/status` of node `i`, if it answers.
-    pub(crate) fn status(&self, i: usize) -> Option<serde_json::Value> {
+    /// The body of `path` on node `i`'s HTTP endpoint, if it answers.
+    /// Straight to the node: a proxy set in the environment is outside the
+    /// lab's namespaces.
+    pub(crate) fn http_get(&self, i: usize, path: &str) -> Option<String> {
         let http = self.nodes[i].http?;
-        let body = ureq::get(&format!("http://{http}/status"))
+        let agent: ureq::Agent = ureq::Agent::config_builder().proxy(None).build().into();
+        agent
+            .get(&format!("http://{http}{path}"))
             .call()
             .ok()?
             .body_mut()
             .read_to_string()
-            .ok()?;
-        serde_json::from_str(&body).ok()
+            .ok()
+    }
+
+    /// The JSON `/status` of node `i`, if it answers.
+    pub(crate) fn status(&self, i: usize) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.http_get(i, "/status")?).ok()
     }
 
     /// Waits until every running node reports every running node as a
