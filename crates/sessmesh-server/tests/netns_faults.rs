@@ -174,9 +174,11 @@ fn partition_under_load(run: &mut Run) {
     run.wait_members(2, 1);
     run.wait_members(0, 2);
     run.progress(&history, &[0, 1, 2], 200, PHASE);
+    let dropped: u64 = (0..3).map(|i| run.lab.dropped(i)).sum();
     run.lab.heal();
     let healed = Instant::now();
     load.stop();
+    println!("partition: {dropped} packets dropped at the cut");
     run.check("partition under load", &history, healed);
     run.lab.wait_all_alive(WITHIN);
 }
@@ -269,11 +271,13 @@ fn loss_and_delay_on_one_link(run: &mut Run) {
         run.seed,
     );
     run.progress(&history, &[0, 1, 2], 200, PHASE);
+    let dropped = run.lab.dropped(1);
     let delayed = run.lab.heal();
     let healed = Instant::now();
     load.stop();
     assert!(delayed > 0, "no packet went through the delay");
-    println!("loss and delay: {delayed} packets delayed");
+    assert!(dropped > 0, "no packet was lost");
+    println!("loss and delay: {dropped} packets lost, {delayed} delayed");
     run.check("loss and delay on one link", &history, healed);
 }
 

@@ -510,6 +510,22 @@ impl Lab {
         self.delayer = Some(Delayer::start(&ns, 0, delay, jitter, seed));
     }
 
+    /// Packets node `i`'s rules have dropped since they were set.
+    pub(crate) fn dropped(&self, i: usize) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.nodes[i].ns])
+            .args(["iptables-legacy", "-L", "-v", "-x", "-n"])
+            .output()
+            .expect("iptables lists its rules");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                (words.get(2) == Some(&"DROP")).then(|| words[0].parse::<u64>().ok())?
+            })
+            .sum()
+    }
+
     /// Removes every rule and stops the delay: the network is whole again.
     /// Returns how many packets were delayed since the last heal.
     pub(crate) fn heal(&mut self) -> u64 {
