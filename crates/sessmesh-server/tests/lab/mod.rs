@@ -100,6 +100,12 @@ fn kill_all_in(ns: &str) {
     }
 }
 
+/// Runs `iptables-legacy` with `rule` (words separated by spaces) in `ns`.
+fn iptables(ns: &str, rule: &str) {
+    let words: Vec<&str> = rule.split_whitespace().collect();
+    in_ns(ns, "iptables-legacy", &words);
+}
+
 /// Removes what a lab made: its processes first, then its namespaces.
 fn remove(namespaces: &[String], pids: &[u32]) {
     for pid in pids {
@@ -441,17 +447,9 @@ impl Lab {
         for &x in a {
             for &y in b {
                 for (from, to) in [(x, y), (y, x)] {
-                    let (ns, other) = (&self.nodes[from].ns, self.nodes[to].ip.to_string());
-                    in_ns(
-                        ns,
-                        "iptables-legacy",
-                        &["-A", "INPUT", "-s", &other, "-j", "DROP"],
-                    );
-                    in_ns(
-                        ns,
-                        "iptables-legacy",
-                        &["-A", "OUTPUT", "-d", &other, "-j", "DROP"],
-                    );
+                    let (ns, other) = (&self.nodes[from].ns, self.nodes[to].ip);
+                    iptables(ns, &format!("-A INPUT -s {other} -j DROP"));
+                    iptables(ns, &format!("-A OUTPUT -d {other} -j DROP"));
                 }
             }
         }
@@ -473,38 +471,14 @@ impl Lab {
         let other = self.nodes[b].ip.to_string();
         let probability = format!("{:.2}", f64::from(loss_percent) / 100.0);
         for (chain, dir) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
-            in_ns(
+            let rule = format!("-A {chain} {dir} {other}");
+            iptables(
                 &ns,
-                "iptables-legacy",
-                &[
-                    "-A",
-                    chain,
-                    dir,
-                    &other,
-                    "-m",
-                    "statistic",
-                    "--mode",
-                    "random",
-                    "--probability",
-                    &probability,
-                    "-j",
-                    "DROP",
-                ],
+                &format!("{rule} -m statistic --mode random --probability {probability} -j DROP"),
             );
-            in_ns(
+            iptables(
                 &ns,
-                "iptables-legacy",
-                &[
-                    "-A",
-                    chain,
-                    dir,
-                    &other,
-                    "-j",
-                    "NFQUEUE",
-                    "--queue-num",
-                    "0",
-                    "--queue-bypass",
-                ],
+                &format!("{rule} -j NFQUEUE --queue-num 0 --queue-bypass"),
             );
         }
         self.delayer = Some(Delayer::start(&ns, 0, delay, jitter, seed));
@@ -530,7 +504,7 @@ impl Lab {
     /// Returns how many packets were delayed since the last heal.
     pub(crate) fn heal(&mut self) -> u64 {
         for node in &self.nodes {
-            in_ns(&node.ns, "iptables-legacy", &["-F"]);
+            iptables(&node.ns, "-F");
         }
         self.delayer.take().map_or(0, Delayer::stop)
     }
