@@ -27,7 +27,7 @@ use sessmesh_core::{ClusterId, Codec, Message};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::transport::{
-    Incoming, Peer, QueueBudget, Responder, ResponderKind, Transport, TransportConfig, timed_out,
+    Incoming, Peer, QueueBudget, Responder, Transport, TransportConfig, timed_out,
 };
 use crate::{RequestError, SendError};
 
@@ -364,7 +364,8 @@ impl Transport for MemTransport {
             let request = Incoming::Request {
                 from: me.clone(),
                 message: message.clone(),
-                reply: Responder(ResponderKind::Mem(tx)),
+                // The requester may have given up already; then nobody listens.
+                reply: Responder::new(move |answer| drop(tx.send(answer))),
             };
             inbox
                 .send(request)

@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sessmesh_core::Message;
-use tokio::sync::oneshot;
 
 use crate::{RequestError, SendError};
 
@@ -67,28 +66,26 @@ pub enum Incoming {
     },
 }
 
-/// Sends the answer to one request.
-#[derive(Debug)]
-pub struct Responder(pub(crate) ResponderKind);
+/// Sends the answer to one request, however the transport carries it.
+pub struct Responder(Box<dyn FnOnce(Message) + Send>);
 
-#[derive(Debug)]
-pub(crate) enum ResponderKind {
-    Quic(crate::quic::QuicReply),
-    Mem(oneshot::Sender<Message>),
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Responder")
+    }
 }
 
 impl Responder {
+    /// A responder that hands the answer to `send`.
+    pub(crate) fn new(send: impl FnOnce(Message) + Send + 'static) -> Responder {
+        Responder(Box::new(send))
+    }
+
     /// Sends `answer`. It does not wait for the bytes to leave: the write
     /// happens in the background, and a failure shows up on the requester's
     /// side as a failed or timed-out request.
     pub fn respond(self, answer: Message) {
-        match self.0 {
-            ResponderKind::Quic(reply) => reply.send(answer),
-            ResponderKind::Mem(tx) => {
-                // The requester may have given up already; then nobody listens.
-                let _ = tx.send(answer);
-            }
-        }
+        (self.0)(answer);
     }
 }
 
