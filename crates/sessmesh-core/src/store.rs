@@ -9,6 +9,10 @@
 //! Sessions are kept packed (see `packed.rs`): one allocation per session,
 //! reads borrow from it. A change unpacks the session, merges, and packs it
 //! again; an unchanged result is not rewritten and does not touch the digest.
+//!
+//! Layout: this file holds the partitions, their locks and the merge;
+//! `reader.rs` the [`StoreReader`] other threads use; `views.rs` the views
+//! of a stored session ([`SessionRef`], [`SessionData`], [`StoredEntry`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -23,6 +27,12 @@ use crate::packed::{self, Packed};
 use crate::partition::{PartitionId, key_hash, partition_of};
 use crate::session::{Expiry, Session, Write};
 use crate::{Config, Error};
+
+mod reader;
+mod views;
+
+pub use reader::{NotReplicated, StoreReader};
+pub use views::{SessionData, SessionRef, StoredEntry};
 
 /// The longest key a session may have, in bytes.
 pub const MAX_KEY_LEN: usize = 512;
@@ -619,251 +629,6 @@ impl Store {
         });
         shared.len.fetch_sub(stats.collected, Ordering::Relaxed);
         stats
-    }
-}
-
-/// Reads a [`Store`] from any thread while its owner changes it; cheap to
-/// clone. Made by [`Store::reader`].
-#[derive(Clone, Debug)]
-pub struct StoreReader {
-    shared: Arc<Shared>,
-}
-
-impl StoreReader {
-    /// Calls `f` with the session stored under `key` as a reader at `now_ms`
-    /// sees it; `None` when absent, deleted or expired. The partition stays
-    /// locked against changes while `f` runs, so copy out what you need.
-    pub fn read<R>(
-        &self,
-        key: &[u8],
-        now_ms: u64,
-        f: impl FnOnce(SessionRef<'_>) -> R,
-    ) -> Option<R> {
-        self.shared.read_key(key, key_hash(key), || now_ms, f)
-    }
-
-    /// Like [`read`](Self::read), but only for keys of partitions the owning
-    /// node replicates (see [`Store::set_replicated`]), and only when
-    /// `enough(replica_count)` says this one copy answers the read. The time
-    /// is asked for only when the session has a deadline.
-    ///
-    /// # Errors
-    /// [`NotReplicated`] when the key's partition is not replicated here, or
-    /// `enough` refused: the caller must ask the replicas.
-    pub fn read_local<R>(
-        &self,
-        key: &[u8],
-        enough: impl FnOnce(usize) -> bool,
-        now_ms: impl FnOnce() -> u64,
-        f: impl FnOnce(SessionRef<'_>) -> R,
-    ) -> Result<Option<R>, NotReplicated> {
-        let hash = key_hash(key);
-        let partition = partition_of(hash, self.shared.partition_count);
-        let replicas = self.shared.replicas[partition.0 as usize].load(Ordering::Acquire);
-        if replicas == 0 || !enough(replicas as usize) {
-            return Err(NotReplicated);
-        }
-        Ok(self.shared.read_key(key, hash, now_ms, f))
-    }
-
-    /// Applies `write` to `key` here, on the caller's thread, when the owning
-    /// node is the only replica of the key's partition, so the write is
-    /// complete at any level once stored. It is stamped by `clock` (the
-    /// node's own) under the partition's lock, then merged as the owner
-    /// merges. Returns the stamp and whether the stored state changed.
-    ///
-    /// # Errors
-    /// [`NotReplicated`] when the partition has other replicas (or none
-    /// here), or the key is longer than [`MAX_KEY_LEN`]: the owner must
-    /// coordinate the write.
-    pub fn write_local(
-        &self,
-        key: &[u8],
-        write: &Write,
-        clock: &Hlc,
-        now_ms: u64,
-    ) -> Result<(Stamp, bool), NotReplicated> {
-        let hash = key_hash(key);
-        let partition = partition_of(hash, self.shared.partition_count);
-        let alone = || self.shared.replicas[partition.0 as usize].load(Ordering::Acquire) == 1;
-        if key.len() > MAX_KEY_LEN || !alone() {
-            return Err(NotReplicated);
-        }
-        let mut locked = self.shared.write(partition);
-        // The replica set changes under this lock: look again.
-        if !alone() {
-            return Err(NotReplicated);
-        }
-        let stamp = clock.stamp(now_ms);
-        let incoming = Session::from_write(write, stamp);
-        let changed = self.shared.merge(&mut locked, key, hash, incoming, now_ms);
-        Ok((stamp, changed))
-    }
-
-    /// Whether changes are being recorded for someone watching them.
-    pub fn watching(&self) -> bool {
-        self.shared.watching.load(Ordering::Relaxed)
-    }
-
-    /// The number of partitions.
-    pub fn partition_count(&self) -> u32 {
-        self.shared.partition_count
-    }
-
-    /// The keys of the sessions in `partition` that a reader at `now_ms`
-    /// sees, in no particular order.
-    pub fn visible_keys(&self, partition: PartitionId, now_ms: u64) -> Vec<Bytes> {
-        self.shared
-            .read(partition)
-            .table
-            .iter()
-            .map(|packed| Packed::parse(packed))
-            .filter(|p| p.is_visible(|| now_ms))
-            .map(|p| Bytes::copy_from_slice(p.key))
-            .collect()
-    }
-}
-
-/// The key's partition is not replicated by the node that owns the store
-/// (for a local write: not by that node alone); its replicas must be asked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NotReplicated;
-
-/// A session as a reader sees it, borrowed from the [`Store`].
-#[derive(Clone, Debug)]
-pub struct SessionRef<'a> {
-    packed: Packed<'a>,
-}
-
-impl<'a> SessionRef<'a> {
-    /// The session's key.
-    pub fn key(&self) -> &'a [u8] {
-        self.packed.key
-    }
-
-    /// The session's fields, in name order.
-    pub fn fields(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
-        self.packed
-            .fields()
-            .filter_map(|f| Some((f.name, f.value?)))
-    }
-
-    /// One field's value.
-    pub fn field(&self, name: &[u8]) -> Option<&'a [u8]> {
-        self.packed.fields().find(|f| f.name == name)?.value
-    }
-
-    /// When the session expires, in wall-clock ms; `None` if it never does.
-    pub fn deadline_ms(&self) -> Option<u64> {
-        self.packed.deadline_ms()
-    }
-}
-
-impl SessionRef<'_> {
-    /// An owned copy, for use after the store is unlocked: one allocation.
-    pub fn to_data(&self) -> SessionData {
-        SessionData {
-            packed: self.packed.bytes.into(),
-        }
-    }
-}
-
-/// An owned copy of a session as a reader saw it, in one buffer its fields
-/// borrow from. Made by [`SessionRef::to_data`] or [`SessionData::new`].
-#[derive(Clone, PartialEq, Eq)]
-pub struct SessionData {
-    packed: Box<[u8]>,
-}
-
-impl SessionData {
-    /// The visible state of `session` under `key` for a reader at `now_ms`;
-    /// `None` when that reader does not see it (deleted or expired).
-    pub fn new(key: &[u8], session: &Session, now_ms: u64) -> Option<SessionData> {
-        session.is_visible(now_ms).then(|| SessionData {
-            packed: packed::encode(key, session),
-        })
-    }
-
-    fn view(&self) -> Packed<'_> {
-        Packed::parse(&self.packed)
-    }
-
-    /// The session's key.
-    pub fn key(&self) -> &[u8] {
-        self.view().key
-    }
-
-    /// One field's value.
-    pub fn field(&self, name: &[u8]) -> Option<&[u8]> {
-        self.view().fields().find(|f| f.name == name)?.value
-    }
-
-    /// The fields, in name order.
-    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.view()
-            .fields()
-            .filter_map(|f| Some((f.name, f.value?)))
-    }
-
-    /// When the session expires, in wall-clock ms since the Unix epoch;
-    /// `None` if it never does.
-    pub fn deadline_ms(&self) -> Option<u64> {
-        self.view().deadline_ms()
-    }
-}
-
-impl std::fmt::Debug for SessionData {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let fields: Vec<(String, String)> = self
-            .fields()
-            .map(|(n, v)| {
-                (
-                    String::from_utf8_lossy(n).into_owned(),
-                    String::from_utf8_lossy(v).into_owned(),
-                )
-            })
-            .collect();
-        f.debug_struct("SessionData")
-            .field("key", &String::from_utf8_lossy(self.key()))
-            .field("fields", &fields)
-            .field("deadline_ms", &self.deadline_ms())
-            .finish()
-    }
-}
-
-/// One stored entry, as [`Store::with_entries`] yields it.
-#[derive(Clone, Debug)]
-pub struct StoredEntry<'a> {
-    packed: Packed<'a>,
-}
-
-impl<'a> StoredEntry<'a> {
-    /// The entry's key.
-    pub fn key(&self) -> &'a [u8] {
-        self.packed.key
-    }
-
-    /// [`crate::key_hash`] of the key.
-    pub fn key_hash(&self) -> u64 {
-        key_hash(self.packed.key)
-    }
-
-    /// The fingerprint anti-entropy compares.
-    pub fn fingerprint(&self) -> u64 {
-        self.packed.fingerprint()
-    }
-
-    /// The full replicated state.
-    pub fn session(&self) -> Session {
-        self.packed.to_session()
-    }
-
-    /// The entry as replicas exchange it.
-    pub fn to_entry(&self) -> Entry {
-        Entry {
-            key: Bytes::copy_from_slice(self.packed.key),
-            session: self.session(),
-        }
     }
 }
 
