@@ -638,8 +638,11 @@ impl Node {
             self.hints.push(hint);
         }
         if let Some((partition, _)) = self.handoff_batches.remove(&id) {
-            // Abandon this attempt; the next round starts another.
+            // Abandon this attempt, its other batches included (a late
+            // acknowledgement of one must not count for the next attempt's);
+            // the next round starts another.
             self.handoffs.remove(&partition);
+            self.handoff_batches.retain(|_, (p, _)| *p != partition);
         }
     }
 

@@ -546,6 +546,19 @@ impl Store {
         self.shared.read(partition).digest.clone()
     }
 
+    /// The digest of `partition` computed afresh from the sessions stored,
+    /// to check the one kept current on every change against: they are
+    /// equal (the simulator checks it at the end of every run).
+    pub fn recompute_digest(&self, partition: PartitionId) -> PartitionDigest {
+        let mut digest = PartitionDigest::default();
+        self.with_entries(partition, |entries| {
+            for entry in entries {
+                digest.add(entry.key_hash(), entry.fingerprint());
+            }
+        });
+        digest
+    }
+
     /// The root of [`digest`](Self::digest), without copying the rest.
     pub fn digest_root(&self, partition: PartitionId) -> u64 {
         self.shared.read(partition).digest.root()
@@ -663,13 +676,7 @@ mod tests {
 
     /// The digest a store would have if it were built from scratch.
     fn recomputed_digest(store: &Store, partition: PartitionId) -> PartitionDigest {
-        let mut digest = PartitionDigest::default();
-        store.with_entries(partition, |entries| {
-            for entry in entries {
-                digest.add(entry.key_hash(), entry.fingerprint());
-            }
-        });
-        digest
+        store.recompute_digest(partition)
     }
 
     #[test]

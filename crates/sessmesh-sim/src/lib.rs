@@ -505,6 +505,27 @@ impl Sim {
         views
     }
 
+    /// Whether every running node's partition digests, kept current on
+    /// every change, equal digests computed afresh from its sessions.
+    ///
+    /// # Errors
+    /// The first node and partition whose digest is off.
+    pub fn check_digests(&self) -> Result<(), String> {
+        for node in self.up_nodes() {
+            let Some(store) = self.core(node).map(Node::store) else {
+                continue;
+            };
+            for partition in (0..store.partition_count()).map(sessmesh_core::PartitionId) {
+                if store.digest(partition) != store.recompute_digest(partition) {
+                    return Err(format!(
+                        "node-{node}'s digest of {partition:?} differs from its sessions'"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn dispatch(&mut self, event: Event) {
         match event {
             Event::Packet { from, to, payload } => {
@@ -637,6 +658,18 @@ impl Sim {
             };
             let delay = (self.faults.delay_ms + jitter).max(1);
             self.schedule(delay, make());
+        }
+    }
+}
+
+impl Drop for Sim {
+    /// Every run ends with the digests checked (see [`Sim::check_digests`]).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        if let Err(why) = self.check_digests() {
+            panic!("{why}\nreplay with SIM_SEED={}", self.seed);
         }
     }
 }

@@ -83,6 +83,11 @@ impl Node {
     }
 
     pub(super) fn track_read(&mut self, id: u64, pending: PendingRead, now_ms: u64) {
+        debug_assert_eq!(
+            pending.waiting & !all_of(&pending.replicas),
+            0,
+            "a read waits only on its replicas"
+        );
         if pending.answers.len() >= pending.needed || pending.waiting == 0 {
             self.finish_read(pending, now_ms);
         } else {
@@ -166,6 +171,10 @@ impl Node {
     /// answered, but fewer than its level counts, is answered so (and a
     /// delete's read goes on to the delete).
     pub(super) fn finish_read(&mut self, pending: PendingRead, now_ms: u64) {
+        debug_assert!(
+            pending.answers.len() <= pending.replicas.len(),
+            "more answers than replicas asked"
+        );
         let merged = merge_answers(&pending);
         if let Some(newest) = &merged {
             for &(i, ref held) in &pending.answers {

@@ -68,6 +68,7 @@ impl Node {
             return;
         };
         if let Some(count) = outstanding.get_mut(replica) {
+            debug_assert!(*count > 0, "an acknowledgement of a batch not outstanding");
             *count = count.saturating_sub(1);
         }
         if outstanding.values().any(|&c| c > 0) {

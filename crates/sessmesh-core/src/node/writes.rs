@@ -114,6 +114,11 @@ impl Node {
     }
 
     pub(super) fn track_write(&mut self, id: u64, mut pending: PendingWrite) {
+        debug_assert_eq!(
+            pending.waiting & !all_of(&pending.replicas),
+            0,
+            "a write waits only on its replicas"
+        );
         answer_when_written(&mut self.effects, &mut pending);
         if pending.waiting == 0 {
             self.write_settled(pending);
@@ -193,6 +198,10 @@ impl Node {
         self.stats.replica_acks += 1;
         // A replica accepted the stamp: this node's copy takes it too.
         apply_deferred(&mut self.store, pending, now_ms);
+        debug_assert!(
+            pending.acks <= pending.replicas.len(),
+            "more acknowledgements than replicas asked"
+        );
         answer_when_written(&mut self.effects, pending);
         if pending.waiting == 0
             && let Some(pending) = self.in_flight.writes.remove(&request)
