@@ -6,22 +6,29 @@
 //! carries out the [`Effect`]s the node hands back: packets and messages to
 //! send, timers to set, events to report, and answers to client calls.
 //!
+//! Each concern is a file of `node/`, owning its state:
+//!
 //! - **Placement** (`placement.rs`). Membership changes recompute the replica sets at
 //!   once. A member counts as a replica while it is up and not leaving, so a
 //!   leaving member's partitions move before it goes. Levels count copies
 //!   against every member known, down ones included ([`Node::copies`]).
-//! - **Writes** (`writes.rs`). The node that receives a client write
-//!   coordinates it. It stamps the write, applies it locally when it is a
-//!   replica, sends it to the other replicas, and answers once the call's
-//!   [`Level`] of the key's copies have acknowledged. If too few do, the
-//!   client hears how many did. The write is not rolled back, and the
-//!   replicas that missed it get a hint, replayed when they are seen again.
-//! - **Reads** (`reads.rs`). The coordinator asks the replicas for their
-//!   state of the key, answers with the merge of the level's worth of
+//! - **The coordinator** (`writes.rs`, `reads.rs`). The node that receives a
+//!   client write coordinates it. It stamps the write, applies it locally
+//!   when it is a replica, sends it to the other replicas, and answers once
+//!   the call's [`Level`] of the key's copies have acknowledged. If too few
+//!   do, the client hears how many did. The write is not rolled back, and
+//!   the replicas that missed it get a hint. A read asks the replicas for
+//!   their state of the key, answers with the merge of the level's worth of
 //!   answers (newest stamp wins per field), and sends that merge to every
 //!   answering replica that held less (read repair).
-//! - **Repair** (`repair.rs`). Anti-entropy rounds, handoffs, hint replays
-//!   and sweeps.
+//! - **Requests in flight** (`in_flight.rs`). One map from request id to a
+//!   `Pending` request of one kind (write, read, hint replay, handoff
+//!   batch); each kind has its own answer message, so an answer finds only
+//!   a request of its kind.
+//! - **The replica side** (`replica.rs`). Writes, reads, merges and handoffs
+//!   other nodes send, each stamp checked against this node's clock first.
+//! - **Anti-entropy** (`anti_entropy.rs`), **handoff** (`handoff.rs`),
+//!   **hints** (`hints.rs`) and **sweep** (`sweep.rs`): repair in the background.
 //! - **Clocks** (`clocks.rs`). A peer's stamp further ahead than
 //!   `max_clock_drift_ms` is refused: the write is not applied and not
 //!   acknowledged, and the refusal is reported. The node measures its
@@ -35,6 +42,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::clock::Stamp;
 use crate::clock::{Hlc, NodeId};
 use crate::digest::{KeyDigest, differing_keys};
 use crate::membership::{
@@ -44,22 +52,26 @@ use crate::membership::{
 use crate::partition::{PartitionId, Partitioner, rendezvous_score};
 use crate::peer_clocks::{PROBE_PERIOD_MS, PeerClocks};
 use crate::replication::{
-    CallId, Hint, Hints, InFlight, Level, MAX_REPLICAS, Outcome, PendingRead, PendingWrite,
-    Replica, ReplicaSet, replicas_in,
+    CallId, Hint, Hints, Level, MAX_REPLICAS, Outcome, Replica, ReplicaSet, replicas_in,
 };
 use crate::session::{Session, Write};
 use crate::store::{Entry, KeyChange, MAX_KEY_LEN, Store};
 use crate::wire::Message;
 use crate::{Config, Error};
 
+mod anti_entropy;
 mod clocks;
+mod handoff;
+mod hints;
+mod in_flight;
 mod placement;
 mod reads;
-mod repair;
+mod replica;
+mod sweep;
 mod writes;
 
-use reads::merge_answers;
-use writes::{answer_when_written, apply_deferred};
+use anti_entropy::Metering;
+use in_flight::{HandoffBatch, InFlight, Pending, PendingRead, PendingWrite};
 
 /// A timer a node asked for; hand it back through [`Node::handle_timer`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,20 +203,13 @@ pub struct Node {
     config: Config,
     in_flight: InFlight,
     hints: Hints,
-    /// The next partition to sweep.
+    /// The next partition to sweep (sweep.rs).
     sweep_cursor: u32,
-    /// Start of the current repair metering window, ms.
-    repair_window_start_ms: u64,
-    /// Repair bytes sent in it.
-    repair_window_bytes: u64,
-    /// Whether an answer was skipped for the budget since the last round.
-    repair_throttled: bool,
-    /// When the last anti-entropy round started, wall-clock ms.
-    last_anti_entropy_ms: Option<u64>,
+    /// Anti-entropy's repair budget and timing (anti_entropy.rs).
+    metering: Metering,
     stats: NodeStats,
-    /// Handoff batches in flight: request id to partition and replica.
-    handoff_batches: HashMap<u64, (PartitionId, String)>,
-    /// Partitions being handed off: batches still unacknowledged, per replica.
+    /// Partitions being handed off: batches still unacknowledged, per
+    /// replica (handoff.rs; the batches are in `in_flight`).
     handoffs: HashMap<PartitionId, HashMap<String, usize>>,
     /// Address of every active member by name, this node included.
     addrs: HashMap<String, SocketAddr>,
@@ -261,12 +266,8 @@ impl Node {
             in_flight: InFlight::default(),
             hints: Hints::new(config.max_hint_bytes),
             sweep_cursor: 0,
-            repair_window_start_ms: 0,
-            repair_window_bytes: 0,
-            repair_throttled: false,
-            last_anti_entropy_ms: None,
+            metering: Metering::default(),
             stats: NodeStats::default(),
-            handoff_batches: HashMap::new(),
             handoffs: HashMap::new(),
             addrs: HashMap::new(),
             names: HashMap::new(),
@@ -377,12 +378,12 @@ impl Node {
                 if self.membership.state() == MemberState::Joining {
                     self.membership.set_state(MemberState::Alive);
                 }
-                self.last_anti_entropy_ms = Some(now_ms);
+                self.metering.last_round_ms = Some(now_ms);
                 self.anti_entropy_round();
                 // A throttled repair goes on in the next window, and a leaving
                 // node retries its handoffs as often.
                 let leaving = self.membership.state() == MemberState::Leaving;
-                let next = if std::mem::take(&mut self.repair_throttled) || leaving {
+                let next = if std::mem::take(&mut self.metering.throttled) || leaving {
                     self.config.anti_entropy_period_ms.min(1_000)
                 } else {
                     self.config.anti_entropy_period_ms
@@ -432,57 +433,65 @@ impl Node {
 
     /// When the last anti-entropy round started (wall-clock ms), if any has.
     pub fn last_anti_entropy_ms(&self) -> Option<u64> {
-        self.last_anti_entropy_ms
+        self.metering.last_round_ms
     }
 
     /// Handles a message from the peer at `from`.
     pub fn handle_message(&mut self, from: SocketAddr, message: Message, now_ms: u64) {
+        let ack = |message| Effect::Send { to: from, message };
         match message {
+            // The replica side (replica.rs).
             Message::Write {
                 request,
                 key,
                 write,
                 stamp,
             } => {
-                if let Err(e) = self.hlc.observe(stamp, now_ms) {
-                    self.refuse_drift(from, &e);
-                    self.effects.push(Effect::Send {
-                        to: from,
-                        message: Message::StampRefused {
-                            request,
-                            clock_ms: now_ms,
-                        },
-                    });
-                } else if self.store.apply(&key, &write, stamp, now_ms).is_ok() {
-                    self.effects.push(Effect::Send {
-                        to: from,
-                        message: Message::WriteAck { request },
-                    });
+                if self.apply_write(from, request, &key, &write, stamp, now_ms) {
+                    self.effects.push(ack(Message::WriteAck { request }));
                 }
             }
+            Message::HintReplay {
+                request,
+                key,
+                write,
+                stamp,
+            } => {
+                if self.apply_write(from, request, &key, &write, stamp, now_ms) {
+                    self.effects.push(ack(Message::HintAck { request }));
+                }
+            }
+            Message::Read { request, key } => self.serve_read(from, request, &key),
+            Message::ReadDigest { request, key } => self.serve_digest(from, request, &key),
+            Message::Handoff {
+                request, entries, ..
+            } => {
+                // Acknowledged only when all of it is here: the sender drops its copy then.
+                if self.merge_entries(from, entries, now_ms).0 {
+                    self.effects.push(ack(Message::HandoffAck { request }));
+                }
+            }
+            Message::Merge { entries } => {
+                let (_, repaired) = self.merge_entries(from, entries, now_ms);
+                self.stats.keys_repaired += repaired;
+            }
+            Message::ClockProbe { sent_ms } => self.answer_probe(from, sent_ms, now_ms),
+            // Answers to this node's requests, each to its kind of request.
             Message::WriteAck { request } => self.acknowledge(request, from, now_ms),
-            Message::Read { request, key } => {
-                let session = self.store.session(&key);
-                self.effects.push(Effect::Send {
-                    to: from,
-                    message: Message::ReadReply { request, session },
-                });
+            Message::StampRefused { request, clock_ms } => {
+                self.stamp_refused(request, from, clock_ms, now_ms);
             }
             Message::ReadReply { request, session } => self.answer(request, from, session, now_ms),
-            Message::ReadDigest { request, key } => {
-                let fingerprint = self.store.fingerprint(&key);
-                self.effects.push(Effect::Send {
-                    to: from,
-                    message: Message::DigestReply {
-                        request,
-                        fingerprint,
-                    },
-                });
-            }
             Message::DigestReply {
                 request,
                 fingerprint,
             } => self.answer_digest(request, from, fingerprint, now_ms),
+            Message::HintAck { request } => self.hint_acknowledged(request),
+            Message::HandoffAck { request } => self.handoff_acknowledged(request),
+            Message::ClockReply { sent_ms, clock_ms } => {
+                self.clock_measured(from, clock_ms, sent_ms, now_ms);
+            }
+            // Anti-entropy (anti_entropy.rs).
             Message::DigestRoots { roots } => self.compare_roots(from, &roots),
             Message::DigestBuckets { partition, buckets } => {
                 self.compare_buckets(from, partition, &buckets)
@@ -496,55 +505,6 @@ impl Node {
                 partition,
                 key_hashes,
             } => self.send_entries(from, partition, &key_hashes, now_ms),
-            Message::Handoff {
-                request, entries, ..
-            } => {
-                let mut all_applied = true;
-                for Entry { key, session } in entries {
-                    match self.hlc.observe(session.newest_stamp(), now_ms) {
-                        Err(e) => {
-                            self.refuse_drift(from, &e);
-                            all_applied = false;
-                        }
-                        Ok(()) => {
-                            all_applied &= self.store.merge_remote(&key, session, now_ms).is_ok()
-                        }
-                    }
-                }
-                // Acknowledged only when all of it is here: the sender drops its copy then.
-                if all_applied {
-                    self.effects.push(Effect::Send {
-                        to: from,
-                        message: Message::WriteAck { request },
-                    });
-                }
-            }
-            Message::Merge { entries } => {
-                for Entry { key, session } in entries {
-                    match self.hlc.observe(session.newest_stamp(), now_ms) {
-                        Err(e) => self.refuse_drift(from, &e),
-                        Ok(()) => {
-                            // A key over the limit comes only from a broken peer; skip it.
-                            if self.store.merge_remote(&key, session, now_ms) == Ok(true) {
-                                self.stats.keys_repaired += 1;
-                            }
-                        }
-                    }
-                }
-            }
-            Message::ClockProbe { sent_ms } => self.effects.push(Effect::Send {
-                to: from,
-                message: Message::ClockReply {
-                    sent_ms,
-                    clock_ms: now_ms,
-                },
-            }),
-            Message::ClockReply { sent_ms, clock_ms } => {
-                self.clock_measured(from, clock_ms, sent_ms, now_ms);
-            }
-            Message::StampRefused { request, clock_ms } => {
-                self.stamp_refused(request, from, clock_ms, now_ms);
-            }
             // Connection set-up is the transport's; gossip arrives as datagrams.
             Message::Hello | Message::Welcome | Message::Gossip(_) => {}
         }
@@ -581,68 +541,13 @@ impl Node {
     }
 
     fn expire_request(&mut self, id: u64, now_ms: u64) {
-        if let Some(mut pending) = self.in_flight.writes.remove(&id) {
-            if pending.deferred.is_some() {
-                if pending.refused_ahead_ms > 0 {
-                    // Refused, and accepted nowhere: it is stored nowhere.
-                    self.refuse_ahead(pending.call, pending.refused_ahead_ms);
-                    return;
-                }
-                // Nobody answered: nothing says the stamp is bad. Its own
-                // copy may be all the level needs.
-                apply_deferred(&mut self.store, &mut pending, now_ms);
-                answer_when_written(&mut self.effects, &mut pending);
-            }
-            self.stats.hints_queued += u64::from(pending.waiting.count_ones());
-            if !pending.answered {
-                self.stats.write_timeouts += 1;
-                let outcome = Outcome::TooFewAcks {
-                    acks: pending.acks,
-                    needed: pending.needed,
-                };
-                self.effects.push(Effect::Done {
-                    call: pending.call,
-                    outcome,
-                });
-                self.hint_copies_down(&pending);
-            }
-            for i in replicas_in(pending.waiting) {
-                self.hints.push(Hint {
-                    replica: pending.replicas[i].name.clone(),
-                    key: pending.key.clone(),
-                    write: pending.write.clone(),
-                    stamp: pending.stamp,
-                });
-            }
-        }
-        if let Some(mut pending) = self.in_flight.reads.remove(&id) {
-            if let Some(level) = pending.then.take() {
-                // The clock has seen what the answers carried; the delete
-                // goes ahead and its own level decides its outcome.
-                let existed = merge_answers(&pending).is_some_and(|s| s.is_visible(now_ms));
-                self.write_delete(pending.call, pending.key, level, existed, now_ms);
-                return;
-            }
-            self.stats.read_timeouts += 1;
-            let outcome = Outcome::TooFewAnswers {
-                answers: pending.answers.len(),
-                needed: pending.needed,
-            };
-            self.effects.push(Effect::Done {
-                call: pending.call,
-                outcome,
-            });
-        }
-        if let Some(hint) = self.in_flight.replays.remove(&id) {
-            // Not acknowledged: keep it for the next attempt.
-            self.hints.push(hint);
-        }
-        if let Some((partition, _)) = self.handoff_batches.remove(&id) {
-            // Abandon this attempt, its other batches included (a late
-            // acknowledgement of one must not count for the next attempt's);
-            // the next round starts another.
-            self.handoffs.remove(&partition);
-            self.handoff_batches.retain(|_, (p, _)| *p != partition);
+        match self.in_flight.remove(id) {
+            Some(Pending::Write(pending)) => self.write_expired(pending, now_ms),
+            Some(Pending::Read(pending)) => self.read_expired(pending, now_ms),
+            // Not acknowledged: kept for the next attempt.
+            Some(Pending::Replay(hint)) => self.hints.push(hint),
+            Some(Pending::Handoff(batch)) => self.handoff_expired(batch),
+            None => {}
         }
     }
 

@@ -6,7 +6,7 @@
 //! that takes: the [`Level`]s, the requests in flight, and the hints kept for
 //! replicas that missed a write.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -118,72 +118,6 @@ pub(crate) const MAX_REPLICAS: usize = crate::Config::MAX_REPLICATION_FACTOR;
 /// The replicas of a set whose bit is on in `bits`.
 pub(crate) fn replicas_in(bits: u64) -> impl Iterator<Item = usize> {
     (0..MAX_REPLICAS).filter(move |&i| bits & (1 << i) != 0)
-}
-
-/// A write waiting for acknowledgements.
-#[derive(Debug)]
-pub(crate) struct PendingWrite {
-    pub(crate) call: CallId,
-    pub(crate) key: Bytes,
-    pub(crate) write: Write,
-    pub(crate) stamp: Stamp,
-    pub(crate) needed: usize,
-    pub(crate) replicas: ReplicaSet,
-    /// A bit per replica that has not acknowledged yet.
-    pub(crate) waiting: u64,
-    pub(crate) acks: usize,
-    /// Whether the client has its answer (later acks still clear hints).
-    pub(crate) answered: bool,
-    /// For a delete, whether its read saw a live session.
-    pub(crate) existed: Option<bool>,
-    /// The index of this node among the replicas while its own copy waits
-    /// for another replica to accept the stamp (this node's clock is not
-    /// measured yet): a write every other replica refuses is stored nowhere.
-    pub(crate) deferred: Option<usize>,
-    /// How far ahead of the clock of a replica that refused the stamp it
-    /// was, at most, ms; 0 while none refused.
-    pub(crate) refused_ahead_ms: u64,
-}
-
-/// A read waiting for answers.
-#[derive(Debug)]
-pub(crate) struct PendingRead {
-    pub(crate) call: CallId,
-    pub(crate) key: Bytes,
-    pub(crate) needed: usize,
-    pub(crate) replicas: ReplicaSet,
-    /// A bit per replica that has not answered yet.
-    pub(crate) waiting: u64,
-    /// Each answer, by the replica's index.
-    pub(crate) answers: Vec<(usize, Option<Session>)>,
-    /// For a delete's read, the level of the delete to coordinate once the
-    /// read is done (or timed out) instead of answering: a delete reads
-    /// first, so that its stamp comes after every stamp the read saw.
-    pub(crate) then: Option<Level>,
-    /// Replicas not asked yet, asked if the others are slow.
-    pub(crate) unasked: Vec<usize>,
-    /// This node's copy and its fingerprint, when this node is a replica:
-    /// the others are then asked for their fingerprints only, and a replica
-    /// whose fingerprint matches answers with this copy. One that differs
-    /// is asked for its state.
-    pub(crate) local: Option<(Option<Session>, Option<u64>)>,
-}
-
-/// Requests in flight, by request id.
-#[derive(Debug, Default)]
-pub(crate) struct InFlight {
-    next: u64,
-    pub(crate) writes: HashMap<u64, PendingWrite>,
-    pub(crate) reads: HashMap<u64, PendingRead>,
-    /// Hints being replayed, until their replica acknowledges them.
-    pub(crate) replays: HashMap<u64, Hint>,
-}
-
-impl InFlight {
-    pub(crate) fn next_id(&mut self) -> u64 {
-        self.next += 1;
-        self.next
-    }
 }
 
 /// A write a replica missed, kept to replay when it is back.

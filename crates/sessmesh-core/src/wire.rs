@@ -26,7 +26,7 @@ use crate::store::Entry;
 /// The protocol version this build speaks. Version 2 added `ReadDigest`
 /// and `DigestReply`; version 3 added `ClockProbe`, `ClockReply` and
 /// `StampRefused`.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Bytes of the length prefix in front of each framed envelope.
 pub const FRAME_PREFIX_LEN: usize = 4;
@@ -84,7 +84,7 @@ pub enum Message {
         session: Option<Session>,
     },
     /// Sessions of a partition the sender no longer replicates, for a
-    /// current replica to merge and acknowledge (with `WriteAck`), after
+    /// current replica to merge and acknowledge (with `HandoffAck`), after
     /// which the sender may drop its copy.
     Handoff {
         /// Echoed in the acknowledgement.
@@ -93,6 +93,28 @@ pub enum Message {
         partition: PartitionId,
         /// Its sessions, or a batch of them.
         entries: Vec<Entry>,
+    },
+    /// Replica to the node handing off: the batch `request` is merged.
+    HandoffAck {
+        /// The acknowledged batch.
+        request: u64,
+    },
+    /// A write the receiving replica missed, replayed from a hint: apply it
+    /// and acknowledge with `HintAck`, after which the sender drops the hint.
+    HintReplay {
+        /// Echoed in the acknowledgement.
+        request: u64,
+        /// The session's key.
+        key: Bytes,
+        /// The change.
+        write: Write,
+        /// Its original stamp.
+        stamp: Stamp,
+    },
+    /// Replica to the node replaying a hint: the replay `request` is applied.
+    HintAck {
+        /// The acknowledged replay.
+        request: u64,
     },
     /// Sessions to merge: read repair, hinted handoff and anti-entropy.
     Merge {
@@ -157,9 +179,9 @@ pub enum Message {
         /// The answering peer's wall clock when it answered, ms.
         clock_ms: u64,
     },
-    /// Replica to coordinator: the write `request` carried a stamp further
-    /// ahead of this replica's clock than `max_clock_drift_ms`; it was not
-    /// applied.
+    /// Replica to coordinator: the write (or hint replay) `request` carried
+    /// a stamp further ahead of this replica's clock than
+    /// `max_clock_drift_ms`; it was not applied.
     StampRefused {
         /// The refused request.
         request: u64,
@@ -460,6 +482,14 @@ mod tests {
                     session: session(),
                 }],
             },
+            Message::HandoffAck { request: 4 },
+            Message::HintReplay {
+                request: 5,
+                key: Bytes::from_static(b"hinted"),
+                write: Write::Touch,
+                stamp: stamp(8, 3),
+            },
+            Message::HintAck { request: 5 },
             Message::DigestRoots {
                 roots: vec![(PartitionId(0), 1), (PartitionId(255), u64::MAX)],
             },

@@ -4,10 +4,11 @@
 
 use std::net::SocketAddr;
 
+use super::in_flight::PendingWrite;
 use super::{Effect, Node, NodeEvent, Timer, waiting_on};
 use crate::Error;
 use crate::peer_clocks::Episode;
-use crate::replication::{CallId, Outcome};
+use crate::replication::{CallId, Hint, Outcome};
 use crate::wire::Message;
 
 impl Node {
@@ -88,12 +89,12 @@ impl Node {
                 .record(&name, clock_ms, now_ms, now_ms, &self.hlc, now_ms);
             self.report_clock(episode);
         }
-        if let Some(hint) = self.in_flight.replays.remove(&request) {
+        if let Some(hint) = self.in_flight.take::<Hint>(request) {
             // Kept for a later attempt, as an unacknowledged replay is.
             self.hints.push(hint);
             return;
         }
-        let Some(pending) = self.in_flight.writes.get_mut(&request) else {
+        let Some(pending) = self.in_flight.get_mut::<PendingWrite>(request) else {
             return;
         };
         let Some(bit) = waiting_on(&pending.replicas, pending.waiting, from) else {
@@ -106,7 +107,7 @@ impl Node {
         if pending.waiting & !own != 0 {
             return;
         }
-        let Some(pending) = self.in_flight.writes.remove(&request) else {
+        let Some(pending) = self.in_flight.take::<PendingWrite>(request) else {
             return;
         };
         if pending.deferred.is_some() {

@@ -67,7 +67,7 @@ impl Node {
 
     /// Asks a slow read's remaining replicas.
     pub(super) fn speculate(&mut self, request: u64) {
-        let Some(pending) = self.in_flight.reads.get_mut(&request) else {
+        let Some(pending) = self.in_flight.get_mut::<PendingRead>(request) else {
             return;
         };
         let digest = pending.local.is_some();
@@ -92,7 +92,7 @@ impl Node {
             self.finish_read(pending, now_ms);
         } else {
             self.schedule_deadline(id);
-            self.in_flight.reads.insert(id, pending);
+            self.in_flight.insert(id, Pending::Read(pending));
         }
     }
 
@@ -109,7 +109,7 @@ impl Node {
             self.refuse_drift(from, &e);
             return;
         }
-        let Some(pending) = self.in_flight.reads.get_mut(&request) else {
+        let Some(pending) = self.in_flight.get_mut::<PendingRead>(request) else {
             return;
         };
         let Some(bit) = waiting_on(&pending.replicas, pending.waiting, from) else {
@@ -120,7 +120,7 @@ impl Node {
             .answers
             .push((bit.trailing_zeros() as usize, session));
         if (pending.answers.len() >= pending.needed || pending.waiting == 0)
-            && let Some(pending) = self.in_flight.reads.remove(&request)
+            && let Some(pending) = self.in_flight.take(request)
         {
             self.finish_read(pending, now_ms);
         }
@@ -136,7 +136,7 @@ impl Node {
         fingerprint: Option<u64>,
         now_ms: u64,
     ) {
-        let Some(pending) = self.in_flight.reads.get_mut(&request) else {
+        let Some(pending) = self.in_flight.get_mut::<PendingRead>(request) else {
             return;
         };
         let Some((local, local_fingerprint)) = &pending.local else {
@@ -160,10 +160,30 @@ impl Node {
         pending.waiting &= !bit;
         pending.answers.push((bit.trailing_zeros() as usize, same));
         if (pending.answers.len() >= pending.needed || pending.waiting == 0)
-            && let Some(pending) = self.in_flight.reads.remove(&request)
+            && let Some(pending) = self.in_flight.take(request)
         {
             self.finish_read(pending, now_ms);
         }
+    }
+
+    /// A read's deadline passed before enough replicas answered: the client
+    /// hears how many did. A delete's read goes on to the delete, whose own
+    /// level decides its outcome (the clock has seen what the answers carried).
+    pub(super) fn read_expired(&mut self, mut pending: PendingRead, now_ms: u64) {
+        if let Some(level) = pending.then.take() {
+            let existed = merge_answers(&pending).is_some_and(|s| s.is_visible(now_ms));
+            self.write_delete(pending.call, pending.key, level, existed, now_ms);
+            return;
+        }
+        self.stats.read_timeouts += 1;
+        let outcome = Outcome::TooFewAnswers {
+            answers: pending.answers.len(),
+            needed: pending.needed,
+        };
+        self.effects.push(Effect::Done {
+            call: pending.call,
+            outcome,
+        });
     }
 
     /// Answers a read with the merge of its answers, and repairs the

@@ -124,7 +124,7 @@ impl Node {
             self.write_settled(pending);
         } else {
             self.schedule_deadline(id);
-            self.in_flight.writes.insert(id, pending);
+            self.in_flight.insert(id, Pending::Write(pending));
         }
     }
 
@@ -178,16 +178,9 @@ impl Node {
         }
     }
 
+    /// A replica applied the write `request`.
     pub(super) fn acknowledge(&mut self, request: u64, from: SocketAddr, now_ms: u64) {
-        if self.in_flight.replays.remove(&request).is_some() {
-            self.stats.hints_replayed += 1;
-            return;
-        }
-        if let Some((partition, replica)) = self.handoff_batches.remove(&request) {
-            self.handoff_acknowledged(partition, &replica);
-            return;
-        }
-        let Some(pending) = self.in_flight.writes.get_mut(&request) else {
+        let Some(pending) = self.in_flight.get_mut::<PendingWrite>(request) else {
             return;
         };
         let Some(bit) = waiting_on(&pending.replicas, pending.waiting, from) else {
@@ -204,9 +197,47 @@ impl Node {
         );
         answer_when_written(&mut self.effects, pending);
         if pending.waiting == 0
-            && let Some(pending) = self.in_flight.writes.remove(&request)
+            && let Some(pending) = self.in_flight.take(request)
         {
             self.write_settled(pending);
+        }
+    }
+
+    /// A write's deadline passed before every replica acknowledged it: the
+    /// client hears how many did, if it has not heard yet, and the replicas
+    /// that did not get hints.
+    pub(super) fn write_expired(&mut self, mut pending: PendingWrite, now_ms: u64) {
+        if pending.deferred.is_some() {
+            if pending.refused_ahead_ms > 0 {
+                // Refused, and accepted nowhere: it is stored nowhere.
+                self.refuse_ahead(pending.call, pending.refused_ahead_ms);
+                return;
+            }
+            // Nobody answered: nothing says the stamp is bad. Its own
+            // copy may be all the level needs.
+            apply_deferred(&mut self.store, &mut pending, now_ms);
+            answer_when_written(&mut self.effects, &mut pending);
+        }
+        self.stats.hints_queued += u64::from(pending.waiting.count_ones());
+        if !pending.answered {
+            self.stats.write_timeouts += 1;
+            let outcome = Outcome::TooFewAcks {
+                acks: pending.acks,
+                needed: pending.needed,
+            };
+            self.effects.push(Effect::Done {
+                call: pending.call,
+                outcome,
+            });
+            self.hint_copies_down(&pending);
+        }
+        for i in replicas_in(pending.waiting) {
+            self.hints.push(Hint {
+                replica: pending.replicas[i].name.clone(),
+                key: pending.key.clone(),
+                write: pending.write.clone(),
+                stamp: pending.stamp,
+            });
         }
     }
 }

@@ -1,0 +1,197 @@
+//! Requests in flight: one map from request id to what the request is, so
+//! an acknowledgement, an answer or a deadline finds its request in one
+//! look-up, and only a request of the kind it answers.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry as MapEntry;
+
+use bytes::Bytes;
+
+use crate::clock::Stamp;
+use crate::partition::PartitionId;
+use crate::replication::{CallId, Hint, ReplicaSet};
+use crate::session::{Session, Write};
+
+/// A request this node sent and waits on.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    /// A client write it coordinates ([`Message::Write`](crate::Message::Write),
+    /// answered by `WriteAck` or `StampRefused`).
+    Write(PendingWrite),
+    /// A client read it coordinates (`Read`/`ReadDigest`, answered by
+    /// `ReadReply`/`DigestReply`).
+    Read(PendingRead),
+    /// A hint being replayed to the replica that missed it (`HintReplay`,
+    /// answered by `HintAck` or `StampRefused`).
+    Replay(Hint),
+    /// A batch of a partition handed off (`Handoff`, answered by `HandoffAck`).
+    Handoff(HandoffBatch),
+}
+
+/// A write waiting for acknowledgements.
+#[derive(Debug)]
+pub(crate) struct PendingWrite {
+    pub(crate) call: CallId,
+    pub(crate) key: Bytes,
+    pub(crate) write: Write,
+    pub(crate) stamp: Stamp,
+    pub(crate) needed: usize,
+    pub(crate) replicas: ReplicaSet,
+    /// A bit per replica that has not acknowledged yet.
+    pub(crate) waiting: u64,
+    pub(crate) acks: usize,
+    /// Whether the client has its answer (later acks still clear hints).
+    pub(crate) answered: bool,
+    /// For a delete, whether its read saw a live session.
+    pub(crate) existed: Option<bool>,
+    /// The index of this node among the replicas while its own copy waits
+    /// for another replica to accept the stamp (this node's clock is not
+    /// measured yet): a write every other replica refuses is stored nowhere.
+    pub(crate) deferred: Option<usize>,
+    /// How far ahead of the clock of a replica that refused the stamp it
+    /// was, at most, ms; 0 while none refused.
+    pub(crate) refused_ahead_ms: u64,
+}
+
+/// A read waiting for answers.
+#[derive(Debug)]
+pub(crate) struct PendingRead {
+    pub(crate) call: CallId,
+    pub(crate) key: Bytes,
+    pub(crate) needed: usize,
+    pub(crate) replicas: ReplicaSet,
+    /// A bit per replica that has not answered yet.
+    pub(crate) waiting: u64,
+    /// Each answer, by the replica's index.
+    pub(crate) answers: Vec<(usize, Option<Session>)>,
+    /// For a delete's read, the level of the delete to coordinate once the
+    /// read is done (or timed out) instead of answering: a delete reads
+    /// first, so that its stamp comes after every stamp the read saw.
+    pub(crate) then: Option<crate::Level>,
+    /// Replicas not asked yet, asked if the others are slow.
+    pub(crate) unasked: Vec<usize>,
+    /// This node's copy and its fingerprint, when this node is a replica:
+    /// the others are then asked for their fingerprints only, and a replica
+    /// whose fingerprint matches answers with this copy. One that differs
+    /// is asked for its state.
+    pub(crate) local: Option<(Option<Session>, Option<u64>)>,
+}
+
+/// One batch of a handoff, sent to one replica.
+#[derive(Debug)]
+pub(crate) struct HandoffBatch {
+    pub(crate) partition: PartitionId,
+    pub(crate) replica: String,
+}
+
+/// A kind of [`Pending`] request, for looking up only requests of that kind.
+pub(crate) trait Kind: Sized {
+    fn is(pending: &Pending) -> bool;
+    fn of(pending: &mut Pending) -> Option<&mut Self>;
+    fn from(pending: Pending) -> Option<Self>;
+}
+
+macro_rules! kind {
+    ($variant:ident, $type:ty) => {
+        impl Kind for $type {
+            fn is(pending: &Pending) -> bool {
+                matches!(pending, Pending::$variant(_))
+            }
+            fn of(pending: &mut Pending) -> Option<&mut Self> {
+                match pending {
+                    Pending::$variant(inner) => Some(inner),
+                    _ => None,
+                }
+            }
+            fn from(pending: Pending) -> Option<Self> {
+                match pending {
+                    Pending::$variant(inner) => Some(inner),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+kind!(Write, PendingWrite);
+kind!(Read, PendingRead);
+kind!(Replay, Hint);
+kind!(Handoff, HandoffBatch);
+
+/// Requests in flight, by request id.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    next: u64,
+    requests: HashMap<u64, Pending>,
+}
+
+impl InFlight {
+    /// A request id not used before.
+    pub(crate) fn next_id(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    pub(crate) fn insert(&mut self, id: u64, pending: Pending) {
+        let previous = self.requests.insert(id, pending);
+        debug_assert!(previous.is_none(), "request id {id} used twice");
+    }
+
+    /// The request `id`, if it is in flight and of kind `K`.
+    pub(crate) fn get_mut<K: Kind>(&mut self, id: u64) -> Option<&mut K> {
+        self.requests.get_mut(&id).and_then(K::of)
+    }
+
+    /// Removes and returns the request `id`, if it is in flight and of
+    /// kind `K`; a request of another kind stays.
+    pub(crate) fn take<K: Kind>(&mut self, id: u64) -> Option<K> {
+        match self.requests.entry(id) {
+            MapEntry::Occupied(entry) if K::is(entry.get()) => K::from(entry.remove()),
+            _ => None,
+        }
+    }
+
+    /// Removes and returns the request `id`, whatever its kind.
+    pub(crate) fn remove(&mut self, id: u64) -> Option<Pending> {
+        self.requests.remove(&id)
+    }
+
+    /// Keeps only the requests `keep` says to.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Pending) -> bool) {
+        self.requests.retain(|_, p| keep(p));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch() -> Pending {
+        Pending::Handoff(HandoffBatch {
+            partition: PartitionId(3),
+            replica: "node-2".into(),
+        })
+    }
+
+    #[test]
+    fn an_answer_finds_only_a_request_of_its_kind() {
+        let mut in_flight = InFlight::default();
+        let id = in_flight.next_id();
+        in_flight.insert(id, batch());
+        // A write's acknowledgement, or a hint's, naming a handoff batch.
+        assert!(in_flight.get_mut::<PendingWrite>(id).is_none());
+        assert!(in_flight.take::<PendingWrite>(id).is_none());
+        assert!(in_flight.take::<Hint>(id).is_none());
+        // The batch is still there for its own acknowledgement.
+        let taken = in_flight.take::<HandoffBatch>(id).map(|b| b.partition);
+        assert_eq!(taken, Some(PartitionId(3)));
+        assert!(in_flight.take::<HandoffBatch>(id).is_none());
+    }
+
+    #[test]
+    fn request_ids_are_never_reused() {
+        let mut in_flight = InFlight::default();
+        let ids: Vec<u64> = (0..3).map(|_| in_flight.next_id()).collect();
+        assert_eq!(ids, [1, 2, 3]);
+    }
+}
