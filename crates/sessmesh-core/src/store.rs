@@ -10,7 +10,9 @@
 //! reads borrow from it. A change unpacks the session, merges, and packs it
 //! again; an unchanged result is not rewritten and does not touch the digest.
 //!
-//! Layout: this file holds the partitions, their locks and the merge;
+//! Layout: this file holds the store's operations (apply, merge from
+//! peers, digests, entries, sweeps); `locking.rs` the partitions and their
+//! locks; `merge.rs` the merge of an incoming state into a partition;
 //! `reader.rs` the [`StoreReader`] other threads use; `views.rs` the views
 //! of a stored session ([`SessionRef`], [`SessionData`], [`StoredEntry`]).
 
@@ -28,8 +30,12 @@ use crate::partition::{PartitionId, key_hash, partition_of};
 use crate::session::{Expiry, Session, Write};
 use crate::{Config, Error};
 
+mod locking;
+mod merge;
 mod reader;
 mod views;
+
+use locking::{CacheLine, Partition, Shared, slot_hash};
 
 pub use reader::{NotReplicated, StoreReader};
 pub use views::{SessionData, SessionRef, StoredEntry};
@@ -55,209 +61,6 @@ pub struct SweepStats {
     pub collected: usize,
     /// Deleted-field markers dropped after the grace period.
     pub field_tombstones_dropped: usize,
-}
-
-/// The packed sessions of one partition, found by the key hash with its
-/// halves swapped (the low bits pick the partition, so they cannot also pick
-/// the slot).
-type Table = HashTable<Box<[u8]>>;
-
-fn slot_hash(key_hash: u64) -> u64 {
-    key_hash.rotate_left(32)
-}
-
-fn packed_slot_hash(packed: &[u8]) -> u64 {
-    slot_hash(key_hash(packed::key_of(packed)))
-}
-
-fn find<'t>(table: &'t Table, hash: u64, key: &[u8]) -> Option<&'t [u8]> {
-    table
-        .find(slot_hash(hash), |packed| packed::key_of(packed) == key)
-        .map(|b| &**b)
-}
-
-/// Its own cache lines (128 bytes: two 64-byte lines, for CPUs that fetch
-/// them in pairs): readers of neighbouring partitions on different cores do
-/// not contend for the line holding the locks they take.
-#[derive(Debug)]
-#[repr(align(128))]
-struct CacheLine<T>(T);
-
-/// One partition's sessions and their anti-entropy digest, changed together
-/// under the partition's lock.
-#[derive(Debug, Default)]
-struct Partition {
-    table: Table,
-    digest: PartitionDigest,
-}
-
-/// What the [`Store`] shares with its [`StoreReader`]s: each partition behind
-/// its own lock, whether the owning node replicates it, and the bookkeeping
-/// every change updates (from the owner, or from a reader's
-/// [`StoreReader::write_local`]).
-#[derive(Debug)]
-struct Shared {
-    partitions: Box<[CacheLine<RwLock<Partition>>]>,
-    /// Per partition: how many replicas it has when the owning node is one
-    /// of them; 0 when it is not. Changed under the partition's write lock.
-    replicas: Box<[AtomicU32]>,
-    partition_count: u32,
-    tombstone_grace_ms: u64,
-    /// Stored entries, tombstones included.
-    len: AtomicUsize,
-    /// Whether someone watches the changes, which are then recorded.
-    watching: AtomicBool,
-    changes: Mutex<Vec<KeyChange>>,
-}
-
-impl Shared {
-    fn read(&self, partition: PartitionId) -> RwLockReadGuard<'_, Partition> {
-        // Nothing panics while holding a partition lock; were it poisoned,
-        // the partition would still be whole (every change is one table
-        // operation and its digest update).
-        self.partitions[partition.0 as usize]
-            .0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn read_key<R>(
-        &self,
-        key: &[u8],
-        hash: u64,
-        now_ms: impl FnOnce() -> u64,
-        f: impl FnOnce(SessionRef<'_>) -> R,
-    ) -> Option<R> {
-        let partition = self.read(partition_of(hash, self.partition_count));
-        let packed = Packed::parse(find(&partition.table, hash, key)?);
-        packed.is_visible(now_ms).then(|| f(SessionRef { packed }))
-    }
-
-    /// Calls `f` with what is stored under `key`, tombstones included.
-    fn stored<R>(&self, key: &[u8], f: impl FnOnce(Packed<'_>) -> R) -> Option<R> {
-        let hash = key_hash(key);
-        let partition = self.read(partition_of(hash, self.partition_count));
-        find(&partition.table, hash, key).map(|packed| f(Packed::parse(packed)))
-    }
-
-    fn write(&self, partition: PartitionId) -> RwLockWriteGuard<'_, Partition> {
-        self.partitions[partition.0 as usize]
-            .0
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn record(&self, key: &[u8], kind: ChangeKind) {
-        if self.watching.load(Ordering::Relaxed) {
-            self.changes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(KeyChange {
-                    key: Bytes::copy_from_slice(key),
-                    kind,
-                });
-        }
-    }
-
-    /// Merges `incoming` into the session under `key` in `partition` (the
-    /// partition's write lock held). See [`Store::merge_remote`].
-    fn merge(
-        &self,
-        partition: &mut Partition,
-        key: &[u8],
-        hash: u64,
-        incoming: Session,
-        now_ms: u64,
-    ) -> bool {
-        let Partition { table, digest } = partition;
-        let mut found = table.find_entry(slot_hash(hash), |packed| packed::key_of(packed) == key);
-        let due_by = now_ms.max(incoming.newest_stamp().wall_ms());
-        // One field set on a stored session that is not expiring: the
-        // packed bytes take the field in place, with no unpacking. It keeps
-        // a value, so the session stays visible and nothing is collected.
-        if let Some((name, value, stamp)) = incoming.as_field_put()
-            && let Ok(slot) = &mut found
-        {
-            let old = Packed::parse(slot.get());
-            if old.deadline_ms().is_none_or(|d| d > due_by)
-                && let Some(new) = packed::with_field(&old, name, value, stamp)
-            {
-                digest.remove(hash, old.fingerprint());
-                digest.add(hash, Packed::parse(&new).fingerprint());
-                *slot.get_mut() = new;
-                self.record(key, ChangeKind::Updated);
-                return true;
-            }
-        }
-        let (old_fingerprint, old_live, mut session) = match &found {
-            Ok(slot) => {
-                let old = Packed::parse(slot.get());
-                let old_newest = old
-                    .fields()
-                    .map(|f| f.stamp)
-                    .fold(old.header.newest_stamp(), Stamp::max);
-                let expires = old.deadline_ms().is_some_and(|d| d <= due_by);
-                // A whole-value put (or a delete) newer than everything
-                // stored hides every stored field: skip unpacking them.
-                let session = if !expires && incoming.header().clear > old_newest {
-                    let mut session = incoming;
-                    session.merge_superseded(old.header.clone());
-                    session
-                } else {
-                    let mut session = old.to_session();
-                    session.expire_if_due(due_by);
-                    session.merge(incoming);
-                    session
-                };
-                (Some(old.fingerprint()), !old.is_tombstone(), session)
-            }
-            Err(_) => {
-                let mut session = Session::default();
-                session.merge(incoming);
-                (None, false, session)
-            }
-        };
-        session.expire_if_due(now_ms);
-        let keep = !(session.is_tombstone()
-            && session.collectable_at_ms(self.tombstone_grace_ms) <= now_ms);
-        let change = if session.is_visible(now_ms) {
-            Some(ChangeKind::Updated)
-        } else {
-            old_live.then_some(ChangeKind::Removed)
-        };
-        let changed = match (found, old_fingerprint) {
-            (Ok(slot), Some(old_fingerprint)) if !keep => {
-                slot.remove();
-                digest.remove(hash, old_fingerprint);
-                self.len.fetch_sub(1, Ordering::Relaxed);
-                true
-            }
-            (Ok(mut slot), Some(old_fingerprint)) => {
-                let new = packed::encode(key, &session);
-                if new == *slot.get() {
-                    return false;
-                }
-                digest.remove(hash, old_fingerprint);
-                digest.add(hash, Packed::parse(&new).fingerprint());
-                *slot.get_mut() = new;
-                true
-            }
-            (Err(vacant), _) if keep => {
-                let new = packed::encode(key, &session);
-                digest.add(hash, Packed::parse(&new).fingerprint());
-                vacant
-                    .into_table()
-                    .insert_unique(slot_hash(hash), new, |p| packed_slot_hash(p));
-                self.len.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            _ => false,
-        };
-        if let Some(kind) = change.filter(|_| changed) {
-            self.record(key, kind);
-        }
-        changed
-    }
 }
 
 /// A node's sessions. See the [module docs](self).

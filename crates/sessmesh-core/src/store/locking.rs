@@ -1,0 +1,108 @@
+//! The store's partitions and their locks: each partition's table and
+//! digest behind its own lock, on its own cache lines, shared by the owner
+//! and its readers, with the bookkeeping every change updates.
+
+use super::*;
+
+/// The packed sessions of one partition, found by the key hash with its
+/// halves swapped (the low bits pick the partition, so they cannot also pick
+/// the slot).
+pub(super) type Table = HashTable<Box<[u8]>>;
+
+pub(super) fn slot_hash(key_hash: u64) -> u64 {
+    key_hash.rotate_left(32)
+}
+
+pub(super) fn packed_slot_hash(packed: &[u8]) -> u64 {
+    slot_hash(key_hash(packed::key_of(packed)))
+}
+
+pub(super) fn find<'t>(table: &'t Table, hash: u64, key: &[u8]) -> Option<&'t [u8]> {
+    table
+        .find(slot_hash(hash), |packed| packed::key_of(packed) == key)
+        .map(|b| &**b)
+}
+
+/// Its own cache lines (128 bytes: two 64-byte lines, for CPUs that fetch
+/// them in pairs): readers of neighbouring partitions on different cores do
+/// not contend for the line holding the locks they take.
+#[derive(Debug)]
+#[repr(align(128))]
+pub(super) struct CacheLine<T>(pub(super) T);
+
+/// One partition's sessions and their anti-entropy digest, changed together
+/// under the partition's lock.
+#[derive(Debug, Default)]
+pub(super) struct Partition {
+    pub(super) table: Table,
+    pub(super) digest: PartitionDigest,
+}
+
+/// What the [`Store`] shares with its [`StoreReader`]s: each partition behind
+/// its own lock, whether the owning node replicates it, and the bookkeeping
+/// every change updates (from the owner, or from a reader's
+/// [`StoreReader::write_local`]).
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) partitions: Box<[CacheLine<RwLock<Partition>>]>,
+    /// Per partition: how many replicas it has when the owning node is one
+    /// of them; 0 when it is not. Changed under the partition's write lock.
+    pub(super) replicas: Box<[AtomicU32]>,
+    pub(super) partition_count: u32,
+    pub(super) tombstone_grace_ms: u64,
+    /// Stored entries, tombstones included.
+    pub(super) len: AtomicUsize,
+    /// Whether someone watches the changes, which are then recorded.
+    pub(super) watching: AtomicBool,
+    pub(super) changes: Mutex<Vec<KeyChange>>,
+}
+
+impl Shared {
+    pub(super) fn read(&self, partition: PartitionId) -> RwLockReadGuard<'_, Partition> {
+        // Nothing panics while holding a partition lock; were it poisoned,
+        // the partition would still be whole (every change is one table
+        // operation and its digest update).
+        self.partitions[partition.0 as usize]
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn read_key<R>(
+        &self,
+        key: &[u8],
+        hash: u64,
+        now_ms: impl FnOnce() -> u64,
+        f: impl FnOnce(SessionRef<'_>) -> R,
+    ) -> Option<R> {
+        let partition = self.read(partition_of(hash, self.partition_count));
+        let packed = Packed::parse(find(&partition.table, hash, key)?);
+        packed.is_visible(now_ms).then(|| f(SessionRef { packed }))
+    }
+
+    /// Calls `f` with what is stored under `key`, tombstones included.
+    pub(super) fn stored<R>(&self, key: &[u8], f: impl FnOnce(Packed<'_>) -> R) -> Option<R> {
+        let hash = key_hash(key);
+        let partition = self.read(partition_of(hash, self.partition_count));
+        find(&partition.table, hash, key).map(|packed| f(Packed::parse(packed)))
+    }
+
+    pub(super) fn write(&self, partition: PartitionId) -> RwLockWriteGuard<'_, Partition> {
+        self.partitions[partition.0 as usize]
+            .0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn record(&self, key: &[u8], kind: ChangeKind) {
+        if self.watching.load(Ordering::Relaxed) {
+            self.changes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(KeyChange {
+                    key: Bytes::copy_from_slice(key),
+                    kind,
+                });
+        }
+    }
+}
