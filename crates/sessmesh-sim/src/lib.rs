@@ -7,8 +7,10 @@
 //! failure exactly.
 //!
 //! A [`Scenario`] is data: a list of [`Step`]s (start nodes, wait, cut the
-//! network, crash a node, check a property, wait until a property holds) that
-//! reads like the story it tests. [`Scenario::run`] returns a [`Failure`]
+//! network, crash a node, write, delete and read keys, check a property,
+//! wait until a property holds) that reads like the story it tests. The
+//! data checks (replicas agree, acknowledged writes survive) are in
+//! `data.rs`. [`Scenario::run`] returns a [`Failure`]
 //! naming the seed and the step that failed.
 //!
 //! Faults: partitions into groups, one-way cuts, loss, duplication, delay with
@@ -29,8 +31,10 @@ use sessmesh_core::{
     Outcome, Timer, Write,
 };
 
+mod data;
 mod scenario;
 
+pub use data::{DataCall, FIELD};
 pub use scenario::{Check, Failure, Scenario, Step};
 
 /// The partition settings every simulated node runs with.
@@ -181,6 +185,8 @@ pub struct Sim {
     /// Each node's reports of its own clock running ahead or back in sync,
     /// with when.
     clock_reports: Vec<(u64, usize, NodeEvent)>,
+    /// The writes and deletes issued for the data checks (data.rs).
+    ledger: Vec<DataCall>,
 }
 
 impl fmt::Debug for Sim {
@@ -235,6 +241,7 @@ impl Sim {
             next_call: 0,
             drift_refusals: HashMap::new(),
             clock_reports: Vec::new(),
+            ledger: Vec::new(),
         }
     }
 

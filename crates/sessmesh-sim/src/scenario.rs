@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use sessmesh_core::MemberEvent;
+use sessmesh_core::{Level, MemberEvent};
 
 use crate::Sim;
 
@@ -82,6 +82,38 @@ pub enum Step {
     },
     /// Have a node leave on purpose.
     Leave(usize),
+    /// Have a node write a value under a key (see [`Sim::put`]); the step
+    /// does not wait for the answer.
+    Write {
+        /// The coordinating node.
+        node: usize,
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// The level it waits for.
+        level: Level,
+    },
+    /// Have a node delete a key (see [`Sim::remove`]); the step does not
+    /// wait for the answer.
+    Delete {
+        /// The coordinating node.
+        node: usize,
+        /// The key.
+        key: String,
+        /// The level it waits for.
+        level: Level,
+    },
+    /// Have a node read a key at a quorum, and fail unless it sees `expect`
+    /// (`None`: no value).
+    Read {
+        /// The coordinating node.
+        node: usize,
+        /// The key.
+        key: String,
+        /// The value it must see.
+        expect: Option<String>,
+    },
     /// Fail unless the check holds now.
     Expect(Check),
     /// Run until the check holds; fail if it does not within `within_ms`.
@@ -120,6 +152,12 @@ pub enum Check {
     /// Every running node reports every other running member in the state
     /// that member announces (joining, alive, leaving).
     StatesKnown,
+    /// Every running replica of every key written holds the same state of
+    /// it (see [`Sim::check_replicas_agree`]).
+    ReplicasAgree,
+    /// Every running replica of every key holds its newest acknowledged
+    /// write or something newer (see [`Sim::check_acknowledged_writes_survive`]).
+    AcknowledgedWritesSurvive,
 }
 
 /// A list of steps with a name; build it with the methods, run it with [`Scenario::run`].
@@ -215,6 +253,34 @@ impl Scenario {
         self.then(Step::Leave(node))
     }
 
+    /// Has `node` write `value` under `key` at a quorum.
+    pub fn write(self, node: usize, key: &str, value: &str) -> Self {
+        self.then(Step::Write {
+            node,
+            key: key.into(),
+            value: value.into(),
+            level: Level::Quorum,
+        })
+    }
+
+    /// Has `node` delete `key` at a quorum.
+    pub fn delete(self, node: usize, key: &str) -> Self {
+        self.then(Step::Delete {
+            node,
+            key: key.into(),
+            level: Level::Quorum,
+        })
+    }
+
+    /// Has `node` read `key` at a quorum; fails unless it sees `expect`.
+    pub fn read(self, node: usize, key: &str, expect: Option<&str>) -> Self {
+        self.then(Step::Read {
+            node,
+            key: key.into(),
+            expect: expect.map(Into::into),
+        })
+    }
+
     /// Adds any step.
     pub fn step(self, step: Step) -> Self {
         self.then(step)
@@ -277,6 +343,25 @@ fn apply(sim: &mut Sim, step: &Step) -> Result<(), String> {
         Step::Crash(node) => sim.crash(*node),
         Step::Restart { node, seeds } => sim.start(*node, seeds),
         Step::Leave(node) => sim.leave(*node),
+        Step::Write {
+            node,
+            key,
+            value,
+            level,
+        } => {
+            sim.put(*node, key, value, *level);
+        }
+        Step::Delete { node, key, level } => {
+            sim.remove(*node, key, *level);
+        }
+        Step::Read { node, key, expect } => {
+            let seen = sim.read_value(*node, key)?;
+            if seen != *expect {
+                return Err(format!(
+                    "node-{node} read {key} as {seen:?}, not {expect:?}"
+                ));
+            }
+        }
         Step::Expect(check) => return check.holds(sim),
         Step::ExpectWithin { check, within_ms } => {
             let mut last = String::new();
@@ -382,6 +467,8 @@ impl Check {
                 }
                 Ok(())
             }
+            Check::ReplicasAgree => sim.check_replicas_agree(),
+            Check::AcknowledgedWritesSurvive => sim.check_acknowledged_writes_survive(),
             Check::StatesKnown => {
                 for observer in sim.up_nodes() {
                     let Some(core) = sim.core(observer) else {
