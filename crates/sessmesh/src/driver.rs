@@ -4,7 +4,6 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -18,6 +17,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::Error;
+use crate::local_writes::{LocalWrites, Queued};
 use crate::status::{MemberStatus, Status};
 
 /// The most queued calls or peer messages the task takes in one turn before
@@ -30,24 +30,19 @@ pub(crate) enum Command {
     Members(oneshot::Sender<Vec<Member>>),
     Status(oneshot::Sender<Status>),
     Shutdown(Duration, oneshot::Sender<Result<(), Error>>),
-    Write(Bytes, Write, Level, oneshot::Sender<Outcome>),
+    /// A write with its ticket (see [`crate::local_writes`]).
+    Write(Bytes, Write, Level, oneshot::Sender<Outcome>, Queued),
     Read(Bytes, Level, oneshot::Sender<Outcome>),
     Local(Bytes, oneshot::Sender<Option<Session>>),
     Roots(oneshot::Sender<Vec<u64>>),
     Replicas(Bytes, oneshot::Sender<Vec<String>>),
     Watch(oneshot::Sender<broadcast::Receiver<KeyChange>>),
-    /// Nothing to do but report what changed: a caller stored a write
-    /// itself while someone watches.
-    Flush,
 }
 
 /// The channels the handles keep to the task.
 pub(crate) struct Channels {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) events: broadcast::Sender<NodeEvent>,
-    /// Writes sent and not yet taken by the task, and deletes not yet
-    /// answered: while any are, a handle's writes go through the task.
-    pub(crate) queued_writes: Arc<AtomicUsize>,
 }
 
 /// Starts the task that owns `node` on the current tokio runtime, joining
@@ -57,6 +52,7 @@ pub(crate) fn start<T: Transport>(
     transport: T,
     incoming: mpsc::Receiver<Incoming>,
     seeds: Vec<SocketAddr>,
+    local: Arc<LocalWrites>,
 ) -> Channels {
     let (commands, rx) = mpsc::channel(256);
     let (events, _) = broadcast::channel(1024);
@@ -72,17 +68,11 @@ pub(crate) fn start<T: Transport>(
         unreachable: HashSet::new(),
         member_addrs: HashMap::new(),
         superseded: HashSet::new(),
-        queued_writes: Arc::new(AtomicUsize::new(0)),
-        deletes: HashSet::new(),
+        local,
         clock_watch: (std::time::Instant::now(), now_ms()),
     };
-    let queued_writes = Arc::clone(&driver.queued_writes);
     tokio::spawn(driver.run(incoming, rx, seeds));
-    Channels {
-        commands,
-        events,
-        queued_writes,
-    }
+    Channels { commands, events }
 }
 
 /// Timers in deadline order; ties in the order they were set.
@@ -221,8 +211,9 @@ struct Driver<T> {
     timers: Timers,
     events: broadcast::Sender<NodeEvent>,
     changes: broadcast::Sender<KeyChange>,
-    /// Client calls waiting for their outcome.
-    calls: HashMap<CallId, oneshot::Sender<Outcome>>,
+    /// Client calls waiting for their outcome, each with the ticket of a
+    /// delete (see [`crate::local_writes`]), held until it is answered.
+    calls: HashMap<CallId, (oneshot::Sender<Outcome>, Option<Queued>)>,
     next_call: u64,
     /// Members declared down, until they are back.
     unreachable: HashSet<SocketAddr>,
@@ -236,18 +227,12 @@ struct Driver<T> {
     /// announce to it after; nothing is sent there, so the transport holds
     /// nothing for it. One entry per restart or leave.
     superseded: HashSet<SocketAddr>,
-    /// Writes the handles sent that are not taken yet, and deletes taken
-    /// and not yet answered.
-    queued_writes: Arc<AtomicUsize>,
+    /// The caller-thread path of this peer's writes, for the changes it
+    /// stores while someone watches.
+    local: Arc<LocalWrites>,
     /// The wall clock and the monotonic clock as last read together: a
     /// wall clock that moved unlike the monotonic one stepped.
     clock_watch: (std::time::Instant, u64),
-    /// The deletes counted in `queued_writes`. A delete reads before it is
-    /// stamped; a write stored on a handle's thread in the meantime (were
-    /// the key's partition to become this peer's alone) would be stamped
-    /// before it, so writes keep going through the task, which orders them
-    /// after the delete, until it is answered.
-    deletes: HashSet<CallId>,
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the only clock the node sees.
@@ -304,6 +289,9 @@ impl<T: Transport> Driver<T> {
                     None => break,
                 },
                 () = sleep_until(leave_check) => {}
+                // A handle stored a write itself while someone watches:
+                // report the change now.
+                () = self.local.changed() => {}
                 item = incoming.recv() => match item {
                     Some(item) => {
                         self.incoming(item);
@@ -422,17 +410,16 @@ impl<T: Transport> Driver<T> {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            Command::Write(key, write, level, reply) => {
-                let call = self.call(reply);
-                if write == Write::Delete {
-                    self.deletes.insert(call);
-                } else {
-                    self.queued_writes.fetch_sub(1, Ordering::AcqRel);
-                }
+            Command::Write(key, write, level, reply, queued) => {
+                // Taken: the core orders it from now on. A delete reads
+                // before it is stamped, so its ticket stays until it is
+                // answered.
+                let held = (write == Write::Delete).then_some(queued);
+                let call = self.call(reply, held);
                 self.node.write(call, key, write, level, now_ms());
             }
             Command::Read(key, level, reply) => {
-                let call = self.call(reply);
+                let call = self.call(reply, None);
                 self.node.read(call, key, level, now_ms());
             }
             Command::Replicas(key, reply) => {
@@ -449,7 +436,6 @@ impl<T: Transport> Driver<T> {
             Command::Local(key, reply) => {
                 let _ = reply.send(self.node.store().session(&key));
             }
-            Command::Flush => {}
             Command::Watch(reply) => {
                 self.node.watch_changes(true);
                 let _ = reply.send(self.changes.subscribe());
@@ -504,10 +490,10 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    fn call(&mut self, reply: oneshot::Sender<Outcome>) -> CallId {
+    fn call(&mut self, reply: oneshot::Sender<Outcome>, held: Option<Queued>) -> CallId {
         self.next_call += 1;
         let call = CallId(self.next_call);
-        self.calls.insert(call, reply);
+        self.calls.insert(call, (reply, held));
         call
     }
 
@@ -531,10 +517,8 @@ impl<T: Transport> Driver<T> {
                     }
                 }
                 Effect::Done { call, outcome } => {
-                    if self.deletes.remove(&call) {
-                        self.queued_writes.fetch_sub(1, Ordering::AcqRel);
-                    }
-                    if let Some(reply) = self.calls.remove(&call) {
+                    // A delete's ticket goes with its reply.
+                    if let Some((reply, _held)) = self.calls.remove(&call) {
                         // The caller may have stopped waiting.
                         let _ = reply.send(outcome);
                     }

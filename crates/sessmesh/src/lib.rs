@@ -45,6 +45,7 @@
 mod builder;
 mod driver;
 mod error;
+mod local_writes;
 mod node;
 mod status;
 

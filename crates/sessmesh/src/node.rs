@@ -2,13 +2,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sessmesh_core::{
-    Expiry, Hlc, KeyChange, Level, MAX_KEY_LEN, Member, NodeEvent, Outcome, Session, SessionData,
-    StoreReader, Write,
+    Expiry, KeyChange, Level, MAX_KEY_LEN, Member, NodeEvent, Outcome, Session, SessionData, Write,
 };
 use sessmesh_net::{Incoming, LinkFaults, PeerBytes, Transport, TransportObserver, TransportStats};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -16,6 +14,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::Error;
 use crate::builder::NodeBuilder;
 use crate::driver::{self, Command, now_ms};
+use crate::local_writes::LocalWrites;
 
 mod at;
 
@@ -44,11 +43,8 @@ pub struct Node {
 struct Inner {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<NodeEvent>,
-    /// Writes sent to the task that it has not stamped yet.
-    queued_writes: Arc<AtomicUsize>,
-    reader: StoreReader,
-    /// The peer's clock, for writes stored on the caller's thread.
-    clock: Arc<Hlc>,
+    /// Writes (and reads) on the caller's thread.
+    local: Arc<LocalWrites>,
     me: Member,
     read_level: Level,
     write_level: Level,
@@ -129,17 +125,14 @@ pub(crate) fn spawn_with<T: Transport>(
     seeds: Vec<SocketAddr>,
     options: Options,
 ) -> Node {
-    let reader = node.store().reader();
-    let clock = node.clock();
+    let local = LocalWrites::new(node.store().reader(), node.clock());
     let me = node.me().clone();
-    let channels = driver::start(node, transport, incoming, seeds);
+    let channels = driver::start(node, transport, incoming, seeds, Arc::clone(&local));
     Node {
         inner: Arc::new(Inner {
             commands: channels.commands,
             events: channels.events,
-            queued_writes: channels.queued_writes,
-            reader,
-            clock,
+            local,
             me,
             read_level: options.read_level,
             write_level: options.write_level,
@@ -380,14 +373,15 @@ impl Node {
 
     /// The cluster's partition count.
     pub fn partition_count(&self) -> u32 {
-        self.inner.reader.partition_count()
+        self.inner.local.reader().partition_count()
     }
 
     /// The keys of the sessions this peer stores in `partition` that a
     /// reader sees now (read from the local store, without the task).
     pub fn local_keys(&self, partition: u32) -> Vec<Bytes> {
         self.inner
-            .reader
+            .local
+            .reader()
             .visible_keys(sessmesh_core::PartitionId(partition), now_ms())
     }
 
@@ -409,48 +403,12 @@ impl Node {
         level: Level,
     ) -> Result<Outcome, Error> {
         let key = key.into();
-        if let Some(outcome) = self.write_local(&key, &write) {
+        if let Some(outcome) = self.inner.local.try_write(&key, &write) {
             return Ok(outcome);
         }
-        self.inner.queued_writes.fetch_add(1, Ordering::AcqRel);
-        self.ask(|reply| Command::Write(key, write, level, reply))
+        let queued = self.inner.local.queue();
+        self.ask(|reply| Command::Write(key, write, level, reply, queued))
             .await
-    }
-
-    /// Stores a write on the caller's thread when this peer alone
-    /// replicates the key's partition (so any level is met once it is
-    /// stored here) and none of this handle's writes wait in the task's
-    /// queue, which a later write must not overtake. `None` otherwise: the
-    /// task coordinates it.
-    fn write_local(&self, key: &[u8], write: &Write) -> Option<Outcome> {
-        let inner = &*self.inner;
-        if inner.queued_writes.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let now = now_ms();
-        if let Some(ahead_ms) = inner.clock.ahead_of_peers_ms(now) {
-            return Some(Outcome::ClockAhead {
-                ahead_ms,
-                max_drift_ms: inner.clock.max_drift_ms(),
-            });
-        }
-        // What a delete's read would have seen (only this copy exists).
-        let existed =
-            (*write == Write::Delete).then(|| inner.reader.read(key, now, |_| ()).is_some());
-        let (stamp, changed) = inner
-            .reader
-            .write_local(key, write, &inner.clock, now)
-            .ok()?;
-        if changed && inner.reader.watching() {
-            // Have the task report the change now; a full queue means it
-            // is busy and reports it soon anyway.
-            let _ = inner.commands.try_send(Command::Flush);
-        }
-        Some(Outcome::Written {
-            acks: 1,
-            stamp,
-            existed,
-        })
     }
 
     /// Hands a write to the peer's task and returns as soon as the task has
@@ -470,14 +428,14 @@ impl Node {
     ) -> Result<Submitted, Error> {
         let key = key.into();
         check_key(&key)?;
-        if let Some(outcome) = self.write_local(&key, &write) {
+        if let Some(outcome) = self.inner.local.try_write(&key, &write) {
             return Ok(Submitted(Submission::Done(outcome)));
         }
         let (tx, rx) = oneshot::channel();
-        self.inner.queued_writes.fetch_add(1, Ordering::AcqRel);
+        let queued = self.inner.local.queue();
         self.inner
             .commands
-            .send(Command::Write(key, write, level, tx))
+            .send(Command::Write(key, write, level, tx, queued))
             .await
             .map_err(|_| Error::Stopped)?;
         Ok(Submitted(Submission::Queued(rx)))

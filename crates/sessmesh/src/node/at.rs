@@ -17,7 +17,7 @@ impl At<'_> {
     pub async fn get(self, key: impl Into<Bytes>) -> Result<Option<SessionData>, Error> {
         let key = key.into();
         check_key(&key)?;
-        let reader = &self.node.inner.reader;
+        let reader = self.node.inner.local.reader();
         let one_copy = |replicas| self.level.required(replicas) == 1;
         if let Ok(local) = reader.read_local(&key, one_copy, now_ms, |s| s.to_data()) {
             return Ok(local);
@@ -46,7 +46,8 @@ impl At<'_> {
         let local = self
             .node
             .inner
-            .reader
+            .local
+            .reader()
             .read_local(&key, one_copy, now_ms, |s| {
                 s.field(name).map(Bytes::copy_from_slice)
             });
