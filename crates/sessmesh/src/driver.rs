@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use crate::Error;
 use crate::local_writes::{LocalWrites, Queued};
 use crate::status::{MemberStatus, Status};
+pub(crate) use crate::wall_clock::now_ms;
 
 /// The most queued calls or peer messages the task takes in one turn before
 /// it sends what they caused: a burst leaves in one batch per peer, and a
@@ -69,7 +70,7 @@ pub(crate) fn start<T: Transport>(
         member_addrs: HashMap::new(),
         superseded: HashSet::new(),
         local,
-        clock_watch: (std::time::Instant::now(), now_ms()),
+        clock_watch: (Instant::now(), now_ms()),
     };
     tokio::spawn(driver.run(incoming, rx, seeds));
     Channels { commands, events }
@@ -232,15 +233,7 @@ struct Driver<T> {
     local: Arc<LocalWrites>,
     /// The wall clock and the monotonic clock as last read together: a
     /// wall clock that moved unlike the monotonic one stepped.
-    clock_watch: (std::time::Instant, u64),
-}
-
-/// Wall-clock milliseconds since the Unix epoch: the only clock the node sees.
-pub(crate) fn now_ms() -> u64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+    clock_watch: (Instant, u64),
 }
 
 impl<T: Transport> Driver<T> {
@@ -371,7 +364,7 @@ impl<T: Transport> Driver<T> {
     /// measurements of the peers' clocks are void then.
     fn watch_clock(&mut self) {
         let (then, then_ms) = self.clock_watch;
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let now_ms = now_ms();
         let ran = u64::try_from(now.duration_since(then).as_millis()).unwrap_or(u64::MAX);
         let step = now_ms.abs_diff(then_ms.saturating_add(ran));

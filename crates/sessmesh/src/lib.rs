@@ -48,6 +48,10 @@ mod error;
 mod local_writes;
 mod node;
 mod status;
+mod wall_clock;
+
+#[doc(hidden)]
+pub use wall_clock::simulate_on_this_thread;
 
 pub use builder::{DEFAULT_PORT, NodeBuilder};
 pub use error::Error;
