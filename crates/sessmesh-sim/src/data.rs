@@ -171,7 +171,7 @@ impl Sim {
 
 /// Whether `session` holds the write stamped `stamp` of `value` (`None`: a
 /// delete), or something newer.
-fn holds(session: Option<&Session>, stamp: Stamp, value: Option<&str>) -> bool {
+pub(crate) fn holds(session: Option<&Session>, stamp: Stamp, value: Option<&str>) -> bool {
     let Some(session) = session else {
         return false;
     };

@@ -32,6 +32,7 @@ use sessmesh_core::{
 };
 
 mod data;
+pub mod peers;
 mod scenario;
 
 pub use data::{DataCall, FIELD};
@@ -682,7 +683,7 @@ impl Drop for Sim {
 }
 
 /// Virtual time 0 on the nodes' wall clocks: 2023-11-14T22:13:20Z.
-const EPOCH_MS: u64 = 1_700_000_000_000;
+pub(crate) const EPOCH_MS: u64 = 1_700_000_000_000;
 
 fn addr_of(node: usize) -> SocketAddr {
     let port = u16::try_from(10_000 + node).expect("fewer than 55,000 simulated nodes");
