@@ -180,8 +180,14 @@ async fn story(seed: u64) -> Result<String, String> {
         addrs: vec![SocketAddr::from(([127, 0, 0, 1], 0)); PEERS],
         generations: vec![0; PEERS],
     };
+    // Some runs start with one peer alone, which stores writes on the
+    // callers' thread, and start the others while writes go on: its
+    // partitions gain replicas under the writes.
+    let alone_until = (rng.random_range(0..4) == 0).then(|| rng.random_range(1..OPERATIONS / 2));
     for i in 0..PEERS {
-        cluster.start(i, seed);
+        if i == 0 || alone_until.is_none() {
+            cluster.start(i, seed);
+        }
     }
     wait_until(Duration::from_secs(30), || async {
         if cluster.converged().await {
@@ -204,7 +210,8 @@ async fn story(seed: u64) -> Result<String, String> {
             Duration::from_millis(rng.random_range(0..50)),
         );
     }
-    let cut_at = rng.random_range(0..OPERATIONS);
+    let started = alone_until.unwrap_or(0);
+    let cut_at = rng.random_range(started..OPERATIONS);
     let minority: Vec<usize> = {
         let first = rng.random_range(0..PEERS);
         if rng.random_range(0..2) == 0 {
@@ -214,13 +221,19 @@ async fn story(seed: u64) -> Result<String, String> {
         }
     };
     let crash = (rng.random_range(0..3) == 0)
-        .then(|| (rng.random_range(0..OPERATIONS), rng.random_range(0..PEERS)));
+        .then(|| (rng.random_range(0..OPERATIONS), rng.random_range(0..PEERS)))
+        .filter(|&(at, _)| at > started);
     let restart_after = rng.random_range(5..OPERATIONS);
 
     let issued = Arc::new(Mutex::new(Vec::<Issued>::new()));
     let mut tasks = Vec::new();
     let mut crashed: Option<(usize, usize)> = None;
     for op in 0..OPERATIONS {
+        if Some(op) == alone_until {
+            for i in 1..PEERS {
+                cluster.start(i, seed);
+            }
+        }
         if op == cut_at {
             for &a in &minority {
                 for b in (0..PEERS).filter(|b| !minority.contains(b)) {
