@@ -2,66 +2,212 @@
 
 use super::*;
 
+/// The hash commands, as the table names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Op {
+    Del,
+    Exists,
+    Get,
+    GetAll,
+    IncrBy,
+    Keys,
+    Len,
+    MGet,
+    MSet,
+    Set,
+    SetNx,
+    Vals,
+}
+
+/// A hash command, its arguments parsed. No field name is empty: that
+/// name holds a string.
+#[derive(Debug, PartialEq)]
+pub(super) enum HashCommand {
+    /// `HSET key field value [field value ...]`, and `HMSET` (`replies_ok`).
+    Set {
+        key: Bytes,
+        pairs: Vec<(Bytes, Bytes)>,
+        /// `HMSET`: reply `OK`, not the count of new fields.
+        replies_ok: bool,
+    },
+    /// `HSETNX key field value`.
+    SetNx {
+        key: Bytes,
+        field: Bytes,
+        value: Bytes,
+    },
+    /// `HGET key field`.
+    Get { key: Bytes, field: Bytes },
+    /// `HMGET key field [field ...]`.
+    MGet { key: Bytes, fields: Vec<Bytes> },
+    /// `HGETALL`, `HKEYS`, `HVALS`, `HLEN`: `key`.
+    Whole { key: Bytes, part: Part },
+    /// `HDEL key field [field ...]`.
+    Del { key: Bytes, fields: Vec<Bytes> },
+    /// `HEXISTS key field`.
+    Exists { key: Bytes, field: Bytes },
+    /// `HINCRBY key field increment`.
+    IncrBy { key: Bytes, field: Bytes, by: i64 },
+}
+
+/// What a command that reads a whole hash replies with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Part {
+    /// `HGETALL`: names and values.
+    All,
+    /// `HKEYS`: the names.
+    Names,
+    /// `HVALS`: the values.
+    Values,
+    /// `HLEN`: how many fields.
+    Count,
+}
+
+fn empty_field() -> Reply {
+    err("ERR empty hash field names are not supported")
+}
+
+/// `field`, unless it is the empty name, which holds a string.
+fn field_name(field: &Bytes) -> Result<Bytes, Reply> {
+    if field.as_ref() == STRING_FIELD {
+        Err(empty_field())
+    } else {
+        Ok(field.clone())
+    }
+}
+
+impl HashCommand {
+    /// Parses the arguments after the name, their number already checked.
+    pub(super) fn parse(op: Op, args: &[Bytes]) -> Result<Self, Reply> {
+        let key = args[0].clone();
+        Ok(match op {
+            Op::Set | Op::MSet => {
+                let pairs = &args[1..];
+                if !pairs.len().is_multiple_of(2) {
+                    return Err(arity(if op == Op::Set { "hset" } else { "hmset" }));
+                }
+                if pairs.chunks(2).any(|p| p[0].as_ref() == STRING_FIELD) {
+                    return Err(empty_field());
+                }
+                HashCommand::Set {
+                    key,
+                    pairs: pairs
+                        .chunks(2)
+                        .map(|pair| (pair[0].clone(), pair[1].clone()))
+                        .collect(),
+                    replies_ok: op == Op::MSet,
+                }
+            }
+            Op::SetNx => HashCommand::SetNx {
+                key,
+                field: field_name(&args[1])?,
+                value: args[2].clone(),
+            },
+            Op::Get => HashCommand::Get {
+                key,
+                field: args[1].clone(),
+            },
+            Op::MGet => HashCommand::MGet {
+                key,
+                fields: args[1..].to_vec(),
+            },
+            Op::GetAll => HashCommand::Whole {
+                key,
+                part: Part::All,
+            },
+            Op::Keys => HashCommand::Whole {
+                key,
+                part: Part::Names,
+            },
+            Op::Vals => HashCommand::Whole {
+                key,
+                part: Part::Values,
+            },
+            Op::Len => HashCommand::Whole {
+                key,
+                part: Part::Count,
+            },
+            Op::Del => HashCommand::Del {
+                key,
+                fields: args[1..].to_vec(),
+            },
+            Op::Exists => HashCommand::Exists {
+                key,
+                field: args[1].clone(),
+            },
+            Op::IncrBy => {
+                let by = int(&args[2]).ok_or_else(not_integer)?;
+                HashCommand::IncrBy {
+                    key,
+                    field: field_name(&args[1])?,
+                    by,
+                }
+            }
+        })
+    }
+
+    pub(super) async fn run(self, handler: &Handler) -> Reply {
+        let result = match self {
+            HashCommand::Set {
+                key,
+                pairs,
+                replies_ok,
+            } => handler.hset(key, pairs, replies_ok).await,
+            HashCommand::SetNx { key, field, value } => handler.hsetnx(key, field, value).await,
+            HashCommand::Get { key, field } => handler.hget(&key, &field).await,
+            HashCommand::MGet { key, fields } => handler.hmget(&key, &fields).await,
+            HashCommand::Whole { key, part } => handler.hread(&key, part).await,
+            HashCommand::Del { key, fields } => handler.hdel(key, fields).await,
+            HashCommand::Exists { key, field } => handler.hexists(&key, &field).await,
+            HashCommand::IncrBy { key, field, by } => handler.hincrby(key, field, by).await,
+        };
+        result.unwrap_or_else(|reply| reply)
+    }
+}
+
 impl Handler {
-    pub(super) async fn hset(
+    async fn hset(
         &self,
-        name: &str,
-        key: &Bytes,
-        pairs: &[Bytes],
+        key: Bytes,
+        pairs: Vec<(Bytes, Bytes)>,
+        replies_ok: bool,
     ) -> Result<Reply, Reply> {
-        if !pairs.len().is_multiple_of(2) {
-            return Err(arity(name));
-        }
-        if pairs.chunks(2).any(|p| p[0].as_ref() == STRING_FIELD) {
-            return Err(err("ERR empty hash field names are not supported"));
-        }
-        let existing = self.glance_hash(key).await?;
+        let existing = self.glance_hash(&key).await?;
         let mut seen = std::collections::HashSet::new();
         let added = pairs
-            .chunks(2)
-            .filter(|pair| seen.insert(&pair[0]))
-            .filter(|pair| existing.as_ref().and_then(|d| d.field(&pair[0])).is_none())
+            .iter()
+            .filter(|(field, _)| seen.insert(field))
+            .filter(|(field, _)| existing.as_ref().and_then(|d| d.field(field)).is_none())
             .count();
-        let writes = pairs.chunks(2).map(|pair| {
-            let write = Write::PutField {
-                name: pair[0].clone(),
-                value: pair[1].clone(),
-            };
+        let writes = pairs.into_iter().map(|(name, value)| {
+            let write = Write::PutField { name, value };
             (key.clone(), write)
         });
         self.write_all(writes).await?;
         let added = i64::try_from(added).unwrap_or(i64::MAX);
-        Ok(if name == "HMSET" {
+        Ok(if replies_ok {
             Reply::Ok
         } else {
             Reply::Int(added)
         })
     }
 
-    pub(super) async fn hsetnx(
-        &self,
-        key: &Bytes,
-        field: &Bytes,
-        value: &Bytes,
-    ) -> Result<Reply, Reply> {
-        if field.as_ref() == STRING_FIELD {
-            return Err(err("ERR empty hash field names are not supported"));
-        }
+    async fn hsetnx(&self, key: Bytes, field: Bytes, value: Bytes) -> Result<Reply, Reply> {
         if self
-            .read_hash(key)
+            .read_hash(&key)
             .await?
-            .is_some_and(|d| d.field(field).is_some())
+            .is_some_and(|d| d.field(&field).is_some())
         {
             return Ok(Reply::Int(0));
         }
         self.node
-            .put_field(key.clone(), field.clone(), value.clone())
+            .put_field(key, field, value)
             .await
             .map_err(|e| failed(&e))?;
         Ok(Reply::Int(1))
     }
 
-    pub(super) async fn hget(&self, key: &Bytes, field: &Bytes) -> Result<Reply, Reply> {
+    async fn hget(&self, key: &Bytes, field: &Bytes) -> Result<Reply, Reply> {
         Ok(self
             .read_hash(key)
             .await?
@@ -69,7 +215,7 @@ impl Handler {
             .unwrap_or(Reply::Nil))
     }
 
-    pub(super) async fn hmget(&self, key: &Bytes, fields: &[Bytes]) -> Result<Reply, Reply> {
+    async fn hmget(&self, key: &Bytes, fields: &[Bytes]) -> Result<Reply, Reply> {
         let data = self.read_hash(key).await?;
         Ok(Reply::Array(
             fields
@@ -83,17 +229,17 @@ impl Handler {
         ))
     }
 
-    pub(super) async fn hread(&self, name: &str, key: &Bytes) -> Result<Reply, Reply> {
+    async fn hread(&self, key: &Bytes, part: Part) -> Result<Reply, Reply> {
         let data = self.read_hash(key).await?;
         let fields: Vec<(&[u8], &[u8])> = data
             .as_ref()
             .map(|d| d.fields().collect())
             .unwrap_or_default();
-        Ok(match name {
-            "HLEN" => Reply::Int(i64::try_from(fields.len()).unwrap_or(i64::MAX)),
-            "HKEYS" => Reply::Array(fields.iter().map(|(n, _)| Reply::bulk(n)).collect()),
-            "HVALS" => Reply::Array(fields.iter().map(|(_, v)| Reply::bulk(v)).collect()),
-            _ => Reply::Map(
+        Ok(match part {
+            Part::Count => Reply::Int(i64::try_from(fields.len()).unwrap_or(i64::MAX)),
+            Part::Names => Reply::Array(fields.iter().map(|(n, _)| Reply::bulk(n)).collect()),
+            Part::Values => Reply::Array(fields.iter().map(|(_, v)| Reply::bulk(v)).collect()),
+            Part::All => Reply::Map(
                 fields
                     .iter()
                     .map(|(n, v)| (Reply::bulk(n), Reply::bulk(v)))
@@ -104,45 +250,34 @@ impl Handler {
 
     /// Deletes every named field, seen or not (as `DEL` does whole
     /// sessions); the count is of the fields the read before saw.
-    pub(super) async fn hdel(&self, key: &Bytes, fields: &[Bytes]) -> Result<Reply, Reply> {
-        let data = self.glance_hash(key).await?;
+    async fn hdel(&self, key: Bytes, fields: Vec<Bytes>) -> Result<Reply, Reply> {
+        let data = self.glance_hash(&key).await?;
         let mut seen = std::collections::HashSet::new();
         let removed = fields
             .iter()
             .filter(|field| seen.insert(*field))
             .filter(|field| data.as_ref().is_some_and(|d| d.field(field).is_some()))
             .count();
-        let writes = fields.iter().map(|field| {
-            let write = Write::DeleteField {
-                name: field.clone(),
-            };
+        let writes = fields.into_iter().map(|name| {
+            let write = Write::DeleteField { name };
             (key.clone(), write)
         });
         self.write_all(writes).await?;
         Ok(Reply::Int(i64::try_from(removed).unwrap_or(i64::MAX)))
     }
 
-    pub(super) async fn hexists(&self, key: &Bytes, field: &Bytes) -> Result<Reply, Reply> {
+    async fn hexists(&self, key: &Bytes, field: &Bytes) -> Result<Reply, Reply> {
         let data = self.read_hash(key).await?;
         Ok(Reply::Int(i64::from(
             data.is_some_and(|d| d.field(field).is_some()),
         )))
     }
 
-    pub(super) async fn hincrby(
-        &self,
-        key: &Bytes,
-        field: &Bytes,
-        by: &Bytes,
-    ) -> Result<Reply, Reply> {
-        let by = int(by).ok_or_else(not_integer)?;
-        if field.as_ref() == STRING_FIELD {
-            return Err(err("ERR empty hash field names are not supported"));
-        }
+    async fn hincrby(&self, key: Bytes, field: Bytes, by: i64) -> Result<Reply, Reply> {
         let current = match self
-            .read_hash(key)
+            .read_hash(&key)
             .await?
-            .and_then(|d| d.field(field).map(int))
+            .and_then(|d| d.field(&field).map(int))
         {
             None => 0,
             Some(Some(n)) => n,
@@ -152,7 +287,7 @@ impl Handler {
             .checked_add(by)
             .ok_or_else(|| err("ERR increment or decrement would overflow"))?;
         self.node
-            .put_field(key.clone(), field.clone(), Bytes::from(next.to_string()))
+            .put_field(key, field, Bytes::from(next.to_string()))
             .await
             .map_err(|e| failed(&e))?;
         Ok(Reply::Int(next))

@@ -3,6 +3,205 @@
 
 use super::*;
 
+/// The key commands, as the table names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Op {
+    Del,
+    Exists,
+    Expire,
+    ExpireAt,
+    PExpire,
+    PExpireAt,
+    Persist,
+    PTtl,
+    Scan,
+    Ttl,
+    Type,
+    Unlink,
+}
+
+/// A key command, its arguments parsed.
+#[derive(Debug, PartialEq)]
+pub(super) enum KeyCommand {
+    /// `DEL key [key ...]`, and `UNLINK`, which is the same here.
+    Del { keys: Vec<Bytes> },
+    /// `EXISTS key [key ...]`.
+    Exists { keys: Vec<Bytes> },
+    /// `TYPE key`.
+    Type { key: Bytes },
+    /// `EXPIRE`, `PEXPIRE`, `EXPIREAT`, `PEXPIREAT`: `key n [NX|XX|GT|LT]`.
+    Expire {
+        key: Bytes,
+        /// The new deadline, in Unix milliseconds; one already past
+        /// deletes the key.
+        at_ms: i64,
+        only_if: ExpireIf,
+    },
+    /// `TTL key`, and `PTTL` (`in_ms`).
+    Ttl { key: Bytes, in_ms: bool },
+    /// `PERSIST key`.
+    Persist { key: Bytes },
+    /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]`.
+    Scan(Scan),
+}
+
+/// When an `EXPIRE` applies, from its options: with none, always.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct ExpireIf {
+    /// `NX`: only if the key has no deadline.
+    no_deadline: bool,
+    /// `XX`: only if the key has a deadline.
+    has_deadline: bool,
+    /// `GT`: only if the new deadline is later (and the key has one).
+    later: bool,
+    /// `LT`: only if the new deadline is sooner (or the key has none).
+    sooner: bool,
+}
+
+/// `SCAN`'s arguments.
+#[derive(Debug, PartialEq)]
+pub(super) struct Scan {
+    /// The first partition to list.
+    cursor: u64,
+    /// `MATCH`: a glob keys must match.
+    pattern: Option<Bytes>,
+    /// `COUNT`: list partitions until at least this many keys.
+    count: usize,
+    /// `TYPE`, lower-cased.
+    kind: Option<Vec<u8>>,
+}
+
+impl KeyCommand {
+    /// Parses the arguments after the name, their number already checked;
+    /// relative deadlines count from `now_ms`.
+    pub(super) fn parse(op: Op, args: &[Bytes], now_ms: i64) -> Result<Self, Reply> {
+        Ok(match op {
+            Op::Del | Op::Unlink => KeyCommand::Del {
+                keys: args.to_vec(),
+            },
+            Op::Exists => KeyCommand::Exists {
+                keys: args.to_vec(),
+            },
+            Op::Type => KeyCommand::Type {
+                key: args[0].clone(),
+            },
+            Op::Expire | Op::PExpire | Op::ExpireAt | Op::PExpireAt => {
+                Self::parse_expire(op, args, now_ms)?
+            }
+            Op::Ttl | Op::PTtl => KeyCommand::Ttl {
+                key: args[0].clone(),
+                in_ms: op == Op::PTtl,
+            },
+            Op::Persist => KeyCommand::Persist {
+                key: args[0].clone(),
+            },
+            Op::Scan => KeyCommand::Scan(Scan::parse(args)?),
+        })
+    }
+
+    fn parse_expire(op: Op, args: &[Bytes], now_ms: i64) -> Result<Self, Reply> {
+        let (unit, command) = match op {
+            Op::Expire => (DeadlineUnit::Seconds, "expire"),
+            Op::PExpire => (DeadlineUnit::Millis, "pexpire"),
+            Op::ExpireAt => (DeadlineUnit::UnixSeconds, "expireat"),
+            _ => (DeadlineUnit::UnixMillis, "pexpireat"),
+        };
+        let n = int(&args[1]).ok_or_else(not_integer)?;
+        let at_ms = unit
+            .deadline_ms(n, now_ms)
+            .ok_or_else(|| invalid_expire(command))?;
+        let mut only_if = ExpireIf::default();
+        for o in &args[2..] {
+            if eq(o, "NX") {
+                only_if.no_deadline = true;
+            } else if eq(o, "XX") {
+                only_if.has_deadline = true;
+            } else if eq(o, "GT") {
+                only_if.later = true;
+            } else if eq(o, "LT") {
+                only_if.sooner = true;
+            } else {
+                return Err(Reply::Error(format!(
+                    "ERR Unsupported option {}",
+                    String::from_utf8_lossy(o)
+                )));
+            }
+        }
+        if only_if.no_deadline && (only_if.has_deadline || only_if.later || only_if.sooner) {
+            return Err(err(
+                "ERR NX and XX, GT or LT options at the same time are not compatible",
+            ));
+        }
+        if only_if.later && only_if.sooner {
+            return Err(err(
+                "ERR GT and LT options at the same time are not compatible",
+            ));
+        }
+        Ok(KeyCommand::Expire {
+            key: args[0].clone(),
+            at_ms,
+            only_if,
+        })
+    }
+
+    pub(super) async fn run(self, handler: &Handler) -> Reply {
+        let result = match self {
+            KeyCommand::Del { keys } => handler.del(&keys).await,
+            KeyCommand::Exists { keys } => handler.exists(&keys).await,
+            KeyCommand::Type { key } => handler.type_of(&key).await,
+            KeyCommand::Expire {
+                key,
+                at_ms,
+                only_if,
+            } => handler.expire(&key, at_ms, only_if).await,
+            KeyCommand::Ttl { key, in_ms } => handler.ttl(&key, in_ms).await,
+            KeyCommand::Persist { key } => handler.persist(&key).await,
+            KeyCommand::Scan(scan) => Ok(handler.scan(scan)),
+        };
+        result.unwrap_or_else(|reply| reply)
+    }
+}
+
+impl ExpireIf {
+    /// Whether a key whose deadline is `current` takes the deadline `at`.
+    fn allows(self, current: Option<i64>, at: i64) -> bool {
+        match current {
+            None => !self.has_deadline && !self.later,
+            Some(c) => !self.no_deadline && (!self.later || at > c) && (!self.sooner || at < c),
+        }
+    }
+}
+
+impl Scan {
+    fn parse(args: &[Bytes]) -> Result<Self, Reply> {
+        let Some(cursor) = std::str::from_utf8(&args[0])
+            .ok()
+            .and_then(|c| c.parse::<u64>().ok())
+        else {
+            return Err(err("ERR invalid cursor"));
+        };
+        let mut scan = Scan {
+            cursor,
+            pattern: None,
+            count: 10,
+            kind: None,
+        };
+        for option in args[1..].chunks(2) {
+            match option {
+                [o, v] if eq(o, "MATCH") => scan.pattern = Some(v.clone()),
+                [o, v] if eq(o, "COUNT") => match int(v) {
+                    Some(n) if n >= 1 => scan.count = usize::try_from(n).unwrap_or(usize::MAX),
+                    Some(_) => return Err(syntax()),
+                    None => return Err(not_integer()),
+                },
+                [o, v] if eq(o, "TYPE") => scan.kind = Some(v.to_ascii_lowercase()),
+                _ => return Err(syntax()),
+            }
+        }
+        Ok(scan)
+    }
+}
+
 impl Handler {
     pub(super) async fn clear_expiry(&self, key: &Bytes) -> Result<(), Reply> {
         self.node
@@ -20,7 +219,7 @@ impl Handler {
     /// once the partition heals. The keys are deleted together, and one
     /// that fails (the delete is kept all the same) does not stop the
     /// others. The count is of the keys the deletes' reads saw.
-    pub(super) async fn del(&self, keys: &[Bytes]) -> Result<Reply, Reply> {
+    async fn del(&self, keys: &[Bytes]) -> Result<Reply, Reply> {
         let deletes = keys.iter().map(|key| self.node.delete(key.clone()));
         let mut deleted = 0;
         for outcome in join_all(deletes).await {
@@ -29,14 +228,14 @@ impl Handler {
         Ok(Reply::Int(deleted))
     }
 
-    pub(super) async fn exists(&self, keys: &[Bytes]) -> Result<Reply, Reply> {
+    async fn exists(&self, keys: &[Bytes]) -> Result<Reply, Reply> {
         let values = self.read_all(keys).await?;
         Ok(Reply::Int(
             i64::try_from(values.iter().filter(|v| v.is_some()).count()).unwrap_or(i64::MAX),
         ))
     }
 
-    pub(super) async fn type_of(&self, key: &Bytes) -> Result<Reply, Reply> {
+    async fn type_of(&self, key: &Bytes) -> Result<Reply, Reply> {
         Ok(Reply::Simple(match self.read(key).await? {
             None => "none",
             Some(Value::String { .. }) => "string",
@@ -44,64 +243,14 @@ impl Handler {
         }))
     }
 
-    pub(super) async fn expire(
-        &self,
-        name: &str,
-        key: &Bytes,
-        amount: &Bytes,
-        options: &[Bytes],
-    ) -> Result<Reply, Reply> {
-        let n = int(amount).ok_or_else(not_integer)?;
-        let at = match name {
-            "EXPIRE" => n.checked_mul(1000).and_then(|ms| ms.checked_add(now_ms())),
-            "PEXPIRE" => n.checked_add(now_ms()),
-            "EXPIREAT" => n.checked_mul(1000),
-            _ => Some(n),
-        }
-        .ok_or_else(|| {
-            Reply::Error(format!(
-                "ERR invalid expire time in '{}' command",
-                name.to_ascii_lowercase()
-            ))
-        })?;
-        let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
-        for o in options {
-            if eq(o, "NX") {
-                nx = true;
-            } else if eq(o, "XX") {
-                xx = true;
-            } else if eq(o, "GT") {
-                gt = true;
-            } else if eq(o, "LT") {
-                lt = true;
-            } else {
-                return Err(Reply::Error(format!(
-                    "ERR Unsupported option {}",
-                    String::from_utf8_lossy(o)
-                )));
-            }
-        }
-        if nx && (xx || gt || lt) {
-            return Err(err(
-                "ERR NX and XX, GT or LT options at the same time are not compatible",
-            ));
-        }
-        if gt && lt {
-            return Err(err(
-                "ERR GT and LT options at the same time are not compatible",
-            ));
-        }
+    async fn expire(&self, key: &Bytes, at: i64, only_if: ExpireIf) -> Result<Reply, Reply> {
         let Some(data) = self.node.get(key.clone()).await.map_err(|e| failed(&e))? else {
             return Ok(Reply::Int(0));
         };
         let current = data
             .deadline_ms()
             .map(|d| i64::try_from(d).unwrap_or(i64::MAX));
-        let allowed = match current {
-            None => !xx && !gt,
-            Some(c) => !nx && (!gt || at > c) && (!lt || at < c),
-        };
-        if !allowed {
+        if !only_if.allows(current, at) {
             return Ok(Reply::Int(0));
         }
         if at <= now_ms() {
@@ -118,7 +267,7 @@ impl Handler {
         Ok(Reply::Int(1))
     }
 
-    pub(super) async fn ttl(&self, key: &Bytes, millis: bool) -> Result<Reply, Reply> {
+    async fn ttl(&self, key: &Bytes, in_ms: bool) -> Result<Reply, Reply> {
         let Some(data) = self.node.get(key.clone()).await.map_err(|e| failed(&e))? else {
             return Ok(Reply::Int(-2));
         };
@@ -126,10 +275,10 @@ impl Handler {
             return Ok(Reply::Int(-1));
         };
         let left = (i64::try_from(deadline).unwrap_or(i64::MAX) - now_ms()).max(0);
-        Ok(Reply::Int(if millis { left } else { (left + 500) / 1000 }))
+        Ok(Reply::Int(if in_ms { left } else { (left + 500) / 1000 }))
     }
 
-    pub(super) async fn persist(&self, key: &Bytes) -> Result<Reply, Reply> {
+    async fn persist(&self, key: &Bytes) -> Result<Reply, Reply> {
         let Some(data) = self.node.get(key.clone()).await.map_err(|e| failed(&e))? else {
             return Ok(Reply::Int(0));
         };
@@ -147,30 +296,16 @@ impl Handler {
             .collect()
     }
 
-    /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]`. The cursor is the
-    /// next partition to list; each call lists whole partitions until it has
-    /// `COUNT` keys, so a key present for the whole scan is returned.
-    pub(super) fn scan(&self, args: &[Bytes]) -> Reply {
-        let Some(cursor) = std::str::from_utf8(&args[0])
-            .ok()
-            .and_then(|c| c.parse::<u64>().ok())
-        else {
-            return err("ERR invalid cursor");
-        };
-        let (mut pattern, mut count, mut kind) = (None, 10usize, None);
-        let mut options = args[1..].chunks(2);
-        for option in options.by_ref() {
-            match option {
-                [o, v] if eq(o, "MATCH") => pattern = Some(v.clone()),
-                [o, v] if eq(o, "COUNT") => match int(v) {
-                    Some(n) if n >= 1 => count = usize::try_from(n).unwrap_or(usize::MAX),
-                    Some(_) => return syntax(),
-                    None => return not_integer(),
-                },
-                [o, v] if eq(o, "TYPE") => kind = Some(v.to_ascii_lowercase()),
-                _ => return syntax(),
-            }
-        }
+    /// The cursor is the next partition to list; each call lists whole
+    /// partitions until it has `COUNT` keys, so a key present for the whole
+    /// scan is returned.
+    fn scan(&self, scan: Scan) -> Reply {
+        let Scan {
+            cursor,
+            pattern,
+            count,
+            kind,
+        } = scan;
         let partitions = u64::from(self.node.partition_count());
         let mut keys = Vec::new();
         let mut next = cursor;

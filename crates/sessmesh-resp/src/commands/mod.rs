@@ -4,12 +4,37 @@
 //! session's fields. Any node serves any key: the node coordinates the call
 //! with the key's replicas at the configured levels.
 //!
-//! Layout: `table.rs` names every command (arity, whether it only reads)
-//! and looks a request's name up once; this file dispatches and holds what
-//! the families share (reads of a key, writes handed over together, error
-//! replies); each family has a file: `strings.rs`, `keys.rs` (and expiry),
-//! `hashes.rs`, `connection.rs`, `server.rs`. A new command is a row in the
-//! table, a line in the dispatch and a method in its family's file.
+//! # Layout
+//!
+//! A request goes through three steps, each once:
+//!
+//! 1. **Lookup**, in `table.rs`: the request's name is found in the table,
+//!    which gives the [`Command`]'s arity, whether it only reads, and its
+//!    family.
+//! 2. **Parse**, in the family's file: once the arity (and, before `AUTH`,
+//!    the connection's right to run it) is checked, the family turns the
+//!    arguments into its typed command: keys as `Bytes`, integers parsed,
+//!    options such as `NX`, `GET` or `EX` as enums, deadlines in Unix
+//!    milliseconds. Every error the arguments alone earn (`ERR syntax
+//!    error`, `ERR value is not an integer or out of range`, ...) is given
+//!    here, before anything is read or written; only `HELLO` keeps a bad
+//!    option's error until the options before it (an `AUTH`) have run.
+//! 3. **Run**: one match on the parsed command (a `Call`, in this file)
+//!    hands it to its family, which runs it on the peer.
+//!
+//! A pipelined plain `SET key value` skips the last two steps: the table
+//! names it, and [`Handler::submit_set`] hands it to the peer at once.
+//!
+//! The families, each owning the parsing and the running of its commands:
+//! `connection.rs` (`AUTH`, `HELLO`, `CLIENT`, `PING`...), `strings.rs`,
+//! `keys.rs` (and expiry), `hashes.rs`, and `server.rs` (`COMMAND`,
+//! `CONFIG`, `INFO`, `DBSIZE`). This file holds what they share: the
+//! handler and a connection's state, the dispatch, reads of a key, writes
+//! handed over together, and the error replies.
+//!
+//! To add a command: a row in the table naming its family and its `Op` in
+//! that family; then, in the family's file, the `Op`, the typed command, and
+//! an arm in the family's `parse` and in its `run`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -28,8 +53,13 @@ mod server;
 mod strings;
 mod table;
 
+use connection::ConnectionCommand;
+use hashes::HashCommand;
+use keys::KeyCommand;
+use server::ServerCommand;
+use strings::StringCommand;
 pub use table::Command;
-use table::{check_arity, unknown};
+use table::{Family, check_arity, unknown};
 
 /// The field a string value is stored under.
 const STRING_FIELD: &[u8] = b"";
@@ -163,23 +193,85 @@ fn value_of(data: SessionData) -> Value {
     }
 }
 
-/// A deadline to set, from `EX`/`PX`/`EXAT`/`PXAT` and their argument.
-fn deadline(option: &[u8], arg: &[u8], command: &str) -> Result<i64, Reply> {
-    let n = int(arg).ok_or_else(not_integer)?;
-    let invalid = || Reply::Error(format!("ERR invalid expire time in '{command}' command"));
-    if n <= 0 {
-        return Err(invalid());
+/// How a command gives a deadline: `EX`, `PX`, `EXAT` and `PXAT`, or which
+/// of `EXPIRE`, `PEXPIRE`, `EXPIREAT` and `PEXPIREAT` it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeadlineUnit {
+    /// Seconds from now (`EX`).
+    Seconds,
+    /// Milliseconds from now (`PX`).
+    Millis,
+    /// A Unix time in seconds (`EXAT`).
+    UnixSeconds,
+    /// A Unix time in milliseconds (`PXAT`).
+    UnixMillis,
+}
+
+impl DeadlineUnit {
+    /// The unit an option names: `EX`, `PX`, `EXAT` or `PXAT`, in any case.
+    fn parse(option: &[u8]) -> Option<Self> {
+        [
+            ("EX", DeadlineUnit::Seconds),
+            ("PX", DeadlineUnit::Millis),
+            ("EXAT", DeadlineUnit::UnixSeconds),
+            ("PXAT", DeadlineUnit::UnixMillis),
+        ]
+        .into_iter()
+        .find_map(|(word, unit)| eq(option, word).then_some(unit))
     }
-    let at = if eq(option, "EX") {
-        n.checked_mul(1000).and_then(|ms| ms.checked_add(now_ms()))
-    } else if eq(option, "PX") {
-        n.checked_add(now_ms())
-    } else if eq(option, "EXAT") {
-        n.checked_mul(1000)
-    } else {
-        Some(n)
-    };
-    at.ok_or_else(invalid)
+
+    /// The deadline `n` of this unit gives, in Unix milliseconds, counting
+    /// from `now_ms`; `None` when it overflows.
+    fn deadline_ms(self, n: i64, now_ms: i64) -> Option<i64> {
+        match self {
+            DeadlineUnit::Seconds => n.checked_mul(1000).and_then(|ms| ms.checked_add(now_ms)),
+            DeadlineUnit::Millis => n.checked_add(now_ms),
+            DeadlineUnit::UnixSeconds => n.checked_mul(1000),
+            DeadlineUnit::UnixMillis => Some(n),
+        }
+    }
+}
+
+fn invalid_expire(command: &str) -> Reply {
+    Reply::Error(format!("ERR invalid expire time in '{command}' command"))
+}
+
+/// The deadline an `EX`-style option gives with its argument, which must be
+/// a positive integer; `command` names the command in the errors.
+fn deadline(unit: DeadlineUnit, arg: &[u8], command: &str, now_ms: i64) -> Result<i64, Reply> {
+    let n = int(arg).ok_or_else(not_integer)?;
+    if n <= 0 {
+        return Err(invalid_expire(command));
+    }
+    unit.deadline_ms(n, now_ms)
+        .ok_or_else(|| invalid_expire(command))
+}
+
+/// A request parsed: a known command, its arguments typed by its family.
+#[derive(Debug, PartialEq)]
+enum Call {
+    Connection(ConnectionCommand),
+    Strings(StringCommand),
+    Keys(KeyCommand),
+    Hashes(HashCommand),
+    Server(ServerCommand),
+}
+
+impl Call {
+    /// The one parse step: `args` is the whole request, its name first, its
+    /// number of arguments already checked against `command`'s arity.
+    /// Relative deadlines (`EX`, `EXPIRE`...) count from `now_ms`.
+    fn parse(command: Command, args: &[Bytes], now_ms: i64) -> Result<Call, Reply> {
+        debug_assert!(check_arity(command, args).is_ok());
+        let args = &args[1..];
+        match command.family() {
+            Family::Connection(op) => ConnectionCommand::parse(op, args).map(Call::Connection),
+            Family::Strings(op) => StringCommand::parse(op, args, now_ms).map(Call::Strings),
+            Family::Keys(op) => KeyCommand::parse(op, args, now_ms).map(Call::Keys),
+            Family::Hashes(op) => HashCommand::parse(op, args).map(Call::Hashes),
+            Family::Server(op) => ServerCommand::parse(op, args).map(Call::Server),
+        }
+    }
 }
 
 impl Handler {
@@ -217,7 +309,8 @@ impl Handler {
         command: Command,
         args: &[Bytes],
     ) -> Option<Result<Submitted, Reply>> {
-        if args.len() != 3 || !client.authenticated || command.name() != "SET" {
+        let set = Family::Strings(strings::Op::Set);
+        if args.len() != 3 || !client.authenticated || command.family() != set {
             return None;
         }
         let write = Write::Put {
@@ -248,9 +341,15 @@ impl Handler {
         command: Option<Command>,
         args: &[Bytes],
     ) -> (Reply, Flow) {
-        match command {
-            Some(command) => self.execute_known(client, command, args).await,
-            None => (unknown(args), Flow::Continue),
+        let Some(command) = command else {
+            return (unknown(args), Flow::Continue);
+        };
+        let call = check_arity(command, args)
+            .and_then(|()| client.may_run(command))
+            .and_then(|()| Call::parse(command, args, now_ms()));
+        match call {
+            Ok(call) => self.run(Some(client), call).await,
+            Err(reply) => (reply, Flow::Continue),
         }
     }
 
@@ -265,84 +364,30 @@ impl Handler {
     /// Runs a request whose command [`reads_only`](Self::reads_only)
     /// accepted.
     pub async fn execute_read(&self, command: Command, args: &[Bytes]) -> Reply {
-        if let Some(wrong) = check_arity(command, args) {
-            return wrong;
+        debug_assert!(command.reads_only());
+        let call = check_arity(command, args).and_then(|()| Call::parse(command, args, now_ms()));
+        match call {
+            Ok(call) => self.run(None, call).await.0,
+            Err(reply) => reply,
         }
-        self.data_command(command.name(), args).await
     }
 
-    async fn execute_known(
-        &self,
-        client: &mut Client,
-        command: Command,
-        args: &[Bytes],
-    ) -> (Reply, Flow) {
-        if let Some(wrong) = check_arity(command, args) {
-            return (wrong, Flow::Continue);
-        }
-        let name = command.name();
-        if !client.authenticated && !matches!(name, "AUTH" | "HELLO" | "QUIT") {
-            return (err("NOAUTH Authentication required."), Flow::Continue);
-        }
-        let reply = match name {
-            "QUIT" => return (Reply::Ok, Flow::Close),
-            "AUTH" => self.auth(client, &args[1..]),
-            "HELLO" => self.hello(client, &args[1..]),
-            "PING" => match args.len() {
-                1 => Reply::Simple("PONG"),
-                2 => Reply::Bulk(args[1].clone()),
-                _ => arity(name),
+    /// The one dispatch: runs a parsed command in its family. `client` is
+    /// `None` for a read run beside others, which needs no connection.
+    async fn run(&self, client: Option<&mut Client>, call: Call) -> (Reply, Flow) {
+        let reply = match call {
+            Call::Connection(command) => match client {
+                Some(client) => return command.run(self, client),
+                // Only reads run without their connection, and the table
+                // makes sure no connection command only reads.
+                None => err("ERR this command needs its connection"),
             },
-            "ECHO" => Reply::Bulk(args[1].clone()),
-            "SELECT" => match int(&args[1]) {
-                Some(0) => Reply::Ok,
-                Some(_) => err("ERR DB index is out of range"),
-                None => not_integer(),
-            },
-            "CLIENT" => Self::client_command(client, &args[1..]),
-            "COMMAND" => Self::command_command(&args[1..]),
-            "CONFIG" => Self::config(&args[1..]),
-            "INFO" => self.info(),
-            "DBSIZE" => Reply::Int(i64::try_from(self.local_keys().len()).unwrap_or(i64::MAX)),
-            other => self.data_command(other, args).await,
+            Call::Strings(command) => command.run(self).await,
+            Call::Keys(command) => command.run(self).await,
+            Call::Hashes(command) => command.run(self).await,
+            Call::Server(command) => command.run(self),
         };
         (reply, Flow::Continue)
-    }
-
-    async fn data_command(&self, name: &str, args: &[Bytes]) -> Reply {
-        let result = match name {
-            "GET" => self.get(&args[1]).await,
-            "SET" => self.set(&args[1], &args[2], &args[3..]).await,
-            "SETEX" | "PSETEX" => {
-                let unit = if name == "SETEX" { "EX" } else { "PX" };
-                let options = [Bytes::from_static(unit.as_bytes()), args[2].clone()];
-                self.set_with(&args[1], &args[3], &options, &name.to_ascii_lowercase())
-                    .await
-            }
-            "GETDEL" => self.getdel(&args[1]).await,
-            "GETEX" => self.getex(&args[1], &args[2..]).await,
-            "MGET" => self.mget(&args[1..]).await,
-            "MSET" => self.mset(&args[1..]).await,
-            "DEL" | "UNLINK" => self.del(&args[1..]).await,
-            "EXISTS" => self.exists(&args[1..]).await,
-            "TYPE" => self.type_of(&args[1]).await,
-            "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => {
-                self.expire(name, &args[1], &args[2], &args[3..]).await
-            }
-            "TTL" | "PTTL" => self.ttl(&args[1], name == "PTTL").await,
-            "PERSIST" => self.persist(&args[1]).await,
-            "HSET" | "HMSET" => self.hset(name, &args[1], &args[2..]).await,
-            "HSETNX" => self.hsetnx(&args[1], &args[2], &args[3]).await,
-            "HGET" => self.hget(&args[1], &args[2]).await,
-            "HMGET" => self.hmget(&args[1], &args[2..]).await,
-            "HGETALL" | "HKEYS" | "HVALS" | "HLEN" => self.hread(name, &args[1]).await,
-            "HDEL" => self.hdel(&args[1], &args[2..]).await,
-            "HEXISTS" => self.hexists(&args[1], &args[2]).await,
-            "HINCRBY" => self.hincrby(&args[1], &args[2], &args[3]).await,
-            "SCAN" => Ok(self.scan(&args[1..])),
-            _ => Ok(unknown(args)),
-        };
-        result.unwrap_or_else(|reply| reply)
     }
 
     async fn read(&self, key: &Bytes) -> Result<Option<Value>, Reply> {

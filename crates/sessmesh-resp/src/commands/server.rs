@@ -1,15 +1,77 @@
-//! The server and introspection: `COMMAND`, `CONFIG`, `INFO`.
+//! The server and introspection: `COMMAND`, `CONFIG`, `INFO`, `DBSIZE`.
 
 use super::table::COMMANDS;
 use super::*;
 
-impl Handler {
-    pub(super) fn command_command(args: &[Bytes]) -> Reply {
-        match args.first() {
-            None => Reply::Array(
+/// The server commands, as the table names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Op {
+    Command,
+    Config,
+    DbSize,
+    Info,
+}
+
+/// A server command, its arguments parsed.
+#[derive(Debug, PartialEq)]
+pub(super) enum ServerCommand {
+    /// `COMMAND`: every command's name and arity.
+    ListCommands,
+    /// `COMMAND COUNT`.
+    CountCommands,
+    /// `COMMAND DOCS [name ...]`: no docs are kept.
+    CommandDocs,
+    /// `COMMAND INFO [name ...]`: no details are kept, one nil per name.
+    CommandInfo { names: usize },
+    /// `CONFIG GET pattern [pattern ...]`, the patterns lower-cased.
+    ConfigGet { patterns: Vec<Vec<u8>> },
+    /// `INFO [section ...]`: every section, whichever are asked for.
+    Info,
+    /// `DBSIZE`: the keys this node stores.
+    DbSize,
+}
+
+impl ServerCommand {
+    /// Parses the arguments after the name, their number already checked.
+    pub(super) fn parse(op: Op, args: &[Bytes]) -> Result<Self, Reply> {
+        match op {
+            Op::Command => match args.first() {
+                None => Ok(ServerCommand::ListCommands),
+                Some(sub) if eq(sub, "COUNT") => Ok(ServerCommand::CountCommands),
+                Some(sub) if eq(sub, "DOCS") => Ok(ServerCommand::CommandDocs),
+                Some(sub) if eq(sub, "INFO") => Ok(ServerCommand::CommandInfo {
+                    names: args.len() - 1,
+                }),
+                Some(sub) => Err(Reply::Error(format!(
+                    "ERR unknown subcommand '{}'. Try COMMAND HELP.",
+                    String::from_utf8_lossy(sub)
+                ))),
+            },
+            Op::Config => {
+                if !eq(&args[0], "GET") {
+                    return Err(Reply::Error(format!(
+                        "ERR unknown subcommand '{}'. Try CONFIG HELP.",
+                        String::from_utf8_lossy(&args[0])
+                    )));
+                }
+                if args.len() < 2 {
+                    return Err(arity("config|get"));
+                }
+                Ok(ServerCommand::ConfigGet {
+                    patterns: args[1..].iter().map(|p| p.to_ascii_lowercase()).collect(),
+                })
+            }
+            Op::Info => Ok(ServerCommand::Info),
+            Op::DbSize => Ok(ServerCommand::DbSize),
+        }
+    }
+
+    pub(super) fn run(self, handler: &Handler) -> Reply {
+        match self {
+            ServerCommand::ListCommands => Reply::Array(
                 COMMANDS
                     .iter()
-                    .map(|(name, arity, _)| {
+                    .map(|(name, arity, ..)| {
                         Reply::Array(vec![
                             Reply::bulk(name.to_ascii_lowercase()),
                             Reply::Int(i64::from(*arity)),
@@ -17,49 +79,39 @@ impl Handler {
                     })
                     .collect(),
             ),
-            Some(sub) if eq(sub, "COUNT") => {
+            ServerCommand::CountCommands => {
                 Reply::Int(i64::try_from(COMMANDS.len()).unwrap_or(i64::MAX))
             }
-            Some(sub) if eq(sub, "DOCS") => Reply::Map(Vec::new()),
-            Some(sub) if eq(sub, "INFO") => {
-                Reply::Array(args[1..].iter().map(|_| Reply::Nil).collect())
+            ServerCommand::CommandDocs => Reply::Map(Vec::new()),
+            ServerCommand::CommandInfo { names } => Reply::Array(vec![Reply::Nil; names]),
+            ServerCommand::ConfigGet { patterns } => config_get(&patterns),
+            ServerCommand::Info => handler.info(),
+            ServerCommand::DbSize => {
+                Reply::Int(i64::try_from(handler.local_keys().len()).unwrap_or(i64::MAX))
             }
-            Some(sub) => Reply::Error(format!(
-                "ERR unknown subcommand '{}'. Try COMMAND HELP.",
-                String::from_utf8_lossy(sub)
-            )),
         }
     }
+}
 
-    pub(super) fn config(args: &[Bytes]) -> Reply {
-        const KNOWN: &[(&str, &str)] = &[
-            ("appendonly", "no"),
-            ("databases", "1"),
-            ("maxmemory", "0"),
-            ("save", ""),
-        ];
-        if !eq(&args[0], "GET") {
-            return Reply::Error(format!(
-                "ERR unknown subcommand '{}'. Try CONFIG HELP.",
-                String::from_utf8_lossy(&args[0])
-            ));
-        }
-        if args.len() < 2 {
-            return arity("config|get");
-        }
-        let pairs = KNOWN
-            .iter()
-            .filter(|(name, _)| {
-                args[1..]
-                    .iter()
-                    .any(|p| glob::matches(&p.to_ascii_lowercase(), name.as_bytes()))
-            })
-            .map(|(name, value)| (Reply::bulk(name), Reply::bulk(value)))
-            .collect();
-        Reply::Map(pairs)
-    }
+/// The few settings clients ask for, with the values that tell them what
+/// this node does not do.
+fn config_get(patterns: &[Vec<u8>]) -> Reply {
+    const KNOWN: &[(&str, &str)] = &[
+        ("appendonly", "no"),
+        ("databases", "1"),
+        ("maxmemory", "0"),
+        ("save", ""),
+    ];
+    let pairs = KNOWN
+        .iter()
+        .filter(|(name, _)| patterns.iter().any(|p| glob::matches(p, name.as_bytes())))
+        .map(|(name, value)| (Reply::bulk(name), Reply::bulk(value)))
+        .collect();
+    Reply::Map(pairs)
+}
 
-    pub(super) fn info(&self) -> Reply {
+impl Handler {
+    fn info(&self) -> Reply {
         let me = self.node.me();
         let text = format!(
             "# Server\r\nredis_version:{REDIS_VERSION}\r\nsessmesh_version:{}\r\nredis_mode:standalone\r\nsessmesh_node:{}\r\nsessmesh_peer_addr:{}\r\n\r\n# Keyspace\r\ndb0:keys={}\r\n",

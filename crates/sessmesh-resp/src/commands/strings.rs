@@ -1,9 +1,199 @@
-//! Strings: `GET`, `SET` and its options, `GETDEL`, `GETEX`, `MGET`, `MSET`.
+//! Strings: `GET`, `SET` and its options, `SETEX`, `PSETEX`, `GETDEL`,
+//! `GETEX`, `MGET`, `MSET`.
 
 use super::*;
 
+/// The string commands, as the table names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Op {
+    Get,
+    GetDel,
+    GetEx,
+    MGet,
+    MSet,
+    PSetEx,
+    Set,
+    SetEx,
+}
+
+/// A string command, its arguments parsed.
+#[derive(Debug, PartialEq)]
+pub(super) enum StringCommand {
+    /// `GET key`.
+    Get { key: Bytes },
+    /// `SET`, and `SETEX` and `PSETEX` as the `SET` they stand for.
+    Set(Set),
+    /// `GETDEL key`.
+    GetDel { key: Bytes },
+    /// `GETEX key [EX|PX|EXAT|PXAT n | PERSIST]`.
+    GetEx {
+        key: Bytes,
+        /// The expiry to give the key; `None` leaves it.
+        change: Option<NewExpiry>,
+    },
+    /// `MGET key [key ...]`.
+    MGet { keys: Vec<Bytes> },
+    /// `MSET key value [key value ...]`.
+    MSet { pairs: Vec<(Bytes, Bytes)> },
+}
+
+/// `SET key value [NX|XX] [GET] [EX|PX|EXAT|PXAT n | KEEPTTL]`.
+#[derive(Debug, PartialEq)]
+pub(super) struct Set {
+    key: Bytes,
+    value: Bytes,
+    condition: Option<Condition>,
+    /// `GET`: reply with the value it replaces.
+    get: bool,
+    expiry: SetExpiry,
+}
+
+/// When a `SET` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Condition {
+    /// `NX`: only if the key holds nothing.
+    Absent,
+    /// `XX`: only if the key holds something.
+    Present,
+}
+
+/// The expiry a `SET` gives its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SetExpiry {
+    /// None: the key does not expire.
+    Never,
+    /// `KEEPTTL`: the deadline the key had.
+    Keep,
+    /// `EX`, `PX`, `EXAT` or `PXAT`: this deadline, in Unix milliseconds.
+    At(i64),
+}
+
+/// What `GETEX` does to a key's expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum NewExpiry {
+    /// `PERSIST`: no deadline.
+    Persist,
+    /// `EX`, `PX`, `EXAT` or `PXAT`: this deadline, in Unix milliseconds.
+    At(i64),
+}
+
+impl StringCommand {
+    /// Parses the arguments after the name, their number already checked;
+    /// relative deadlines count from `now_ms`.
+    pub(super) fn parse(op: Op, args: &[Bytes], now_ms: i64) -> Result<Self, Reply> {
+        Ok(match op {
+            Op::Get => StringCommand::Get {
+                key: args[0].clone(),
+            },
+            Op::Set => {
+                StringCommand::Set(Set::parse(&args[0], &args[1], &args[2..], "set", now_ms)?)
+            }
+            Op::SetEx | Op::PSetEx => {
+                let (unit, command) = match op {
+                    Op::SetEx => (DeadlineUnit::Seconds, "setex"),
+                    _ => (DeadlineUnit::Millis, "psetex"),
+                };
+                let at = deadline(unit, &args[1], command, now_ms)?;
+                StringCommand::Set(Set {
+                    key: args[0].clone(),
+                    value: args[2].clone(),
+                    condition: None,
+                    get: false,
+                    expiry: SetExpiry::At(at),
+                })
+            }
+            Op::GetDel => StringCommand::GetDel {
+                key: args[0].clone(),
+            },
+            Op::GetEx => {
+                let change = match &args[1..] {
+                    [] => None,
+                    [o] if eq(o, "PERSIST") => Some(NewExpiry::Persist),
+                    [o, n] => match DeadlineUnit::parse(o) {
+                        Some(unit) => Some(NewExpiry::At(deadline(unit, n, "getex", now_ms)?)),
+                        None => return Err(syntax()),
+                    },
+                    _ => return Err(syntax()),
+                };
+                StringCommand::GetEx {
+                    key: args[0].clone(),
+                    change,
+                }
+            }
+            Op::MGet => StringCommand::MGet {
+                keys: args.to_vec(),
+            },
+            Op::MSet => {
+                if !args.len().is_multiple_of(2) {
+                    return Err(arity("mset"));
+                }
+                StringCommand::MSet {
+                    pairs: args
+                        .chunks(2)
+                        .map(|pair| (pair[0].clone(), pair[1].clone()))
+                        .collect(),
+                }
+            }
+        })
+    }
+
+    pub(super) async fn run(self, handler: &Handler) -> Reply {
+        let result = match self {
+            StringCommand::Get { key } => handler.get(&key).await,
+            StringCommand::Set(set) => handler.set(set).await,
+            StringCommand::GetDel { key } => handler.getdel(&key).await,
+            StringCommand::GetEx { key, change } => handler.getex(&key, change).await,
+            StringCommand::MGet { keys } => handler.mget(&keys).await,
+            StringCommand::MSet { pairs } => handler.mset(pairs).await,
+        };
+        result.unwrap_or_else(|reply| reply)
+    }
+}
+
+impl Set {
+    /// `SET`'s options, left to right; `command` names it in errors.
+    fn parse(
+        key: &Bytes,
+        value: &Bytes,
+        options: &[Bytes],
+        command: &str,
+        now_ms: i64,
+    ) -> Result<Self, Reply> {
+        let mut set = Set {
+            key: key.clone(),
+            value: value.clone(),
+            condition: None,
+            get: false,
+            expiry: SetExpiry::Never,
+        };
+        let mut i = 0;
+        while i < options.len() {
+            let o = &options[i];
+            if eq(o, "NX") && set.condition != Some(Condition::Present) {
+                set.condition = Some(Condition::Absent);
+            } else if eq(o, "XX") && set.condition != Some(Condition::Absent) {
+                set.condition = Some(Condition::Present);
+            } else if eq(o, "GET") {
+                set.get = true;
+            } else if eq(o, "KEEPTTL") && !matches!(set.expiry, SetExpiry::At(_)) {
+                set.expiry = SetExpiry::Keep;
+            } else if let Some(unit) = DeadlineUnit::parse(o)
+                && set.expiry == SetExpiry::Never
+                && i + 1 < options.len()
+            {
+                set.expiry = SetExpiry::At(deadline(unit, &options[i + 1], command, now_ms)?);
+                i += 1;
+            } else {
+                return Err(syntax());
+            }
+            i += 1;
+        }
+        Ok(set)
+    }
+}
+
 impl Handler {
-    pub(super) async fn get(&self, key: &Bytes) -> Result<Reply, Reply> {
+    async fn get(&self, key: &Bytes) -> Result<Reply, Reply> {
         match self.read(key).await? {
             None => Ok(Reply::Nil),
             Some(Value::String { value: v, .. }) => Ok(Reply::Bulk(v)),
@@ -11,49 +201,16 @@ impl Handler {
         }
     }
 
-    pub(super) async fn set(
-        &self,
-        key: &Bytes,
-        value: &Bytes,
-        options: &[Bytes],
-    ) -> Result<Reply, Reply> {
-        self.set_with(key, value, options, "set").await
-    }
-
-    pub(super) async fn set_with(
-        &self,
-        key: &Bytes,
-        value: &Bytes,
-        options: &[Bytes],
-        command: &str,
-    ) -> Result<Reply, Reply> {
-        let (mut nx, mut xx, mut get, mut keep_ttl) = (false, false, false, false);
-        let mut expires: Option<i64> = None;
-        let mut i = 0;
-        while i < options.len() {
-            let o = &options[i];
-            if eq(o, "NX") && !xx {
-                nx = true;
-            } else if eq(o, "XX") && !nx {
-                xx = true;
-            } else if eq(o, "GET") {
-                get = true;
-            } else if eq(o, "KEEPTTL") && expires.is_none() {
-                keep_ttl = true;
-            } else if ["EX", "PX", "EXAT", "PXAT"].iter().any(|w| eq(o, w))
-                && expires.is_none()
-                && !keep_ttl
-                && i + 1 < options.len()
-            {
-                expires = Some(deadline(o, &options[i + 1], command)?);
-                i += 1;
-            } else {
-                return Err(syntax());
-            }
-            i += 1;
-        }
-        let old = if nx || xx || get || keep_ttl {
-            self.read(key).await?
+    async fn set(&self, set: Set) -> Result<Reply, Reply> {
+        let Set {
+            key,
+            value,
+            condition,
+            get,
+            expiry,
+        } = set;
+        let old = if condition.is_some() || get || expiry == SetExpiry::Keep {
+            self.read(&key).await?
         } else {
             None
         };
@@ -64,26 +221,27 @@ impl Handler {
             None => (None, None),
         };
         let old_reply = || old_value.clone().map_or(Reply::Nil, Reply::Bulk);
-        if (nx && old.is_some()) || (xx && old.is_none()) {
+        let refused = match condition {
+            Some(Condition::Absent) => old.is_some(),
+            Some(Condition::Present) => old.is_none(),
+            None => false,
+        };
+        if refused {
             return Ok(if get { old_reply() } else { Reply::Nil });
         }
-        let expiry = match expires {
-            Some(at) => Expiry::at_ms(u64::try_from(at).unwrap_or(0)),
-            None if keep_ttl => old_deadline.map_or(Expiry::NEVER, Expiry::at_ms),
-            None => Expiry::NEVER,
+        let expiry = match expiry {
+            SetExpiry::At(at) => Expiry::at_ms(u64::try_from(at).unwrap_or(0)),
+            SetExpiry::Keep => old_deadline.map_or(Expiry::NEVER, Expiry::at_ms),
+            SetExpiry::Never => Expiry::NEVER,
         };
         self.node
-            .put(
-                key.clone(),
-                [(Bytes::from_static(STRING_FIELD), value.clone())],
-                expiry,
-            )
+            .put(key, [(Bytes::from_static(STRING_FIELD), value)], expiry)
             .await
             .map_err(|e| failed(&e))?;
         Ok(if get { old_reply() } else { Reply::Ok })
     }
 
-    pub(super) async fn getdel(&self, key: &Bytes) -> Result<Reply, Reply> {
+    async fn getdel(&self, key: &Bytes) -> Result<Reply, Reply> {
         match self.read(key).await? {
             None => Ok(Reply::Nil),
             Some(Value::Hash(_)) => Err(wrong_type()),
@@ -97,15 +255,7 @@ impl Handler {
         }
     }
 
-    pub(super) async fn getex(&self, key: &Bytes, options: &[Bytes]) -> Result<Reply, Reply> {
-        let change = match options {
-            [] => None,
-            [o] if eq(o, "PERSIST") => Some(None),
-            [o, arg] if ["EX", "PX", "EXAT", "PXAT"].iter().any(|w| eq(o, w)) => {
-                Some(Some(deadline(o, arg, "getex")?))
-            }
-            _ => return Err(syntax()),
-        };
+    async fn getex(&self, key: &Bytes, change: Option<NewExpiry>) -> Result<Reply, Reply> {
         let value = match self.read(key).await? {
             None => return Ok(Reply::Nil),
             Some(Value::Hash(_)) => return Err(wrong_type()),
@@ -113,8 +263,8 @@ impl Handler {
         };
         match change {
             None => {}
-            Some(None) => self.clear_expiry(key).await?,
-            Some(Some(at)) => {
+            Some(NewExpiry::Persist) => self.clear_expiry(key).await?,
+            Some(NewExpiry::At(at)) => {
                 self.node
                     .expire_at(key.clone(), Some(at_ms(at)))
                     .await
@@ -124,7 +274,7 @@ impl Handler {
         Ok(Reply::Bulk(value))
     }
 
-    pub(super) async fn mget(&self, keys: &[Bytes]) -> Result<Reply, Reply> {
+    async fn mget(&self, keys: &[Bytes]) -> Result<Reply, Reply> {
         let values = self.read_all(keys).await?;
         Ok(Reply::Array(
             values
@@ -137,16 +287,13 @@ impl Handler {
         ))
     }
 
-    pub(super) async fn mset(&self, pairs: &[Bytes]) -> Result<Reply, Reply> {
-        if !pairs.len().is_multiple_of(2) {
-            return Err(arity("mset"));
-        }
-        let writes = pairs.chunks(2).map(|pair| {
+    async fn mset(&self, pairs: Vec<(Bytes, Bytes)>) -> Result<Reply, Reply> {
+        let writes = pairs.into_iter().map(|(key, value)| {
             let write = Write::Put {
-                fields: vec![(Bytes::from_static(STRING_FIELD), pair[1].clone())],
+                fields: vec![(Bytes::from_static(STRING_FIELD), value)],
                 expiry: Expiry::NEVER,
             };
-            (pair[0].clone(), write)
+            (key, write)
         });
         self.write_all(writes).await?;
         Ok(Reply::Ok)

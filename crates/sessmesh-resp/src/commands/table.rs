@@ -1,55 +1,87 @@
-//! The command table: every command's name, arity and whether it only
-//! reads, and the one lookup a request's name gets.
+//! The command table: every command's name, arity, whether it only reads
+//! and which family parses and runs it, and the one lookup a request's
+//! name gets.
 
 use super::*;
+use Family::{Connection, Hashes, Keys, Server, Strings};
+
+/// The family a command belongs to, and which of its commands it is: the
+/// family's file parses the request into its typed command and runs that.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Family {
+    /// `connection.rs`: the connection's own state.
+    Connection(connection::Op),
+    /// `strings.rs`.
+    Strings(strings::Op),
+    /// `keys.rs`: whole keys and their expiry.
+    Keys(keys::Op),
+    /// `hashes.rs`.
+    Hashes(hashes::Op),
+    /// `server.rs`: the server and introspection.
+    Server(server::Op),
+}
 
 /// Every command this node knows, sorted by name: its name, arity (negative:
-/// at least) and whether it only reads data (`GET`, `HGETALL`, `TTL`...).
-pub(super) const COMMANDS: &[(&str, i32, bool)] = &[
-    ("AUTH", -2, false),
-    ("CLIENT", -2, false),
-    ("COMMAND", -1, false),
-    ("CONFIG", -2, false),
-    ("DBSIZE", 1, false),
-    ("DEL", -2, false),
-    ("ECHO", 2, false),
-    ("EXISTS", -2, true),
-    ("EXPIRE", -3, false),
-    ("EXPIREAT", -3, false),
-    ("GET", 2, true),
-    ("GETDEL", 2, false),
-    ("GETEX", -2, false),
-    ("HDEL", -3, false),
-    ("HELLO", -1, false),
-    ("HEXISTS", 3, true),
-    ("HGET", 3, true),
-    ("HGETALL", 2, true),
-    ("HINCRBY", 4, false),
-    ("HKEYS", 2, true),
-    ("HLEN", 2, true),
-    ("HMGET", -3, true),
-    ("HMSET", -4, false),
-    ("HSET", -4, false),
-    ("HSETNX", 4, false),
-    ("HVALS", 2, true),
-    ("INFO", -1, false),
-    ("MGET", -2, true),
-    ("MSET", -3, false),
-    ("PERSIST", 2, false),
-    ("PEXPIRE", -3, false),
-    ("PEXPIREAT", -3, false),
-    ("PING", -1, false),
-    ("PSETEX", 4, false),
-    ("PTTL", 2, true),
-    ("QUIT", -1, false),
-    ("SCAN", -2, false),
-    ("SELECT", 2, false),
-    ("SET", -3, false),
-    ("SETEX", 4, false),
-    ("TTL", 2, true),
-    ("TYPE", 2, true),
-    ("UNLINK", -2, false),
+/// at least), whether it only reads data (`GET`, `HGETALL`, `TTL`...), and
+/// the family that parses and runs it.
+pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
+    ("AUTH", -2, false, Connection(connection::Op::Auth)),
+    ("CLIENT", -2, false, Connection(connection::Op::Client)),
+    ("COMMAND", -1, false, Server(server::Op::Command)),
+    ("CONFIG", -2, false, Server(server::Op::Config)),
+    ("DBSIZE", 1, false, Server(server::Op::DbSize)),
+    ("DEL", -2, false, Keys(keys::Op::Del)),
+    ("ECHO", 2, false, Connection(connection::Op::Echo)),
+    ("EXISTS", -2, true, Keys(keys::Op::Exists)),
+    ("EXPIRE", -3, false, Keys(keys::Op::Expire)),
+    ("EXPIREAT", -3, false, Keys(keys::Op::ExpireAt)),
+    ("GET", 2, true, Strings(strings::Op::Get)),
+    ("GETDEL", 2, false, Strings(strings::Op::GetDel)),
+    ("GETEX", -2, false, Strings(strings::Op::GetEx)),
+    ("HDEL", -3, false, Hashes(hashes::Op::Del)),
+    ("HELLO", -1, false, Connection(connection::Op::Hello)),
+    ("HEXISTS", 3, true, Hashes(hashes::Op::Exists)),
+    ("HGET", 3, true, Hashes(hashes::Op::Get)),
+    ("HGETALL", 2, true, Hashes(hashes::Op::GetAll)),
+    ("HINCRBY", 4, false, Hashes(hashes::Op::IncrBy)),
+    ("HKEYS", 2, true, Hashes(hashes::Op::Keys)),
+    ("HLEN", 2, true, Hashes(hashes::Op::Len)),
+    ("HMGET", -3, true, Hashes(hashes::Op::MGet)),
+    ("HMSET", -4, false, Hashes(hashes::Op::MSet)),
+    ("HSET", -4, false, Hashes(hashes::Op::Set)),
+    ("HSETNX", 4, false, Hashes(hashes::Op::SetNx)),
+    ("HVALS", 2, true, Hashes(hashes::Op::Vals)),
+    ("INFO", -1, false, Server(server::Op::Info)),
+    ("MGET", -2, true, Strings(strings::Op::MGet)),
+    ("MSET", -3, false, Strings(strings::Op::MSet)),
+    ("PERSIST", 2, false, Keys(keys::Op::Persist)),
+    ("PEXPIRE", -3, false, Keys(keys::Op::PExpire)),
+    ("PEXPIREAT", -3, false, Keys(keys::Op::PExpireAt)),
+    ("PING", -1, false, Connection(connection::Op::Ping)),
+    ("PSETEX", 4, false, Strings(strings::Op::PSetEx)),
+    ("PTTL", 2, true, Keys(keys::Op::PTtl)),
+    ("QUIT", -1, false, Connection(connection::Op::Quit)),
+    ("SCAN", -2, false, Keys(keys::Op::Scan)),
+    ("SELECT", 2, false, Connection(connection::Op::Select)),
+    ("SET", -3, false, Strings(strings::Op::Set)),
+    ("SETEX", 4, false, Strings(strings::Op::SetEx)),
+    ("TTL", 2, true, Keys(keys::Op::Ttl)),
+    ("TYPE", 2, true, Keys(keys::Op::Type)),
+    ("UNLINK", -2, false, Keys(keys::Op::Unlink)),
 ];
+
+// A command that only reads runs beside others with no connection to
+// change, so it is never one of the connection's.
+const _: () = {
+    let mut i = 0;
+    while i < COMMANDS.len() {
+        assert!(
+            !(COMMANDS[i].2 && matches!(COMMANDS[i].3, Connection(_))),
+            "a connection command that only reads"
+        );
+        i += 1;
+    }
+};
 
 /// The longest command name [`Command::lookup`] can find.
 const MAX_NAME: usize = 15;
@@ -124,13 +156,21 @@ impl Command {
     pub(super) fn reads_only(self) -> bool {
         COMMANDS[self.index()].2
     }
+
+    pub(super) fn family(self) -> Family {
+        COMMANDS[self.index()].3
+    }
 }
 
 /// The error for a wrong number of arguments, if it is wrong.
-pub(super) fn check_arity(command: Command, args: &[Bytes]) -> Option<Reply> {
+pub(super) fn check_arity(command: Command, args: &[Bytes]) -> Result<(), Reply> {
     let n = i32::try_from(args.len()).unwrap_or(i32::MAX);
     let rule = command.arity();
-    ((rule > 0 && n != rule) || (rule < 0 && n < -rule)).then(|| arity(command.name()))
+    if (rule > 0 && n != rule) || (rule < 0 && n < -rule) {
+        Err(arity(command.name()))
+    } else {
+        Ok(())
+    }
 }
 
 pub(super) fn unknown(args: &[Bytes]) -> Reply {
