@@ -291,3 +291,50 @@ impl Handler {
         ])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{b, parse};
+    use super::*;
+
+    #[test]
+    fn hello_keeps_its_options_in_order_up_to_the_first_bad_one() {
+        assert_eq!(
+            parse("HELLO 3 AUTH default pw SETNAME app BAD SETNAME other"),
+            Ok(Call::Connection(ConnectionCommand::Hello {
+                protocol: Some(Protocol::Resp3),
+                options: vec![
+                    HelloOption::Auth {
+                        user: b("default"),
+                        password: b("pw"),
+                    },
+                    HelloOption::SetName(b("app")),
+                    HelloOption::Unknown(b("BAD")),
+                ],
+            }))
+        );
+        assert_eq!(
+            parse("HELLO 2 AUTH default"),
+            Ok(Call::Connection(ConnectionCommand::Hello {
+                protocol: Some(Protocol::Resp2),
+                options: vec![HelloOption::Unknown(b("AUTH"))],
+            }))
+        );
+    }
+
+    #[test]
+    fn client_subcommands_parse() {
+        assert_eq!(
+            parse("CLIENT SETNAME "),
+            Ok(Call::Connection(ConnectionCommand::Client(
+                ClientCommand::SetName(None)
+            )))
+        );
+        assert_eq!(
+            parse("client setinfo lib-ver 1.0"),
+            Ok(Call::Connection(ConnectionCommand::Client(
+                ClientCommand::SetInfo
+            )))
+        );
+    }
+}

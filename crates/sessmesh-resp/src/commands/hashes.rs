@@ -293,3 +293,36 @@ impl Handler {
         Ok(Reply::Int(next))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{b, parse};
+    use super::*;
+
+    #[test]
+    fn hash_commands_parse() {
+        assert_eq!(
+            parse("HMSET h a 1 b 2"),
+            Ok(Call::Hashes(HashCommand::Set {
+                key: b("h"),
+                pairs: vec![(b("a"), b("1")), (b("b"), b("2"))],
+                replies_ok: true,
+            }))
+        );
+        assert_eq!(
+            parse("HINCRBY h n -4"),
+            Ok(Call::Hashes(HashCommand::IncrBy {
+                key: b("h"),
+                field: b("n"),
+                by: -4,
+            }))
+        );
+        assert_eq!(
+            parse("HVALS h"),
+            Ok(Call::Hashes(HashCommand::Whole {
+                key: b("h"),
+                part: Part::Values,
+            }))
+        );
+    }
+}

@@ -332,3 +332,51 @@ impl Handler {
         ])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{NOW_MS, b, parse};
+    use super::*;
+
+    #[test]
+    fn expire_options_become_a_condition() {
+        let Ok(Call::Keys(KeyCommand::Expire {
+            key,
+            at_ms,
+            only_if,
+        })) = parse("PEXPIRE k 250 xx lt")
+        else {
+            panic!("not an EXPIRE");
+        };
+        assert_eq!((key, at_ms), (b("k"), NOW_MS + 250));
+        assert!(only_if.has_deadline && only_if.sooner);
+        assert!(!only_if.allows(None, 0), "XX needs a deadline");
+        assert!(only_if.allows(Some(NOW_MS + 500), NOW_MS + 250));
+        assert!(!only_if.allows(Some(NOW_MS), NOW_MS + 250), "LT");
+        assert!(ExpireIf::default().allows(None, 0));
+        let Ok(Call::Keys(KeyCommand::Expire { at_ms, .. })) = parse("EXPIREAT k -3") else {
+            panic!("not an EXPIRE");
+        };
+        assert_eq!(at_ms, -3000, "a deadline in the past deletes the key");
+    }
+
+    #[test]
+    fn scan_options_parse() {
+        assert_eq!(
+            parse("SCAN 3 type HASH match u:* COUNT 5"),
+            Ok(Call::Keys(KeyCommand::Scan(Scan {
+                cursor: 3,
+                pattern: Some(b("u:*")),
+                count: 5,
+                kind: Some(b"hash".to_vec()),
+            })))
+        );
+        assert_eq!(
+            parse("PTTL k"),
+            Ok(Call::Keys(KeyCommand::Ttl {
+                key: b("k"),
+                in_ms: true,
+            }))
+        );
+    }
+}

@@ -123,3 +123,30 @@ impl Handler {
         Reply::Bulk(Bytes::from(text))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::parse;
+    use super::*;
+
+    #[test]
+    fn server_commands_parse() {
+        assert_eq!(
+            parse("COMMAND INFO get set"),
+            Ok(Call::Server(ServerCommand::CommandInfo { names: 2 }))
+        );
+        assert_eq!(
+            parse("CONFIG get MAX*"),
+            Ok(Call::Server(ServerCommand::ConfigGet {
+                patterns: vec![b"max*".to_vec()],
+            }))
+        );
+        assert_eq!(
+            config_get(&[b"max*".to_vec(), b"save".to_vec()]),
+            Reply::Map(vec![
+                (Reply::bulk("maxmemory"), Reply::bulk("0")),
+                (Reply::bulk("save"), Reply::bulk("")),
+            ])
+        );
+    }
+}

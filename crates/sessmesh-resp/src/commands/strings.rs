@@ -299,3 +299,64 @@ impl Handler {
         Ok(Reply::Ok)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{NOW_MS, b, parse};
+    use super::*;
+
+    fn set(request: &str) -> Set {
+        match parse(request) {
+            Ok(Call::Strings(StringCommand::Set(set))) => set,
+            other => panic!("{request}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn set_options_become_typed_fields() {
+        let plain = set("SET k v");
+        assert_eq!(
+            plain,
+            Set {
+                key: b("k"),
+                value: b("v"),
+                condition: None,
+                get: false,
+                expiry: SetExpiry::Never,
+            }
+        );
+        let full = set("set k v nx GET px 1500");
+        assert_eq!(full.condition, Some(Condition::Absent));
+        assert!(full.get);
+        assert_eq!(full.expiry, SetExpiry::At(NOW_MS + 1500));
+        assert_eq!(set("SET k v XX KEEPTTL").expiry, SetExpiry::Keep);
+        assert_eq!(set("SET k v EXAT 2").expiry, SetExpiry::At(2000));
+        // SETEX and PSETEX are the SET they stand for.
+        assert_eq!(set("SETEX k 2 v"), set("SET k v EX 2"));
+        assert_eq!(set("PSETEX k 2 v"), set("SET k v PX 2"));
+    }
+
+    #[test]
+    fn other_string_commands_parse() {
+        assert_eq!(
+            parse("GETEX k PERSIST"),
+            Ok(Call::Strings(StringCommand::GetEx {
+                key: b("k"),
+                change: Some(NewExpiry::Persist),
+            }))
+        );
+        assert_eq!(
+            parse("GETEX k EX 1"),
+            Ok(Call::Strings(StringCommand::GetEx {
+                key: b("k"),
+                change: Some(NewExpiry::At(NOW_MS + 1000)),
+            }))
+        );
+        assert_eq!(
+            parse("MSET a 1 b 2"),
+            Ok(Call::Strings(StringCommand::MSet {
+                pairs: vec![(b("a"), b("1")), (b("b"), b("2"))],
+            }))
+        );
+    }
+}
