@@ -112,6 +112,18 @@ impl Cluster {
         true
     }
 
+    /// Waits until every running peer sees exactly the running peers.
+    async fn wait_converged(&self, within: Duration) -> Result<(), String> {
+        wait_until(within, || async {
+            if self.converged().await {
+                Ok(())
+            } else {
+                Err("the peers do not see each other".into())
+            }
+        })
+        .await
+    }
+
     /// Each running replica of `key`, by its own placement, with what it holds.
     async fn held(&self, key: &str) -> Vec<(usize, Option<Session>)> {
         let mut held = Vec::new();
@@ -189,14 +201,7 @@ async fn story(seed: u64) -> Result<String, String> {
             cluster.start(i, seed);
         }
     }
-    wait_until(Duration::from_secs(30), || async {
-        if cluster.converged().await {
-            Ok(())
-        } else {
-            Err("the peers do not see each other".into())
-        }
-    })
-    .await?;
+    cluster.wait_converged(Duration::from_secs(30)).await?;
 
     // The faults of this run.
     let net = cluster.net.clone();
@@ -304,14 +309,10 @@ async fn story(seed: u64) -> Result<String, String> {
     {
         cluster.start(victim, seed);
     }
-    wait_until(Duration::from_secs(60), || async {
-        if cluster.converged().await {
-            Ok(())
-        } else {
-            Err("the peers do not see each other after the heal".into())
-        }
-    })
-    .await?;
+    cluster
+        .wait_converged(Duration::from_secs(60))
+        .await
+        .map_err(|why| format!("after the heal: {why}"))?;
     let issued = issued
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
