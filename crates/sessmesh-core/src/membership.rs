@@ -24,7 +24,10 @@
 //!   [`MemberEvent::Left`], not [`MemberEvent::Down`].
 //! - **Joining.** [`Membership::join`] announces to every seed, and repeats
 //!   every `rejoin_period_ms` until some member answers. An unreachable seed
-//!   is retried, not fatal.
+//!   is retried, not fatal, and a seed that is not a member is announced to
+//!   every `rejoin_period_ms` for as long as it is not: a node whose seed was
+//!   cut off when it joined may have formed a cluster apart from the seed's,
+//!   and the seed is what links the two once the network heals.
 //! - **Reconnecting.** Foca stops its timers when a node renews its identity
 //!   after being declared down, and starts them again only when a peer
 //!   answers. If every node of a healed partition renewed at once, each would
@@ -437,9 +440,23 @@ impl Membership {
         });
     }
 
-    /// While disconnected, announces to the seeds and to a few known members.
+    /// While disconnected, announces to the seeds and to a few known
+    /// members. While connected, announces to the seeds that are not
+    /// members: a seed cut off when this node joined may lead to the part
+    /// of the cluster that formed around it, which nothing else links to
+    /// this one once the network heals.
     fn reconnect(&mut self) {
         if self.connected {
+            let members: BTreeSet<SocketAddr> = self.members().map(|m| m.addr).collect();
+            let strangers: Vec<SocketAddr> = self
+                .seeds
+                .iter()
+                .copied()
+                .filter(|s| !members.contains(s))
+                .collect();
+            for addr in strangers {
+                self.call(|swim, rt| swim.announce(Member::seed(addr), rt));
+            }
             return;
         }
         let mut targets = self.seeds.clone();

@@ -184,3 +184,20 @@ fn an_unreachable_seed_is_retried_not_fatal() {
         .expect_within(Check::Converged, 3 * config.rejoin_period_ms);
     run(3, &scenario, 8);
 }
+
+#[test]
+fn a_cluster_formed_while_its_seed_was_cut_off_merges_with_it_after_the_heal() {
+    // node-0 starts alone; node-1 and node-2 join through it while it is
+    // cut off, and form a cluster of their own through each other. Once the
+    // network heals, nothing but the seed links the two.
+    let scenario = Scenario::new("a seed cut off at the join")
+        .start([0], &[])
+        .partition(&[&[0], &[1, 2]])
+        .start([1], &[0])
+        .start([2], &[0, 1])
+        .expect_within(Check::Views(vec![vec![0], vec![1, 2]]), 30_000)
+        .wait(5_000)
+        .heal()
+        .expect_within(Check::Converged, 30_000);
+    run(3, &scenario, 61);
+}
