@@ -96,32 +96,35 @@ impl Cluster {
         (0..PEERS).filter(|&i| self.peers[i].is_some()).collect()
     }
 
-    /// Whether every running peer sees exactly the running peers.
-    async fn converged(&self) -> bool {
+    /// Whether every running peer sees exactly the running peers; if not,
+    /// what each sees.
+    async fn converged(&self) -> Result<(), String> {
         let truth: BTreeSet<String> = self.up().iter().map(|i| format!("node-{i}")).collect();
+        let mut views = Vec::new();
         for peer in self.peers.iter().flatten() {
-            let Ok(members) = peer.members().await else {
-                return false;
-            };
-            let mut seen: BTreeSet<String> = members.into_iter().map(|m| m.name).collect();
-            seen.insert(peer.me().name.clone());
-            if seen != truth {
-                return false;
-            }
+            let members = peer.members().await.map_err(|e| e.to_string())?;
+            let mut seen: BTreeSet<String> = members
+                .into_iter()
+                .map(|m| format!("{}@{}", m.name, m.generation))
+                .collect();
+            seen.insert(format!("{}@{}", peer.me().name, peer.me().generation));
+            views.push(seen);
         }
-        true
+        let names = |view: &BTreeSet<String>| -> BTreeSet<String> {
+            view.iter()
+                .filter_map(|m| m.split('@').next().map(str::to_owned))
+                .collect()
+        };
+        if views.iter().all(|v| names(v) == truth) {
+            Ok(())
+        } else {
+            Err(format!("the peers see {views:?}, not {truth:?}"))
+        }
     }
 
     /// Waits until every running peer sees exactly the running peers.
     async fn wait_converged(&self, within: Duration) -> Result<(), String> {
-        wait_until(within, || async {
-            if self.converged().await {
-                Ok(())
-            } else {
-                Err("the peers do not see each other".into())
-            }
-        })
-        .await
+        wait_until(within, || self.converged()).await
     }
 
     /// Each running replica of `key`, by its own placement, with what it holds.
@@ -205,11 +208,13 @@ async fn story(seed: u64) -> Result<String, String> {
 
     // The faults of this run.
     let net = cluster.net.clone();
-    if rng.random_range(0..3) == 0 {
+    let loss = rng.random_range(0..3) == 0;
+    if loss {
         net.set_loss_percent(10);
         net.set_duplicate_percent(10);
     }
-    if rng.random_range(0..3) == 0 {
+    let delayed = rng.random_range(0..3) == 0;
+    if delayed {
         net.set_delay(
             Duration::from_millis(rng.random_range(0..20)),
             Duration::from_millis(rng.random_range(0..50)),
@@ -229,128 +234,136 @@ async fn story(seed: u64) -> Result<String, String> {
         .then(|| (rng.random_range(0..OPERATIONS), rng.random_range(0..PEERS)))
         .filter(|&(at, _)| at > started);
     let restart_after = rng.random_range(5..OPERATIONS);
+    let plan = format!(
+        "alone until op {alone_until:?}, {minority:?} cut off at op {cut_at}, crash (op, peer) {crash:?} restarted {restart_after} ops later, loss and duplication 10%: {}, delay: {}",
+        loss, delayed
+    );
+    async {
 
-    let issued = Arc::new(Mutex::new(Vec::<Issued>::new()));
-    let mut tasks = Vec::new();
-    let mut crashed: Option<(usize, usize)> = None;
-    for op in 0..OPERATIONS {
-        if Some(op) == alone_until {
-            for i in 1..PEERS {
-                cluster.start(i, seed);
-            }
-        }
-        if op == cut_at {
-            for &a in &minority {
-                for b in (0..PEERS).filter(|b| !minority.contains(b)) {
-                    net.cut(cluster.addrs[a], cluster.addrs[b]);
+        let issued = Arc::new(Mutex::new(Vec::<Issued>::new()));
+        let mut tasks = Vec::new();
+        let mut crashed: Option<(usize, usize)> = None;
+        for op in 0..OPERATIONS {
+            if Some(op) == alone_until {
+                for i in 1..PEERS {
+                    cluster.start(i, seed);
                 }
             }
+            if op == cut_at {
+                for &a in &minority {
+                    for b in (0..PEERS).filter(|b| !minority.contains(b)) {
+                        net.cut(cluster.addrs[a], cluster.addrs[b]);
+                    }
+                }
+            }
+            if let Some((at, victim)) = crash
+                && op == at
+            {
+                cluster.crash(victim);
+                crashed = Some((victim, op));
+            }
+            if let Some((victim, at)) = crashed
+                && op == at + restart_after
+                && cluster.peers[victim].is_none()
+            {
+                cluster.start(victim, seed);
+            }
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
+            let up = cluster.up();
+            let peer = up[rng.random_range(0..up.len())];
+            let key = format!("session:{}", rng.random_range(0..KEYS));
+            let value = (rng.random_range(0..5) != 0).then(|| format!("v{op}"));
+            let level = if rng.random_range(0..4) == 0 {
+                Level::One
+            } else {
+                Level::Quorum
+            };
+            let write = match &value {
+                Some(v) => Write::PutField {
+                    name: bytes::Bytes::from_static(FIELD),
+                    value: bytes::Bytes::from(v.clone()),
+                },
+                None => Write::Delete,
+            };
+            let handle = cluster.peers[peer].clone().ok_or("a running peer")?;
+            let issued = Arc::clone(&issued);
+            tasks.push(tokio::spawn(async move {
+                let outcome = handle.write(key.clone(), write, level).await;
+                let written = match outcome {
+                    Ok(Outcome::Written { stamp, acks, .. }) => Some((stamp, acks)),
+                    _ => None,
+                };
+                issued
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(Issued {
+                        peer,
+                        key,
+                        value,
+                        written,
+                    });
+            }));
         }
-        if let Some((at, victim)) = crash
-            && op == at
-        {
-            cluster.crash(victim);
-            crashed = Some((victim, op));
+        for task in tasks {
+            task.await
+                .map_err(|e| format!("a write's task failed: {e}"))?;
         }
-        if let Some((victim, at)) = crashed
-            && op == at + restart_after
+
+        // The heal: every link back, no loss, the crashed peer running again.
+        net.heal_all();
+        net.set_loss_percent(0);
+        net.set_duplicate_percent(0);
+        net.set_delay(Duration::ZERO, Duration::ZERO);
+        if let Some((victim, _)) = crashed
             && cluster.peers[victim].is_none()
         {
             cluster.start(victim, seed);
         }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
-        let up = cluster.up();
-        let peer = up[rng.random_range(0..up.len())];
-        let key = format!("session:{}", rng.random_range(0..KEYS));
-        let value = (rng.random_range(0..5) != 0).then(|| format!("v{op}"));
-        let level = if rng.random_range(0..4) == 0 {
-            Level::One
-        } else {
-            Level::Quorum
-        };
-        let write = match &value {
-            Some(v) => Write::PutField {
-                name: bytes::Bytes::from_static(FIELD),
-                value: bytes::Bytes::from(v.clone()),
-            },
-            None => Write::Delete,
-        };
-        let handle = cluster.peers[peer].clone().ok_or("a running peer")?;
-        let issued = Arc::clone(&issued);
-        tasks.push(tokio::spawn(async move {
-            let outcome = handle.write(key.clone(), write, level).await;
-            let written = match outcome {
-                Ok(Outcome::Written { stamp, acks, .. }) => Some((stamp, acks)),
-                _ => None,
+        cluster
+            .wait_converged(Duration::from_secs(60))
+            .await
+            .map_err(|why| format!("after the heal: {why}"))?;
+        let issued = issued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let keys: BTreeSet<String> = issued.iter().map(|i| i.key.clone()).collect();
+        wait_until(Duration::from_secs(60), || async {
+            for key in &keys {
+                let held = cluster.held(key).await;
+                if held.windows(2).any(|w| w[0].1 != w[1].1) {
+                    return Err(format!("the replicas of {key} differ: {held:?}"));
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        // A restarted peer came back empty: a write only one copy took may be
+        // gone with it.
+        let min_acks = if crashed.is_some() { 2 } else { 1 };
+        for write in &issued {
+            let Some((stamp, acks)) = write.written else {
+                continue;
             };
-            issued
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(Issued {
-                    peer,
-                    key,
-                    value,
-                    written,
-                });
-        }));
-    }
-    for task in tasks {
-        task.await
-            .map_err(|e| format!("a write's task failed: {e}"))?;
-    }
-
-    // The heal: every link back, no loss, the crashed peer running again.
-    net.heal_all();
-    net.set_loss_percent(0);
-    net.set_duplicate_percent(0);
-    net.set_delay(Duration::ZERO, Duration::ZERO);
-    if let Some((victim, _)) = crashed
-        && cluster.peers[victim].is_none()
-    {
-        cluster.start(victim, seed);
-    }
-    cluster
-        .wait_converged(Duration::from_secs(60))
-        .await
-        .map_err(|why| format!("after the heal: {why}"))?;
-    let issued = issued
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let keys: BTreeSet<String> = issued.iter().map(|i| i.key.clone()).collect();
-    wait_until(Duration::from_secs(60), || async {
+            if acks < min_acks {
+                continue;
+            }
+            let key = &write.key;
+            for (i, session) in cluster.held(key).await {
+                if !holds(session.as_ref(), stamp, write.value.as_deref()) {
+                    return Err(format!(
+                        "node-{i} lost the acknowledged {:?} of {key} through node-{} ({acks} acks, stamp {stamp:?}): it holds {session:?}",
+                        write.value, write.peer
+                    ));
+                }
+            }
+        }
+        let mut trace = format!("{issued:?}");
         for key in &keys {
-            let held = cluster.held(key).await;
-            if held.windows(2).any(|w| w[0].1 != w[1].1) {
-                return Err(format!("the replicas of {key} differ: {held:?}"));
-            }
+            trace.push_str(&format!("\n{key}: {:?}", cluster.held(key).await));
         }
-        Ok(())
-    })
-    .await?;
-    // A restarted peer came back empty: a write only one copy took may be
-    // gone with it.
-    let min_acks = if crashed.is_some() { 2 } else { 1 };
-    for write in &issued {
-        let Some((stamp, acks)) = write.written else {
-            continue;
-        };
-        if acks < min_acks {
-            continue;
-        }
-        let key = &write.key;
-        for (i, session) in cluster.held(key).await {
-            if !holds(session.as_ref(), stamp, write.value.as_deref()) {
-                return Err(format!(
-                    "node-{i} lost the acknowledged {:?} of {key} through node-{} ({acks} acks, stamp {stamp:?}): it holds {session:?}",
-                    write.value, write.peer
-                ));
-            }
-        }
+        Ok(trace)
     }
-    let mut trace = format!("{issued:?}");
-    for key in &keys {
-        trace.push_str(&format!("\n{key}: {:?}", cluster.held(key).await));
-    }
-    Ok(trace)
+    .await
+    .map_err(|why: String| format!("{why}\nthe story: {plan}"))
 }
