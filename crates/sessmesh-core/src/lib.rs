@@ -13,6 +13,8 @@
 //! - [`membership`]: SWIM membership through foca, as effects ([`Membership`]).
 //! - [`node`]: one node's state machines together ([`Node`]), as the runtime drives them.
 //! - [`replication`]: consistency levels, requests in flight, hints.
+//! - [`consensus`]: linearizable operations on one key ([`Cas`]), decided by
+//!   Paxos among the key's replicas.
 //!
 //! # How to drive it
 //! The caller owns the I/O. It passes the wall-clock time in as `now_ms`
@@ -51,6 +53,7 @@
 
 pub mod clock;
 mod config;
+pub mod consensus;
 pub mod digest;
 mod error;
 pub mod membership;
@@ -67,6 +70,7 @@ pub mod wire;
 
 pub use clock::{Hlc, HlcTime, NodeId, Stamp};
 pub use config::Config;
+pub use consensus::{Ballot, Cas, CasError, Condition, Proposal};
 pub use digest::{KeyDigest, PartitionDigest};
 pub use error::Error;
 pub use membership::{
@@ -75,7 +79,7 @@ pub use membership::{
 };
 pub use node::{Effect, Node, NodeEvent, NodeStats, Timer};
 pub use partition::{PartitionId, Partitioner, key_hash};
-pub use replication::{CallId, Hint, Hints, Level, Outcome};
+pub use replication::{CallId, Decision, Hint, Hints, Level, Outcome};
 pub use session::{Expiry, Session, Write};
 pub use store::{
     ChangeKind, Entry, KeyChange, MAX_KEY_LEN, NotReplicated, SessionData, SessionRef, Store,

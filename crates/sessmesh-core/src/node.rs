@@ -44,6 +44,7 @@ use bytes::Bytes;
 
 use crate::clock::Stamp;
 use crate::clock::{Hlc, NodeId};
+use crate::consensus::{Acceptors, Ballot, Cas, Proposal};
 use crate::digest::{KeyDigest, differing_keys};
 use crate::membership::{
     Member, MemberEvent, MemberState, Membership, MembershipConfig, MembershipEffect,
@@ -59,8 +60,10 @@ use crate::store::{Entry, KeyChange, MAX_KEY_LEN, Store};
 use crate::wire::Message;
 use crate::{Config, Error};
 
+mod acceptor;
 mod anti_entropy;
 mod clocks;
+mod consensus;
 mod handoff;
 mod hints;
 mod in_flight;
@@ -71,7 +74,7 @@ mod sweep;
 mod writes;
 
 use anti_entropy::Metering;
-use in_flight::{HandoffBatch, InFlight, Pending, PendingRead, PendingWrite};
+use in_flight::{HandoffBatch, InFlight, Pending, PendingRead, PendingRound, PendingWrite, Phase};
 
 /// A timer a node asked for; hand it back through [`Node::handle_timer`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +91,8 @@ pub enum Timer {
     Sweep,
     /// Ask the replicas a read has not asked yet, if it still waits.
     Speculate(u64),
+    /// Start a consensus round again after it was pre-empted.
+    RetryRound(u64),
     /// Measure the members' clocks; a periodic round schedules the next.
     ProbeClocks {
         /// Whether this is the periodic round.
@@ -228,6 +233,8 @@ pub struct Node {
     /// Peers whose stamps were refused since their clock was last measured
     /// within the bound: a refusal is reported once per episode.
     refusing: HashSet<SocketAddr>,
+    /// The consensus state of the keys this node decided as a replica.
+    acceptors: Acceptors,
     /// Keys whose delete this node coordinates and is still reading (its
     /// stamp not taken yet), with the writes of the key handed over since,
     /// in order: they wait for the delete's stamp so that they come after it.
@@ -276,6 +283,7 @@ impl Node {
             copies: 1,
             clocks: PeerClocks::default(),
             refusing: HashSet::new(),
+            acceptors: Acceptors::default(),
             deleting: HashMap::new(),
             effects: Vec::new(),
         };
@@ -397,6 +405,7 @@ impl Node {
             Timer::Membership(timer) => self.membership.handle_timer(timer),
             Timer::Request(id) => self.expire_request(id, now_ms),
             Timer::Speculate(id) => self.speculate(id),
+            Timer::RetryRound(id) => self.retry_round(id, now_ms),
             Timer::ReplayHints => {
                 self.replay_hints();
                 self.schedule_hint_replay();
@@ -476,6 +485,17 @@ impl Node {
                 self.stats.keys_repaired += repaired;
             }
             Message::ClockProbe { sent_ms } => self.answer_probe(from, sent_ms, now_ms),
+            Message::Prepare {
+                request,
+                key,
+                ballot,
+            } => self.serve_prepare(from, request, key, ballot, now_ms),
+            Message::Propose {
+                request,
+                key,
+                proposal,
+            } => self.serve_propose(from, request, &key, proposal, now_ms),
+            Message::Commit { key, proposal } => self.serve_commit(from, &key, &proposal, now_ms),
             // Answers to this node's requests, each to its kind of request.
             Message::WriteAck { request } => self.acknowledge(request, from, now_ms),
             Message::StampRefused { request, clock_ms } => {
@@ -487,6 +507,16 @@ impl Node {
                 fingerprint,
             } => self.answer_digest(request, from, fingerprint, now_ms),
             Message::HintAck { request } => self.hint_acknowledged(request),
+            Message::Promise {
+                request,
+                accepted,
+                committed,
+                session,
+            } => self.promised(request, from, accepted, committed, session, now_ms),
+            Message::Accepted { request } => self.accepted(request, from, now_ms),
+            Message::Rejected { request, promised } => {
+                self.round_rejected(request, from, promised, now_ms)
+            }
             Message::HandoffAck { request } => self.handoff_acknowledged(request),
             Message::ClockReply { sent_ms, clock_ms } => {
                 self.clock_measured(from, clock_ms, sent_ms, now_ms);
@@ -547,6 +577,7 @@ impl Node {
             // Not acknowledged: kept for the next attempt.
             Some(Pending::Replay(hint)) => self.hints.push(hint),
             Some(Pending::Handoff(batch)) => self.handoff_expired(batch),
+            Some(Pending::Round(round)) => self.round_expired(*round),
             None => {}
         }
     }

@@ -92,8 +92,34 @@ pub enum Outcome {
         /// The bound the peers enforce, `max_clock_drift_ms`.
         max_drift_ms: u64,
     },
-    /// The call was refused before anything was sent.
+    /// A consensus operation ([`crate::Cas`]) was decided: linearizable
+    /// with every other consensus operation on the key.
+    Decided(Box<Decision>),
+    /// A consensus operation could not be decided; it may be retried.
+    Undecided {
+        /// Why: too few replicas answered, or other coordinators' rounds
+        /// kept pre-empting this one.
+        reason: String,
+        /// Whether its write was proposed, so that it may still take
+        /// effect (a later round would finish it); `false` when it
+        /// certainly did not.
+        maybe_applied: bool,
+    },
+    /// The call was refused before anything was sent, or (for a consensus
+    /// operation) the key's state does not suit it.
     Refused(String),
+}
+
+/// How a consensus operation was decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether it wrote (its condition held).
+    pub applied: bool,
+    /// The key's state it was decided on (tombstones included; judge
+    /// visibility at the caller's time).
+    pub before: Option<Session>,
+    /// What it wrote, with the write's stamp.
+    pub written: Option<(Write, Stamp)>,
 }
 
 /// One replica of a partition, as requests to it address it.

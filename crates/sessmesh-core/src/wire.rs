@@ -18,6 +18,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::Error;
 use crate::clock::Stamp;
+use crate::consensus::{Ballot, Proposal};
 use crate::digest::KeyDigest;
 use crate::partition::PartitionId;
 use crate::session::{Session, Write};
@@ -26,7 +27,7 @@ use crate::store::Entry;
 /// The protocol version this build speaks. Version 2 added `ReadDigest`
 /// and `DigestReply`; version 3 added `ClockProbe`, `ClockReply` and
 /// `StampRefused`.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Bytes of the length prefix in front of each framed envelope.
 pub const FRAME_PREFIX_LEN: usize = 4;
@@ -165,6 +166,59 @@ pub enum Message {
         request: u64,
         /// The fingerprint, tombstones included; `None` when absent.
         fingerprint: Option<u64>,
+    },
+    /// Consensus phase 1, coordinator to replica: promise `ballot` for
+    /// `key` (see [`crate::consensus`]).
+    Prepare {
+        /// Echoed in the answer.
+        request: u64,
+        /// The key.
+        key: Bytes,
+        /// The ballot.
+        ballot: Ballot,
+    },
+    /// Replica to coordinator: `ballot` promised, with what the replica
+    /// accepted and has not seen committed, the ballot of the newest
+    /// proposal it saw committed, and its state of the key.
+    Promise {
+        /// The request answered.
+        request: u64,
+        /// The proposal it accepted and has not seen committed.
+        accepted: Option<Proposal>,
+        /// The ballot of the newest proposal it saw committed.
+        committed: Ballot,
+        /// Its state of the key, tombstones included.
+        session: Option<Session>,
+    },
+    /// Consensus phase 2, coordinator to replica: accept this proposal.
+    Propose {
+        /// Echoed in the answer.
+        request: u64,
+        /// The key.
+        key: Bytes,
+        /// The proposal.
+        proposal: Proposal,
+    },
+    /// Replica to coordinator: the proposal `request` is accepted.
+    Accepted {
+        /// The request answered.
+        request: u64,
+    },
+    /// Replica to coordinator: the prepare or proposal `request` is refused,
+    /// for the replica promised a newer ballot.
+    Rejected {
+        /// The request answered.
+        request: u64,
+        /// The ballot it promised.
+        promised: Ballot,
+    },
+    /// Coordinator to replicas: the proposal is chosen; apply its write and
+    /// record it committed.
+    Commit {
+        /// The key.
+        key: Bytes,
+        /// The chosen proposal.
+        proposal: Proposal,
     },
     /// Asks a peer for its wall clock, to measure the offset between the
     /// two (see [`crate::peer_clocks`]).
@@ -490,6 +544,43 @@ mod tests {
                 stamp: stamp(8, 3),
             },
             Message::HintAck { request: 5 },
+            Message::Prepare {
+                request: 6,
+                key: Bytes::from_static(b"lock"),
+                ballot: stamp(9, 3),
+            },
+            Message::Promise {
+                request: 6,
+                accepted: Some(Proposal {
+                    ballot: stamp(8, 2),
+                    write: Write::Delete,
+                    stamp: stamp(8, 2),
+                }),
+                committed: stamp(7, 1),
+                session: Some(session()),
+            },
+            Message::Propose {
+                request: 7,
+                key: Bytes::from_static(b"lock"),
+                proposal: Proposal {
+                    ballot: stamp(9, 3),
+                    write: Write::Touch,
+                    stamp: stamp(10, 3),
+                },
+            },
+            Message::Accepted { request: 7 },
+            Message::Rejected {
+                request: 7,
+                promised: stamp(11, 4),
+            },
+            Message::Commit {
+                key: Bytes::from_static(b"lock"),
+                proposal: Proposal {
+                    ballot: stamp(9, 3),
+                    write: Write::Touch,
+                    stamp: stamp(10, 3),
+                },
+            },
             Message::DigestRoots {
                 roots: vec![(PartitionId(0), 1), (PartitionId(255), u64::MAX)],
             },

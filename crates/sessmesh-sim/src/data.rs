@@ -4,7 +4,7 @@
 //! them: the replicas of every key agree, and acknowledged writes survive.
 
 use bytes::Bytes;
-use sessmesh_core::{CallId, Level, Node, Outcome, Session, Stamp, Write};
+use sessmesh_core::{CallId, Cas, Level, Node, Outcome, Session, Stamp, Write};
 
 use crate::Sim;
 
@@ -55,6 +55,18 @@ impl Sim {
             key: key.to_owned(),
             value: None,
         });
+        call
+    }
+
+    /// Has `node` decide `op` on `key` by consensus; its outcome appears in
+    /// [`Sim::outcome`].
+    pub fn cas(&mut self, node: usize, key: &str, op: Cas) -> CallId {
+        let call = self.next_call();
+        let now = self.wall_ms(node);
+        if let Some(core) = self.nodes[node].core.as_mut() {
+            core.consensus(call, Bytes::from(key.to_owned()), op, now);
+            self.drain(node);
+        }
         call
     }
 

@@ -76,6 +76,18 @@ pub enum Error {
         /// The bound, ms.
         max_drift_ms: u64,
     },
+    /// A consensus operation could not be decided: too few of the key's
+    /// replicas answered, or other coordinators' rounds kept pre-empting
+    /// it. Retry it, unless `maybe_applied`: then its write was proposed and
+    /// may still take effect, and a retry could apply it twice (read the
+    /// key first).
+    #[error("{reason}; {}", if *maybe_applied { "it may still take effect" } else { "nothing was written" })]
+    Undecided {
+        /// Why.
+        reason: String,
+        /// Whether its write may still take effect.
+        maybe_applied: bool,
+    },
     /// The peer refused the call before sending anything (for example, the
     /// key's partition has no live replica).
     #[error("refused: {0}")]

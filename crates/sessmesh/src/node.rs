@@ -499,7 +499,14 @@ fn failure(outcome: Outcome) -> Error {
             ahead_ms,
             max_drift_ms,
         },
-        Outcome::Written { .. } | Outcome::Read(_) => {
+        Outcome::Undecided {
+            reason,
+            maybe_applied,
+        } => Error::Undecided {
+            reason,
+            maybe_applied,
+        },
+        Outcome::Written { .. } | Outcome::Read(_) | Outcome::Decided(_) => {
             Error::Refused(format!("unexpected answer {outcome:?}"))
         }
     }

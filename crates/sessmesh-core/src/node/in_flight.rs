@@ -8,6 +8,7 @@ use std::collections::hash_map::Entry as MapEntry;
 use bytes::Bytes;
 
 use crate::clock::Stamp;
+use crate::consensus::{Ballot, Cas, Proposal};
 use crate::partition::PartitionId;
 use crate::replication::{CallId, Hint, ReplicaSet};
 use crate::session::{Session, Write};
@@ -26,6 +27,57 @@ pub(crate) enum Pending {
     Replay(Hint),
     /// A batch of a partition handed off (`Handoff`, answered by `HandoffAck`).
     Handoff(HandoffBatch),
+    /// A consensus round it coordinates (`Prepare`, answered by `Promise`
+    /// or `Rejected`; `Propose`, answered by `Accepted` or `Rejected`).
+    Round(Box<PendingRound>),
+}
+
+/// A consensus operation being decided, in one of its attempts.
+#[derive(Debug)]
+pub(crate) struct PendingRound {
+    pub(crate) call: CallId,
+    pub(crate) key: Bytes,
+    pub(crate) op: Cas,
+    pub(crate) replicas: ReplicaSet,
+    /// Promises, then acceptances, needed: a majority of the key's copies.
+    pub(crate) needed: usize,
+    /// This attempt's ballot.
+    pub(crate) ballot: Ballot,
+    pub(crate) phase: Phase,
+    /// A bit per replica that has not answered this phase yet.
+    pub(crate) waiting: u64,
+    /// Each promise: the replica's index, what it accepted and has not seen
+    /// committed, the newest commit it saw, and its state of the key.
+    pub(crate) promises: Vec<(usize, Option<Proposal>, Ballot, Option<Session>)>,
+    /// Acceptances of this attempt's proposal.
+    pub(crate) accepts: usize,
+    /// When the operation started, wall-clock ms: retries stop a request
+    /// timeout after it.
+    pub(crate) started_ms: u64,
+    /// Attempts so far.
+    pub(crate) attempts: u32,
+}
+
+/// Where an attempt of a consensus round is.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a round is boxed in the requests in flight already"
+)]
+pub(crate) enum Phase {
+    /// Waiting to start again after it was pre-empted.
+    Backoff,
+    /// Asking for promises.
+    Prepare,
+    /// Asking replicas to accept `proposal`.
+    Propose {
+        proposal: Proposal,
+        /// Whether it finishes another round's proposal (then the
+        /// operation starts again once it is committed) rather than
+        /// proposing the operation's own write, decided on `before`.
+        finishing: bool,
+        before: Option<Session>,
+    },
 }
 
 /// A write waiting for acknowledgements.
@@ -117,6 +169,24 @@ kind!(Write, PendingWrite);
 kind!(Read, PendingRead);
 kind!(Replay, Hint);
 kind!(Handoff, HandoffBatch);
+
+impl Kind for PendingRound {
+    fn is(pending: &Pending) -> bool {
+        matches!(pending, Pending::Round(_))
+    }
+    fn of(pending: &mut Pending) -> Option<&mut Self> {
+        match pending {
+            Pending::Round(inner) => Some(inner),
+            _ => None,
+        }
+    }
+    fn from(pending: Pending) -> Option<Self> {
+        match pending {
+            Pending::Round(inner) => Some(*inner),
+            _ => None,
+        }
+    }
+}
 
 /// Requests in flight, by request id.
 #[derive(Debug, Default)]

@@ -25,6 +25,12 @@ pub(super) fn kind(message: &Message) -> &'static str {
         Message::ClockProbe { .. } => "ClockProbe",
         Message::ClockReply { .. } => "ClockReply",
         Message::StampRefused { .. } => "StampRefused",
+        Message::Prepare { .. } => "Prepare",
+        Message::Promise { .. } => "Promise",
+        Message::Propose { .. } => "Propose",
+        Message::Accepted { .. } => "Accepted",
+        Message::Rejected { .. } => "Rejected",
+        Message::Commit { .. } => "Commit",
     }
 }
 

@@ -1,0 +1,315 @@
+//! Consensus per key: what a linearizable operation on one key is, and what
+//! each replica keeps to take part in deciding it.
+//!
+//! Plain writes merge (last writer wins per field) and need no agreement.
+//! Operations that must be atomic (create if absent, increment, take a
+//! lock) run instead as one instance of single-decree Paxos among the key's
+//! replicas, as Cassandra's lightweight transactions do, with the read
+//! folded into the prepare:
+//!
+//! 1. **Prepare.** The coordinator picks a ballot newer than any it has
+//!    seen and asks the replicas to promise it. A replica promises a ballot
+//!    newer than every ballot it promised before, and answers with the
+//!    proposal it last accepted (if not yet committed), the ballot of the
+//!    last proposal it saw committed, and its state of the key.
+//! 2. **Propose.** With promises from a majority, the coordinator first
+//!    finishes a proposal some replica accepted and that may not have been
+//!    committed (it proposes that same write again under its own ballot).
+//!    Otherwise it merges the states the majority reported, decides the
+//!    operation on that state ([`Cas::decide`]), and proposes the write it
+//!    gives, stamped after every value the majority reported. A replica
+//!    accepts a proposal whose ballot is at least the one it promised.
+//! 3. **Commit.** Once a majority accepted it, the write is chosen: the
+//!    coordinator answers its caller and sends the commit to every replica,
+//!    which applies the write as an ordinary stamped write.
+//!
+//! Without contention or faults that is two round trips; the commit needs
+//! no answer. The safety argument is in docs/consistency.md.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Stamp;
+use crate::session::{Session, Write};
+
+/// A Paxos ballot: a stamp from the coordinator's clock, so ballots are
+/// unique per node and ordered across nodes.
+pub type Ballot = Stamp;
+
+/// A write proposed for a key under a ballot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The ballot it is proposed under.
+    pub ballot: Ballot,
+    /// The write, applied as an ordinary write once chosen.
+    pub write: Write,
+    /// The write's stamp, fixed when it was first proposed: a proposal
+    /// finished by another coordinator keeps it.
+    pub stamp: Stamp,
+}
+
+/// What a consensus operation does with a key's current state.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cas {
+    /// Only reads the current state: a linearizable read.
+    Read,
+    /// Writes `write` when `when` holds of the current state.
+    Write {
+        /// The condition on the current state.
+        when: Condition,
+        /// The write.
+        write: Write,
+    },
+    /// Adds `by` to the integer in field `field` (an absent session or
+    /// field counts as 0), keeping the session's other fields and expiry.
+    Increment {
+        /// The field.
+        field: Bytes,
+        /// How much to add (negative to subtract).
+        by: i64,
+    },
+    /// Adds `by` to the number in field `field` (absent counts as 0).
+    IncrementFloat {
+        /// The field.
+        field: Bytes,
+        /// How much to add.
+        by: f64,
+    },
+}
+
+/// A condition on a key's current state, as a reader at the coordinator's
+/// time sees it (expired and deleted sessions are absent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Always holds.
+    Always,
+    /// The session is absent.
+    Absent,
+    /// The session is present.
+    Present,
+    /// Field `name` holds `value` (`None`: the field, or the session, is absent).
+    Field {
+        /// The field.
+        name: Bytes,
+        /// The value it must hold.
+        value: Option<Bytes>,
+    },
+}
+
+/// Why an operation could not be decided on the current state.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CasError {
+    /// The field does not hold an integer, or the result overflows.
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    /// The field does not hold a number, or the result is not finite.
+    #[error("value is not a valid float")]
+    NotAFloat,
+}
+
+/// How an operation came out on the state it was decided on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decided {
+    /// Whether it writes (its condition held).
+    pub applied: bool,
+    /// The write it gives, if any.
+    pub write: Option<Write>,
+}
+
+impl Condition {
+    /// Whether the condition holds of `current` (visible state only).
+    pub fn holds(&self, current: Option<&Session>, now_ms: u64) -> bool {
+        let visible = current.filter(|s| s.is_visible(now_ms));
+        match self {
+            Condition::Always => true,
+            Condition::Absent => visible.is_none(),
+            Condition::Present => visible.is_some(),
+            Condition::Field { name, value } => field(visible, name, now_ms) == value.as_ref(),
+        }
+    }
+}
+
+/// The value of field `name` of a visible session.
+fn field<'s>(session: Option<&'s Session>, name: &[u8], now_ms: u64) -> Option<&'s Bytes> {
+    session?
+        .visible_fields(now_ms)?
+        .find(|(n, _)| n.as_ref() == name)
+        .map(|(_, v)| v)
+}
+
+impl Cas {
+    /// Decides the operation on `current` (the merged state a majority of
+    /// the key's replicas reported), as of `now_ms`.
+    ///
+    /// # Errors
+    /// [`CasError`] when the state does not suit the operation (a field to
+    /// increment that holds no number).
+    pub fn decide(&self, current: Option<&Session>, now_ms: u64) -> Result<Decided, CasError> {
+        let visible = current.filter(|s| s.is_visible(now_ms));
+        let write = match self {
+            Cas::Read => None,
+            Cas::Write { when, write } => when.holds(current, now_ms).then(|| write.clone()),
+            Cas::Increment { field: name, by } => {
+                let old = match field(visible, name, now_ms) {
+                    None => 0,
+                    Some(v) => parse_int(v).ok_or(CasError::NotAnInteger)?,
+                };
+                let new = old.checked_add(*by).ok_or(CasError::NotAnInteger)?;
+                Some(Write::PutField {
+                    name: name.clone(),
+                    value: Bytes::from(new.to_string()),
+                })
+            }
+            Cas::IncrementFloat { field: name, by } => {
+                let old = match field(visible, name, now_ms) {
+                    None => 0.0,
+                    Some(v) => parse_float(v).ok_or(CasError::NotAFloat)?,
+                };
+                let new = old + by;
+                if !new.is_finite() {
+                    return Err(CasError::NotAFloat);
+                }
+                Some(Write::PutField {
+                    name: name.clone(),
+                    value: Bytes::from(format_float(new)),
+                })
+            }
+        };
+        Ok(Decided {
+            applied: write.is_some(),
+            write,
+        })
+    }
+}
+
+/// A Redis-style integer: optional minus sign, digits, no spaces or plus
+/// sign, no leading zeros but "0", fitting an `i64`.
+fn parse_int(v: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(v).ok()?;
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || (digits.len() > 1 && digits.starts_with('0'))
+        || s == "-0"
+    {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn parse_float(v: &[u8]) -> Option<f64> {
+    let s = std::str::from_utf8(v).ok()?;
+    if s.is_empty() || s.trim() != s {
+        return None;
+    }
+    s.parse::<f64>().ok().filter(|f| f.is_finite())
+}
+
+/// A float as Redis prints an `INCRBYFLOAT` result: plain decimal, no
+/// exponent, no trailing zeros.
+fn format_float(f: f64) -> String {
+    let s = format!("{f:.17}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    // Shortest form that reads back the same, when that is shorter.
+    let short = f.to_string();
+    if !short.contains('e') && short.len() <= s.len() {
+        short
+    } else {
+        s.to_owned()
+    }
+}
+
+/// What one replica keeps of one key's consensus.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AcceptorState {
+    /// The newest ballot it promised.
+    pub promised: Ballot,
+    /// The newest proposal it accepted, until one at least as new is committed.
+    pub accepted: Option<Proposal>,
+    /// The ballot of the newest proposal it saw committed.
+    pub committed: Ballot,
+}
+
+/// A replica's answer to a prepare it promised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Promise {
+    /// The proposal it accepted and has not seen committed.
+    pub accepted: Option<Proposal>,
+    /// The ballot of the newest proposal it saw committed.
+    pub committed: Ballot,
+}
+
+/// The consensus state of every key this replica took part in deciding.
+#[derive(Debug, Default)]
+pub struct Acceptors {
+    keys: HashMap<Bytes, AcceptorState>,
+}
+
+impl Acceptors {
+    /// Promises `ballot` for `key` if it is newer than every ballot promised
+    /// before; otherwise `Err` with the newest promised.
+    ///
+    /// # Errors
+    /// The ballot this replica promised, which `ballot` does not pass.
+    pub fn prepare(&mut self, key: &[u8], ballot: Ballot) -> Result<Promise, Ballot> {
+        let state = self.state(key);
+        if ballot <= state.promised {
+            return Err(state.promised);
+        }
+        state.promised = ballot;
+        Ok(Promise {
+            accepted: state.accepted.clone(),
+            committed: state.committed,
+        })
+    }
+
+    /// Accepts `proposal` for `key` if its ballot is at least the newest
+    /// promised; otherwise `Err` with that.
+    ///
+    /// # Errors
+    /// The ballot this replica promised, newer than the proposal's.
+    pub fn accept(&mut self, key: &[u8], proposal: Proposal) -> Result<(), Ballot> {
+        let state = self.state(key);
+        if proposal.ballot < state.promised {
+            return Err(state.promised);
+        }
+        state.promised = proposal.ballot;
+        state.accepted = Some(proposal);
+        Ok(())
+    }
+
+    /// Records that the proposal under `ballot` was committed: an accepted
+    /// proposal no newer is done with.
+    pub fn commit(&mut self, key: &[u8], ballot: Ballot) {
+        let state = self.state(key);
+        state.committed = state.committed.max(ballot);
+        if state
+            .accepted
+            .as_ref()
+            .is_some_and(|a| a.ballot <= state.committed)
+        {
+            state.accepted = None;
+        }
+    }
+
+    /// What this replica keeps of `key`, if anything.
+    pub fn get(&self, key: &[u8]) -> Option<&AcceptorState> {
+        self.keys.get(key)
+    }
+
+    /// How many keys it keeps state for.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether it keeps state for no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn state(&mut self, key: &[u8]) -> &mut AcceptorState {
+        self.keys.entry(Bytes::copy_from_slice(key)).or_default()
+    }
+}

@@ -1,0 +1,79 @@
+//! The replica side of consensus: promises, acceptances and commits (see
+//! [`crate::consensus`]). Every ballot and stamp a coordinator sends is
+//! checked against this node's clock first, as a write's is.
+
+use super::*;
+
+impl Node {
+    /// A coordinator's prepare: promised (with this replica's accepted
+    /// proposal, newest commit and state of the key) or rejected.
+    pub(super) fn serve_prepare(
+        &mut self,
+        from: SocketAddr,
+        request: u64,
+        key: Bytes,
+        ballot: Ballot,
+        now_ms: u64,
+    ) {
+        if let Err(e) = self.hlc.observe(ballot, now_ms) {
+            self.refuse_drift(from, &e);
+            return;
+        }
+        let message = match self.acceptors.prepare(&key, ballot) {
+            Ok(promise) => Message::Promise {
+                request,
+                accepted: promise.accepted,
+                committed: promise.committed,
+                session: self.store.session(&key),
+            },
+            Err(promised) => Message::Rejected { request, promised },
+        };
+        self.effects.push(Effect::Send { to: from, message });
+    }
+
+    /// A coordinator's proposal: accepted or rejected.
+    pub(super) fn serve_propose(
+        &mut self,
+        from: SocketAddr,
+        request: u64,
+        key: &[u8],
+        proposal: Proposal,
+        now_ms: u64,
+    ) {
+        let newest = proposal.ballot.max(proposal.stamp);
+        if let Err(e) = self.hlc.observe(newest, now_ms) {
+            self.refuse_drift(from, &e);
+            return;
+        }
+        let message = match self.acceptors.accept(key, proposal) {
+            Ok(()) => Message::Accepted { request },
+            Err(promised) => Message::Rejected { request, promised },
+        };
+        self.effects.push(Effect::Send { to: from, message });
+    }
+
+    /// A chosen proposal: its write applied as an ordinary write.
+    pub(super) fn serve_commit(
+        &mut self,
+        from: SocketAddr,
+        key: &[u8],
+        proposal: &Proposal,
+        now_ms: u64,
+    ) {
+        let newest = proposal.ballot.max(proposal.stamp);
+        if let Err(e) = self.hlc.observe(newest, now_ms) {
+            self.refuse_drift(from, &e);
+            return;
+        }
+        self.commit_here(key, proposal, now_ms);
+    }
+
+    /// Applies a chosen proposal's write here and records it committed.
+    pub(super) fn commit_here(&mut self, key: &[u8], proposal: &Proposal, now_ms: u64) {
+        // A key over the limit never gets this far: the coordinator refuses it.
+        let _ = self
+            .store
+            .apply(key, &proposal.write, proposal.stamp, now_ms);
+        self.acceptors.commit(key, proposal.ballot);
+    }
+}

@@ -1,0 +1,451 @@
+//! The coordinator of consensus: one linearizable operation on one key, as
+//! rounds of Paxos among the key's replicas (see [`crate::consensus`]).
+//!
+//! An attempt prepares a fresh ballot; a replica that promised a newer one
+//! rejects it, and the attempt starts again after a short pause, until the
+//! request timeout. Once this attempt proposed the operation's own write,
+//! a rejection or a timeout answers [`Outcome::Undecided`] with
+//! `maybe_applied`: the write may still be chosen by a later round, so
+//! trying again could apply it twice.
+
+use super::*;
+use crate::replication::Decision;
+
+/// The longest pause before an attempt pre-empted by another
+/// coordinator's ballot starts again, ms.
+const MAX_BACKOFF_MS: u64 = 50;
+
+impl Node {
+    /// Decides `op` on `key` by consensus among the key's replicas; its
+    /// [`Outcome`] (`Decided`, `Undecided`, `Refused` or `ClockAhead`)
+    /// comes as an [`Effect::Done`] for `call`.
+    pub fn consensus(&mut self, call: CallId, key: Bytes, op: Cas, now_ms: u64) {
+        if let Some(ahead_ms) = self.hlc.ahead_of_peers_ms(now_ms) {
+            self.refuse_ahead(call, ahead_ms);
+            return;
+        }
+        let Some(replicas) = self.replicas_of(&key, call) else {
+            return;
+        };
+        let needed = Level::Quorum.required(self.copies);
+        if replicas.len() < needed {
+            self.effects.push(Effect::Done {
+                call,
+                outcome: Outcome::Undecided {
+                    reason: format!(
+                        "{} of the key's {} copies are up; consensus needs {needed}",
+                        replicas.len(),
+                        self.copies
+                    ),
+                    maybe_applied: false,
+                },
+            });
+            return;
+        }
+        let round = PendingRound {
+            call,
+            key,
+            op,
+            replicas,
+            needed,
+            ballot: Stamp::default(),
+            phase: Phase::Backoff,
+            waiting: 0,
+            promises: Vec::new(),
+            accepts: 0,
+            started_ms: now_ms,
+            attempts: 0,
+        };
+        self.prepare(round, now_ms);
+    }
+
+    /// Starts an attempt: a fresh ballot, promised here if this node is a
+    /// replica, and asked of the others.
+    fn prepare(&mut self, mut round: PendingRound, now_ms: u64) {
+        let ballot = match self.hlc.try_stamp(now_ms) {
+            Ok(ballot) => ballot,
+            Err(Error::ClockAhead { ahead_ms, .. }) => {
+                self.refuse_ahead(round.call, ahead_ms);
+                return;
+            }
+            Err(_) => unreachable!("stamping fails only for a clock ahead"),
+        };
+        round.attempts += 1;
+        round.ballot = ballot;
+        round.phase = Phase::Prepare;
+        round.waiting = all_of(&round.replicas);
+        round.promises.clear();
+        round.accepts = 0;
+        let id = self.in_flight.next_id();
+        let replicas = Arc::clone(&round.replicas);
+        for (i, replica) in replicas.iter().enumerate() {
+            if replica.local {
+                round.waiting &= !(1 << i);
+                match self.acceptors.prepare(&round.key, ballot) {
+                    Ok(promise) => round.promises.push((
+                        i,
+                        promise.accepted,
+                        promise.committed,
+                        self.store.session(&round.key),
+                    )),
+                    Err(promised) => {
+                        let _ = self.hlc.observe(promised, now_ms);
+                        self.retry_later(round, now_ms);
+                        return;
+                    }
+                }
+            } else if let Some(to) = replica.addr {
+                let message = Message::Prepare {
+                    request: id,
+                    key: round.key.clone(),
+                    ballot,
+                };
+                self.effects.push(Effect::Send { to, message });
+            }
+        }
+        self.schedule_deadline(id);
+        self.in_flight.insert(id, Pending::Round(Box::new(round)));
+        self.advance(id, now_ms);
+    }
+
+    /// A replica's promise.
+    pub(super) fn promised(
+        &mut self,
+        request: u64,
+        from: SocketAddr,
+        accepted: Option<Proposal>,
+        committed: Ballot,
+        session: Option<Session>,
+        now_ms: u64,
+    ) {
+        // The clock observes every stamp the answer carries, so a proposal
+        // decided on it is stamped after them.
+        let newest = [
+            accepted.as_ref().map(|p| p.ballot.max(p.stamp)),
+            session.as_ref().map(Session::newest_stamp),
+            Some(committed),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        if let Some(newest) = newest
+            && let Err(e) = self.hlc.observe(newest, now_ms)
+        {
+            self.refuse_drift(from, &e);
+            return;
+        }
+        let Some(round) = self.in_flight.get_mut::<PendingRound>(request) else {
+            return;
+        };
+        if !matches!(round.phase, Phase::Prepare) {
+            return;
+        }
+        let Some(bit) = waiting_on(&round.replicas, round.waiting, from) else {
+            return;
+        };
+        round.waiting &= !bit;
+        let i = bit.trailing_zeros() as usize;
+        round.promises.push((i, accepted, committed, session));
+        self.advance(request, now_ms);
+    }
+
+    /// A replica accepted this attempt's proposal.
+    pub(super) fn accepted(&mut self, request: u64, from: SocketAddr, now_ms: u64) {
+        let Some(round) = self.in_flight.get_mut::<PendingRound>(request) else {
+            return;
+        };
+        if !matches!(round.phase, Phase::Propose { .. }) {
+            return;
+        }
+        let Some(bit) = waiting_on(&round.replicas, round.waiting, from) else {
+            return;
+        };
+        round.waiting &= !bit;
+        round.accepts += 1;
+        debug_assert!(round.accepts <= round.replicas.len());
+        self.advance(request, now_ms);
+    }
+
+    /// A replica promised a newer ballot than this attempt's.
+    pub(super) fn round_rejected(
+        &mut self,
+        request: u64,
+        from: SocketAddr,
+        promised: Ballot,
+        now_ms: u64,
+    ) {
+        if waiting_on_round(&mut self.in_flight, request, from).is_none() {
+            return;
+        }
+        let Some(round) = self.in_flight.take::<PendingRound>(request) else {
+            return;
+        };
+        // The next ballot is newer than the one that pre-empted this.
+        if let Err(e) = self.hlc.observe(promised, now_ms) {
+            self.refuse_drift(from, &e);
+        }
+        self.retry_later(round, now_ms);
+    }
+
+    /// Moves an attempt on once enough replicas answered its phase.
+    fn advance(&mut self, id: u64, now_ms: u64) {
+        let Some(round) = self.in_flight.get_mut::<PendingRound>(id) else {
+            return;
+        };
+        let ready = match round.phase {
+            Phase::Prepare => round.promises.len() >= round.needed,
+            Phase::Propose { .. } => round.accepts >= round.needed,
+            Phase::Backoff => false,
+        };
+        if !ready {
+            return;
+        }
+        let Some(round) = self.in_flight.take::<PendingRound>(id) else {
+            return;
+        };
+        match round.phase {
+            Phase::Prepare => self.promised_by_majority(id, round, now_ms),
+            Phase::Propose { .. } => self.chosen(round, now_ms),
+            Phase::Backoff => {}
+        }
+    }
+
+    /// A majority promised: finish what one of them accepted and may not
+    /// have been committed, or decide the operation and propose its write.
+    fn promised_by_majority(&mut self, id: u64, round: PendingRound, now_ms: u64) {
+        let newest_commit = round
+            .promises
+            .iter()
+            .map(|(_, _, committed, _)| *committed)
+            .max()
+            .unwrap_or_default();
+        let in_progress = round
+            .promises
+            .iter()
+            .filter_map(|(_, accepted, _, _)| accepted.as_ref())
+            .filter(|p| p.ballot > newest_commit)
+            .max_by_key(|p| p.ballot)
+            .cloned();
+        if let Some(unfinished) = in_progress {
+            let proposal = Proposal {
+                ballot: round.ballot,
+                write: unfinished.write,
+                stamp: unfinished.stamp,
+            };
+            self.propose(id, round, proposal, true, None, now_ms);
+            return;
+        }
+        let mut current: Option<Session> = None;
+        for (_, _, _, session) in &round.promises {
+            if let Some(session) = session {
+                match &mut current {
+                    Some(merged) => merged.merge(session.clone()),
+                    None => current = Some(session.clone()),
+                }
+            }
+        }
+        let decided = match round.op.decide(current.as_ref(), now_ms) {
+            Ok(decided) => decided,
+            Err(e) => {
+                self.effects.push(Effect::Done {
+                    call: round.call,
+                    outcome: Outcome::Refused(e.to_string()),
+                });
+                return;
+            }
+        };
+        let Some(write) = decided.write else {
+            self.effects.push(Effect::Done {
+                call: round.call,
+                outcome: Outcome::Decided(Box::new(Decision {
+                    applied: false,
+                    before: current,
+                    written: None,
+                })),
+            });
+            return;
+        };
+        // Newer than every value the majority reported: the clock observed them.
+        let stamp = match self.hlc.try_stamp(now_ms) {
+            Ok(stamp) => stamp,
+            Err(Error::ClockAhead { ahead_ms, .. }) => {
+                self.refuse_ahead(round.call, ahead_ms);
+                return;
+            }
+            Err(_) => unreachable!("stamping fails only for a clock ahead"),
+        };
+        let proposal = Proposal {
+            ballot: round.ballot,
+            write,
+            stamp,
+        };
+        self.propose(id, round, proposal, false, current, now_ms);
+    }
+
+    /// Asks every replica to accept `proposal` under the attempt's ballot.
+    fn propose(
+        &mut self,
+        id: u64,
+        mut round: PendingRound,
+        proposal: Proposal,
+        finishing: bool,
+        before: Option<Session>,
+        now_ms: u64,
+    ) {
+        round.waiting = all_of(&round.replicas);
+        round.accepts = 0;
+        let replicas = Arc::clone(&round.replicas);
+        for (i, replica) in replicas.iter().enumerate() {
+            if replica.local {
+                round.waiting &= !(1 << i);
+                if let Err(promised) = self.acceptors.accept(&round.key, proposal.clone()) {
+                    let _ = self.hlc.observe(promised, now_ms);
+                    round.phase = Phase::Propose {
+                        proposal,
+                        finishing,
+                        before,
+                    };
+                    self.retry_later(round, now_ms);
+                    return;
+                }
+                round.accepts += 1;
+            } else if let Some(to) = replica.addr {
+                let message = Message::Propose {
+                    request: id,
+                    key: round.key.clone(),
+                    proposal: proposal.clone(),
+                };
+                self.effects.push(Effect::Send { to, message });
+            }
+        }
+        round.phase = Phase::Propose {
+            proposal,
+            finishing,
+            before,
+        };
+        self.in_flight.insert(id, Pending::Round(Box::new(round)));
+        self.advance(id, now_ms);
+    }
+
+    /// A majority accepted: the proposal is chosen. Every replica hears so;
+    /// the operation is answered, or, if the proposal was another round's,
+    /// starts again.
+    fn chosen(&mut self, round: PendingRound, now_ms: u64) {
+        let Phase::Propose {
+            proposal,
+            finishing,
+            before,
+        } = round.phase
+        else {
+            return;
+        };
+        for replica in round.replicas.iter() {
+            if replica.local {
+                self.commit_here(&round.key, &proposal, now_ms);
+            } else if let Some(to) = replica.addr {
+                let message = Message::Commit {
+                    key: round.key.clone(),
+                    proposal: proposal.clone(),
+                };
+                self.effects.push(Effect::Send { to, message });
+            }
+        }
+        if finishing {
+            let round = PendingRound {
+                phase: Phase::Backoff,
+                ..round
+            };
+            self.prepare(round, now_ms);
+            return;
+        }
+        self.effects.push(Effect::Done {
+            call: round.call,
+            outcome: Outcome::Decided(Box::new(Decision {
+                applied: true,
+                before,
+                written: Some((proposal.write, proposal.stamp)),
+            })),
+        });
+    }
+
+    /// Starts the operation again after a pause, unless its write was
+    /// proposed (then it may be chosen yet: answered undecided) or its time
+    /// is up.
+    fn retry_later(&mut self, mut round: PendingRound, now_ms: u64) {
+        if let Phase::Propose {
+            finishing: false, ..
+        } = round.phase
+        {
+            self.undecided(
+                round.call,
+                "pre-empted by another coordinator's round after proposing".into(),
+                true,
+            );
+            return;
+        }
+        if now_ms >= round.started_ms + self.config.request_timeout_ms {
+            self.undecided(
+                round.call,
+                format!(
+                    "contended: pre-empted by other coordinators' rounds {} times",
+                    round.attempts
+                ),
+                false,
+            );
+            return;
+        }
+        // A pause that grows with the attempts and differs between nodes,
+        // so that two coordinators pre-empting each other fall apart.
+        let spread = self.hlc.node().0 % MAX_BACKOFF_MS;
+        let pause = (u64::from(round.attempts) * 7 + spread) % MAX_BACKOFF_MS + 1;
+        round.phase = Phase::Backoff;
+        let id = self.in_flight.next_id();
+        self.in_flight.insert(id, Pending::Round(Box::new(round)));
+        self.schedule(pause, Timer::RetryRound(id));
+    }
+
+    /// A pre-empted operation's pause is over.
+    pub(super) fn retry_round(&mut self, id: u64, now_ms: u64) {
+        if let Some(round) = self.in_flight.take::<PendingRound>(id) {
+            self.prepare(round, now_ms);
+        }
+    }
+
+    /// An attempt's deadline passed before a majority answered.
+    pub(super) fn round_expired(&mut self, round: PendingRound) {
+        let (answers, maybe_applied) = match &round.phase {
+            Phase::Prepare => (round.promises.len(), false),
+            Phase::Propose { finishing, .. } => (round.accepts, !finishing),
+            // A pausing round has no deadline of its own.
+            Phase::Backoff => return,
+        };
+        self.undecided(
+            round.call,
+            format!(
+                "timed out: {answers} of the {} replicas a majority needs answered",
+                round.needed
+            ),
+            maybe_applied,
+        );
+    }
+
+    fn undecided(&mut self, call: CallId, reason: String, maybe_applied: bool) {
+        self.effects.push(Effect::Done {
+            call,
+            outcome: Outcome::Undecided {
+                reason,
+                maybe_applied,
+            },
+        });
+    }
+}
+
+/// The bit of the replica at `from`, if the round `request` still waits
+/// for its answer to the current phase.
+fn waiting_on_round(in_flight: &mut InFlight, request: u64, from: SocketAddr) -> Option<u64> {
+    let round = in_flight.get_mut::<PendingRound>(request)?;
+    if matches!(round.phase, Phase::Backoff) {
+        return None;
+    }
+    waiting_on(&round.replicas, round.waiting, from)
+}

@@ -1,0 +1,107 @@
+//! Consensus per key in the simulator: conditional writes and increments
+//! raced from several coordinators. `SIM_SEED=<seed>` replays a run.
+
+use bytes::Bytes;
+use sessmesh_core::{CallId, Cas, Condition, MembershipConfig, Outcome, Write};
+use sessmesh_sim::{Check, Scenario, Sim, seed_from_env};
+
+const NODES: usize = 5;
+
+fn converged(seed: u64) -> Sim {
+    let mut sim = Sim::new(NODES, MembershipConfig::lan(5), seed_from_env(seed));
+    let scenario = Scenario::new("start")
+        .start([0], &[])
+        .start(1..NODES, &[0])
+        .expect_within(Check::Converged, 30_000);
+    if let Err(failure) = scenario.run(&mut sim) {
+        panic!("{failure}");
+    }
+    sim.run_for(3_000);
+    sim
+}
+
+fn outcomes(sim: &mut Sim, calls: &[CallId]) -> Vec<Outcome> {
+    sim.run_until(10_000, 10, |s| {
+        calls.iter().all(|c| s.outcome(*c).is_some())
+    });
+    calls
+        .iter()
+        .map(|c| {
+            sim.outcome(*c)
+                .cloned()
+                .unwrap_or_else(|| panic!("no outcome for {c:?}; seed {}", sim.seed()))
+        })
+        .collect()
+}
+
+fn put_if_absent(value: &str) -> Cas {
+    Cas::Write {
+        when: Condition::Absent,
+        write: Write::Put {
+            fields: vec![(Bytes::new(), Bytes::from(value.to_owned()))],
+            expiry: sessmesh_core::Expiry::NEVER,
+        },
+    }
+}
+
+#[test]
+fn of_coordinators_racing_to_create_a_key_exactly_one_wins() {
+    let mut sim = converged(71);
+    for round in 0..20 {
+        let key = format!("session:{round}");
+        let calls: Vec<CallId> = (0..NODES)
+            .map(|n| sim.cas(n, &key, put_if_absent(&format!("from node-{n}"))))
+            .collect();
+        let outcomes = outcomes(&mut sim, &calls);
+        let winners = outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Decided(d) if d.applied))
+            .count();
+        let undecided = outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Undecided { .. }))
+            .count();
+        assert!(
+            winners + undecided >= 1 && winners <= 1,
+            "{key}: {winners} winners: {outcomes:?}; seed {}",
+            sim.seed()
+        );
+    }
+}
+
+#[test]
+fn increments_from_every_node_add_up() {
+    let mut sim = converged(72);
+    let incr = || Cas::Increment {
+        field: Bytes::new(),
+        by: 1,
+    };
+    let mut applied = 0;
+    for _ in 0..10 {
+        let calls: Vec<CallId> = (0..NODES).map(|n| sim.cas(n, "counter", incr())).collect();
+        for outcome in outcomes(&mut sim, &calls) {
+            match outcome {
+                Outcome::Decided(d) if d.applied => applied += 1,
+                Outcome::Undecided {
+                    maybe_applied: false,
+                    ..
+                } => {}
+                other => panic!("{other:?}; seed {}", sim.seed()),
+            }
+        }
+    }
+    let read = sim.cas(3, "counter", Cas::Read);
+    let value = match &outcomes(&mut sim, &[read])[0] {
+        Outcome::Decided(d) if d.before.is_some() => d
+            .before
+            .as_ref()
+            .expect("checked")
+            .registers()
+            .next()
+            .and_then(|(_, r)| r.val.clone())
+            .map(|v| String::from_utf8_lossy(&v).into_owned()),
+        other => panic!("{other:?}"),
+    };
+    assert!(applied > 0, "some increments were decided");
+    assert_eq!(value, Some(applied.to_string()), "seed {}", sim.seed());
+}
