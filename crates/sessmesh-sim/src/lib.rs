@@ -32,6 +32,7 @@ use sessmesh_core::{
 };
 
 mod data;
+pub mod linearizable;
 pub mod peers;
 mod scenario;
 
@@ -180,6 +181,8 @@ pub struct Sim {
     traffic: Traffic,
     /// Answers to client calls, by call.
     outcomes: HashMap<CallId, Outcome>,
+    /// When each call was answered, virtual ms.
+    answered_ms: HashMap<CallId, u64>,
     next_call: u64,
     /// Messages refused for stamps beyond the drift bound, by sender.
     drift_refusals: HashMap<usize, u64>,
@@ -239,6 +242,7 @@ impl Sim {
             observed: Vec::new(),
             traffic: Traffic::default(),
             outcomes: HashMap::new(),
+            answered_ms: HashMap::new(),
             next_call: 0,
             drift_refusals: HashMap::new(),
             clock_reports: Vec::new(),
@@ -354,6 +358,11 @@ impl Sim {
     /// How a call ended, once it has.
     pub fn outcome(&self, call: CallId) -> Option<&Outcome> {
         self.outcomes.get(&call)
+    }
+
+    /// When a call was answered, ms of virtual time.
+    pub fn answered_ms(&self, call: CallId) -> Option<u64> {
+        self.answered_ms.get(&call).copied()
     }
 
     /// Whether `node` is running.
@@ -585,6 +594,7 @@ impl Sim {
                 Effect::Send { to, message } => self.deliver(node, to, message),
                 Effect::Done { call, outcome } => {
                     self.outcomes.insert(call, outcome);
+                    self.answered_ms.insert(call, self.now_ms);
                 }
                 Effect::Schedule { after, timer } => {
                     let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX).max(1);
