@@ -6,6 +6,10 @@
 //! - [`quic`]: the QUIC implementation ([`QuicTransport`]).
 //! - [`mem`]: its in-memory twin with fault controls ([`mem::MemNetwork`]).
 //! - `turmoil` (feature `turmoil`): quinn over turmoil's simulated network.
+//!
+//! Feature `test-support` adds `LinkFaults` (`QuicTransport::faults`): the
+//! QUIC socket drops the packets of links a test or demo cuts. Production
+//! builds leave it out; this crate's tests and benches turn it on.
 #![forbid(unsafe_code)]
 
 pub mod certs;
@@ -19,7 +23,7 @@ pub mod turmoil;
 
 pub use certs::{CaCertificate, ClusterCa, NodeIdentity};
 pub use error::{Error, RequestError, SendError};
-pub use quic::{
-    LinkFaults, PeerBytes, QuicSettings, QuicTransport, TransportObserver, TransportStats,
-};
+#[cfg(feature = "test-support")]
+pub use quic::LinkFaults;
+pub use quic::{PeerBytes, QuicSettings, QuicTransport, TransportObserver, TransportStats};
 pub use transport::{Incoming, Peer, Responder, Transport, TransportConfig};

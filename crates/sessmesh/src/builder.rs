@@ -337,6 +337,7 @@ impl NodeBuilder {
             read_level: self.read_level,
             write_level: self.write_level,
             shutdown_timeout: self.shutdown_timeout,
+            #[cfg(feature = "test-support")]
             faults: Some(transport.shared_faults()),
             transport: Some(transport.observer()),
         };

@@ -8,7 +8,9 @@ use bytes::Bytes;
 use sessmesh_core::{
     Expiry, KeyChange, Level, MAX_KEY_LEN, Member, NodeEvent, Outcome, Session, SessionData, Write,
 };
-use sessmesh_net::{Incoming, LinkFaults, PeerBytes, Transport, TransportObserver, TransportStats};
+#[cfg(feature = "test-support")]
+use sessmesh_net::LinkFaults;
+use sessmesh_net::{Incoming, PeerBytes, Transport, TransportObserver, TransportStats};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::Error;
@@ -49,6 +51,7 @@ struct Inner {
     read_level: Level,
     write_level: Level,
     shutdown_timeout: Duration,
+    #[cfg(feature = "test-support")]
     faults: Option<Arc<LinkFaults>>,
     transport: Option<TransportObserver>,
 }
@@ -89,6 +92,7 @@ pub(crate) struct Options {
     pub(crate) read_level: Level,
     pub(crate) write_level: Level,
     pub(crate) shutdown_timeout: Duration,
+    #[cfg(feature = "test-support")]
     pub(crate) faults: Option<Arc<LinkFaults>>,
     pub(crate) transport: Option<TransportObserver>,
 }
@@ -99,6 +103,7 @@ impl Default for Options {
             read_level: Level::Quorum,
             write_level: Level::Quorum,
             shutdown_timeout: Duration::from_secs(30),
+            #[cfg(feature = "test-support")]
             faults: None,
             transport: None,
         }
@@ -137,6 +142,7 @@ pub(crate) fn spawn_with<T: Transport>(
             read_level: options.read_level,
             write_level: options.write_level,
             shutdown_timeout: options.shutdown_timeout,
+            #[cfg(feature = "test-support")]
             faults: options.faults,
             transport: options.transport,
         }),
@@ -386,7 +392,9 @@ impl Node {
     }
 
     /// The transport's fault controls, when this peer runs on QUIC: for
-    /// tests and demos that cut the network.
+    /// tests and demos that cut the network. Only with the `test-support`
+    /// feature; production builds carry no fault injection.
+    #[cfg(feature = "test-support")]
     pub fn faults(&self) -> Option<&LinkFaults> {
         self.inner.faults.as_deref()
     }

@@ -1,7 +1,17 @@
 //! Link faults for tests and demonstrations: a UDP socket that drops
-//! datagrams to or from blocked peers.
+//! datagrams to or from blocked peers. Compiled only with the `test-support`
+//! feature, so a production build carries no fault injection.
 
-use super::*;
+use std::collections::HashSet;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
 
 /// Link faults for tests and demonstrations: datagrams to or from blocked
 /// addresses are dropped at this node's socket, so QUIC sees a cut link and

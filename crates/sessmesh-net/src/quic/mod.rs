@@ -24,21 +24,19 @@
 //! `link.rs` the per-peer state and dialling, `sender.rs` the per-peer sender
 //! task, `accept.rs` accepting connections and reading from them,
 //! `framing.rs` frames on streams, `stats.rs` the counters, and `faults.rs`
-//! the socket that drops packets of blocked links ([`LinkFaults`]).
+//! the socket that drops packets of blocked links (`LinkFaults`, only with
+//! the `test-support` feature: tests, benches and demos cut links with it).
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{self, IoSliceMut};
+use std::collections::{HashMap, VecDeque};
+use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::udp::{RecvMeta, Transmit};
-use quinn::{AsyncUdpSocket, Connection, Endpoint, EndpointConfig, Runtime, UdpPoller, VarInt};
+use quinn::{AsyncUdpSocket, Connection, Endpoint, EndpointConfig, Runtime, VarInt};
 use rustls_pki_types::CertificateDer;
 use sessmesh_core::{ClusterId, Codec, DecodeError, Message};
 use tokio::sync::{Notify, mpsc};
@@ -52,6 +50,7 @@ use crate::transport::{
 use crate::{Error, RequestError, SendError, tls};
 
 mod accept;
+#[cfg(feature = "test-support")]
 mod faults;
 mod framing;
 mod link;
@@ -59,12 +58,14 @@ mod sender;
 mod stats;
 
 use accept::{accept_loop, peer_of, serve_connection};
+#[cfg(feature = "test-support")]
 use faults::FaultySocket;
 use framing::{FrameError, kind, read_frame, write_frame};
 use link::PeerLink;
 use sender::run_sender;
 use stats::{Stats, bump};
 
+#[cfg(feature = "test-support")]
 pub use faults::LinkFaults;
 pub use stats::{PeerBytes, TransportObserver, TransportStats};
 
@@ -118,6 +119,7 @@ struct Inner {
     name: Arc<str>,
     peers: Mutex<HashMap<SocketAddr, Arc<PeerLink>>>,
     incoming: mpsc::Sender<Incoming>,
+    #[cfg(feature = "test-support")]
     faults: Arc<LinkFaults>,
     stats: Stats,
     closed: AtomicBool,
@@ -182,11 +184,13 @@ impl QuicTransport {
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(transport);
 
-        let faults = Arc::new(LinkFaults::default());
         let local_addr = socket.local_addr().map_err(|source| Error::Bind {
             addr: ([0, 0, 0, 0], 0).into(),
             source,
         })?;
+        #[cfg(feature = "test-support")]
+        let faults = Arc::new(LinkFaults::default());
+        #[cfg(feature = "test-support")]
         let socket: Arc<dyn AsyncUdpSocket> = Arc::new(FaultySocket {
             inner: socket,
             faults: faults.clone(),
@@ -207,6 +211,7 @@ impl QuicTransport {
             name: identity.name().into(),
             peers: Mutex::new(HashMap::new()),
             incoming,
+            #[cfg(feature = "test-support")]
             faults,
             stats: Stats::default(),
             closed: AtomicBool::new(false),
@@ -227,13 +232,15 @@ impl QuicTransport {
         &self.inner.name
     }
 
-    /// The link fault controls of this node's socket.
+    /// The link fault controls of this node's socket (feature `test-support`).
+    #[cfg(feature = "test-support")]
     pub fn faults(&self) -> &LinkFaults {
         &self.inner.faults
     }
 
     /// The fault controls, shared: they act on this node's socket for as
-    /// long as the endpoint lives.
+    /// long as the endpoint lives (feature `test-support`).
+    #[cfg(feature = "test-support")]
     pub fn shared_faults(&self) -> Arc<LinkFaults> {
         Arc::clone(&self.inner.faults)
     }
