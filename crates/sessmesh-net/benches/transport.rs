@@ -3,12 +3,11 @@
 //! ```text
 //! cargo bench -p sessmesh-net --bench transport
 //! ```
-//! 1. One-way replication messages of 256 encoded bytes through
-//!    `Transport::send` (batched on one long-lived stream), against the same
-//!    messages sent one per new stream to the same receiver (the baseline).
-//! 2. Request/response with 50 requests in flight.
+//! One-way replication messages of 256 encoded bytes through
+//! `Transport::send` (batched on one long-lived stream), against the same
+//! messages sent one per new stream to the same receiver (the baseline).
 //!
-//! `MESSAGES=n` changes the one-way count (default 1,000,000).
+//! `MESSAGES=n` changes the message count (default 1,000,000).
 
 #![allow(clippy::unwrap_used, reason = "a benchmark panics to fail")]
 
@@ -144,41 +143,6 @@ async fn per_stream(
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn requests(a: &QuicTransport, to: SocketAddr, in_flight: u64, duration: Duration) -> f64 {
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..in_flight)
-        .map(|t| {
-            let a = a.clone();
-            tokio::spawn(async move {
-                let mut done = 0u64;
-                while start.elapsed() < duration {
-                    let request = t << 32 | done;
-                    let answer = a
-                        .request(
-                            to,
-                            &Message::Read {
-                                request,
-                                key: Bytes::from_static(b"k"),
-                            },
-                            Duration::from_secs(5),
-                        )
-                        .await;
-                    assert!(
-                        matches!(answer, Ok(Message::ReadReply { request: r, .. }) if r == request)
-                    );
-                    done += 1;
-                }
-                done
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for task in tasks {
-        total += task.await.unwrap();
-    }
-    total as f64 / start.elapsed().as_secs_f64()
-}
-
 fn main() {
     let n: u64 = std::env::var("MESSAGES")
         .ok()
@@ -217,7 +181,7 @@ fn main() {
         };
         let baseline_n = (n / 5).max(1);
         let ca = Arc::new(ca);
-        let (baseline_rate, mut b_rx) = {
+        let (baseline_rate, _b_rx) = {
             let ca = ca.clone();
             let mut b_rx = b_rx;
             tokio::spawn(async move { (per_stream(&ca, to, &mut b_rx, baseline_n).await, b_rx) })
@@ -236,24 +200,5 @@ fn main() {
             batched_rate,
             batched_rate / baseline_rate
         );
-
-        // Requests: b answers every Read.
-        tokio::spawn(async move {
-            while let Some(item) = b_rx.recv().await {
-                if let Incoming::Request {
-                    message: Message::Read { request, .. },
-                    reply,
-                    ..
-                } = item
-                {
-                    reply.respond(Message::ReadReply {
-                        request,
-                        session: None,
-                    });
-                }
-            }
-        });
-        let rate = requests(&a, to, 50, Duration::from_secs(5)).await;
-        println!("{:<44} {:>12.0}", "request/response, 50 in flight", rate);
     });
 }

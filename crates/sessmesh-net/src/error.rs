@@ -112,35 +112,3 @@ pub enum SendError {
     #[error("the transport is closed")]
     Closed,
 }
-
-/// Why a request got no answer.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
-    /// No answer within the deadline; the request may or may not have been applied.
-    #[error("request to {peer} timed out after {after_ms} ms")]
-    Timeout {
-        /// The peer.
-        peer: SocketAddr,
-        /// The deadline.
-        after_ms: u64,
-    },
-    /// No connection to the peer could be made; it was not sent.
-    #[error("{peer} is unreachable: {reason}")]
-    Unreachable {
-        /// The peer.
-        peer: SocketAddr,
-        /// The last connection error.
-        reason: String,
-    },
-    /// The connection or stream failed while the request was in flight.
-    #[error("request to {peer} failed: {reason}")]
-    Failed {
-        /// The peer.
-        peer: SocketAddr,
-        /// What failed.
-        reason: String,
-    },
-    /// The request could not be encoded.
-    #[error(transparent)]
-    Encode(#[from] sessmesh_core::Error),
-}

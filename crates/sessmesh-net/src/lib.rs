@@ -22,8 +22,8 @@ pub mod transport;
 pub mod turmoil;
 
 pub use certs::{CaCertificate, ClusterCa, NodeIdentity};
-pub use error::{Error, RequestError, SendError};
+pub use error::{Error, SendError};
 #[cfg(feature = "test-support")]
 pub use quic::LinkFaults;
 pub use quic::{PeerBytes, QuicSettings, QuicTransport, TransportObserver, TransportStats};
-pub use transport::{Incoming, Peer, Responder, Transport, TransportConfig};
+pub use transport::{Incoming, Peer, Transport, TransportConfig};

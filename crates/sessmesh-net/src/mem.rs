@@ -6,10 +6,9 @@
 //!
 //! - datagrams can be lost or duplicated ([`MemNetwork::set_loss_percent`],
 //!   [`MemNetwork::set_duplicate_percent`]) and are dropped on a cut link;
-//! - one-way messages and requests are never lost or duplicated by those
-//!   faults (QUIC retransmits and deduplicates), but wait while a link is cut:
-//!   one-way messages queue within the sender's byte limit and arrive, in
-//!   order, once it heals; a request simply gets no answer before its deadline;
+//! - one-way messages are never lost or duplicated by those faults (QUIC
+//!   retransmits and deduplicates), but wait while a link is cut: they queue
+//!   within the sender's byte limit and arrive, in order, once it heals;
 //! - every delivery can be delayed, with jitter ([`MemNetwork::set_delay`]).
 //!
 //! Every random choice comes from one generator seeded at construction, so a
@@ -24,12 +23,10 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use sessmesh_core::{ClusterId, Codec, Message};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 
-use crate::transport::{
-    Incoming, Peer, QueueBudget, Responder, Transport, TransportConfig, timed_out,
-};
-use crate::{RequestError, SendError};
+use crate::SendError;
+use crate::transport::{Incoming, Peer, QueueBudget, Transport, TransportConfig};
 
 /// The largest datagram a path of the in-memory network carries, like a QUIC
 /// connection before path MTU discovery raises its limit.
@@ -343,50 +340,6 @@ impl Transport for MemTransport {
             .map_err(|_| SendError::Closed)
     }
 
-    async fn request(
-        &self,
-        to: SocketAddr,
-        message: &Message,
-        timeout: Duration,
-    ) -> Result<Message, RequestError> {
-        let mut frame = Vec::new();
-        self.inner.codec.encode_frame(message, &mut frame)?;
-        let net = &self.inner.net;
-        let me = &self.inner.me;
-        let exchange = async {
-            net.wait_open(me.addr, to).await;
-            tokio::time::sleep(net.sample_delay()).await;
-            let (tx, rx) = oneshot::channel();
-            let inbox = net.inbox(to).ok_or_else(|| RequestError::Unreachable {
-                peer: to,
-                reason: "nothing listens there".into(),
-            })?;
-            let request = Incoming::Request {
-                from: me.clone(),
-                message: message.clone(),
-                // The requester may have given up already; then nobody listens.
-                reply: Responder::new(move |answer| drop(tx.send(answer))),
-            };
-            inbox
-                .send(request)
-                .await
-                .map_err(|_| RequestError::Failed {
-                    peer: to,
-                    reason: "the peer stopped".into(),
-                })?;
-            let answer = rx.await.map_err(|_| RequestError::Failed {
-                peer: to,
-                reason: "the peer dropped the request".into(),
-            })?;
-            net.wait_open(to, me.addr).await;
-            tokio::time::sleep(net.sample_delay()).await;
-            Ok(answer)
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| timed_out(to, timeout))?
-    }
-
     fn forget(&self, peer: SocketAddr) {
         if let Some(link) = self
             .inner
@@ -531,18 +484,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_request_to_a_crashed_node_times_out() {
+    async fn a_message_to_a_crashed_node_waits_in_its_queue() {
         let net = MemNetwork::new(5);
         let ((a, _), (b, _b_rx)) = pair(&net);
         net.crash(b.local_addr());
-        let err = a
-            .request(
-                b.local_addr(),
-                &Message::WriteAck { request: 1 },
-                Duration::from_millis(100),
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(err, RequestError::Timeout { .. }), "{err}");
+        let message = Message::WriteAck { request: 1 };
+        a.send(b.local_addr(), &message).unwrap();
+        // In paused time, this runs every delivery that could happen: the
+        // message is not dropped, it waits, counted against the queue's limit.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut frame = Vec::new();
+        a.inner.codec.encode_frame(&message, &mut frame).unwrap();
+        assert_eq!(a.queued_bytes(b.local_addr()), frame.len());
+        a.forget(b.local_addr());
+        assert_eq!(a.queued_bytes(b.local_addr()), 0);
     }
 }

@@ -1,12 +1,16 @@
 //! The transport the runtime drives, and what it delivers.
 //!
-//! A transport moves [`Message`]s between peers in three ways:
+//! A transport moves [`Message`]s between peers in two ways:
 //!
 //! | call | delivery | used for |
 //! | --- | --- | --- |
 //! | [`Transport::send_datagram`] | unreliable, unordered, no queue | membership gossip |
-//! | [`Transport::send`] | reliable and ordered per peer while the connection lives; queued, bounded | replication, hints, repair |
-//! | [`Transport::request`] | one request, one answer, with a deadline | reads, acknowledged writes, anti-entropy |
+//! | [`Transport::send`] | reliable and ordered per peer while the connection lives; queued, bounded | everything else: writes, reads and repair, hints, handoff, anti-entropy, clock probes, and their answers |
+//!
+//! There is no request/response call: a request and its answer are two
+//! one-way messages, matched by the request id they carry, and the core
+//! keeps the deadline. So the same state machine runs over the simulator,
+//! which delivers only one-way messages.
 //!
 //! What arrives comes out of the [`Incoming`] receiver that the transport's
 //! constructor returns, so the runtime task selects on it with its other inputs.
@@ -17,7 +21,6 @@
 //! Two implementations pass one conformance suite (`tests/conformance.rs`):
 //! [`crate::quic::QuicTransport`] and the in-memory [`crate::mem::MemTransport`].
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,7 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sessmesh_core::Message;
 
-use crate::{RequestError, SendError};
+use crate::SendError;
 
 /// A peer as the transport knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -54,39 +57,6 @@ pub enum Incoming {
         /// The message.
         message: Message,
     },
-    /// A request: answer it with [`Responder::respond`] (dropping the responder
-    /// leaves the requester to time out).
-    Request {
-        /// The sender.
-        from: Peer,
-        /// The request.
-        message: Message,
-        /// Where the answer goes.
-        reply: Responder,
-    },
-}
-
-/// Sends the answer to one request, however the transport carries it.
-pub struct Responder(Box<dyn FnOnce(Message) + Send>);
-
-impl std::fmt::Debug for Responder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Responder")
-    }
-}
-
-impl Responder {
-    /// A responder that hands the answer to `send`.
-    pub(crate) fn new(send: impl FnOnce(Message) + Send + 'static) -> Responder {
-        Responder(Box::new(send))
-    }
-
-    /// Sends `answer`. It does not wait for the bytes to leave: the write
-    /// happens in the background, and a failure shows up on the requester's
-    /// side as a failed or timed-out request.
-    pub fn respond(self, answer: Message) {
-        (self.0)(answer);
-    }
 }
 
 /// Moves messages between peers. Cloning gives another handle to the same transport.
@@ -132,14 +102,6 @@ pub trait Transport: Clone + Send + Sync + 'static {
         }
         refused.map_or(Ok(()), Err)
     }
-
-    /// Sends a request and waits up to `timeout` for its answer.
-    fn request(
-        &self,
-        to: SocketAddr,
-        message: &Message,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<Message, RequestError>> + Send;
 
     /// Drops the peer's queue and connection, as when it left the cluster.
     fn forget(&self, peer: SocketAddr);
@@ -232,13 +194,5 @@ impl QueueBudget {
     /// The bytes waiting now.
     pub(crate) fn queued(&self) -> usize {
         self.0.load(Ordering::Acquire)
-    }
-}
-
-/// The error for a request to `peer` that got no answer within `timeout`.
-pub(crate) fn timed_out(peer: SocketAddr, timeout: Duration) -> RequestError {
-    RequestError::Timeout {
-        peer,
-        after_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
     }
 }

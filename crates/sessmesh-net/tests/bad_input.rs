@@ -1,6 +1,7 @@
 //! A peer that sends junk, truncated frames, oversized lengths, another
-//! cluster's messages, or a certificate from another CA is refused with a
-//! reason, and the node keeps serving everyone else and loses nothing.
+//! cluster's messages, a bidirectional stream after the handshake, or a
+//! certificate from another CA (or an expired one) is refused with a reason,
+//! and the node keeps serving everyone else and loses nothing.
 
 #![allow(clippy::unwrap_used, reason = "a test panics to fail")]
 
@@ -8,14 +9,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{ConnectionError, VarInt};
 use sessmesh_core::{ClusterId, Codec, Message, PROTOCOL_VERSION};
 use sessmesh_net::quic::close_code;
 use sessmesh_net::{
-    CaCertificate, ClusterCa, Incoming, NodeIdentity, QuicSettings, QuicTransport, RequestError,
-    Transport, TransportConfig, tls,
+    CaCertificate, ClusterCa, Incoming, NodeIdentity, QuicSettings, QuicTransport, Transport,
+    TransportConfig, tls,
 };
 use tokio::sync::mpsc;
 
@@ -90,26 +90,15 @@ async fn send_uni(conn: &quinn::Connection, bytes: &[u8], finish: bool) -> Optio
         .flatten()
 }
 
+/// The next thing the node receives, which must be a one-way message.
 async fn next_message(rx: &mut mpsc::Receiver<Incoming>) -> (String, Message) {
-    loop {
-        match tokio::time::timeout(WAIT, rx.recv())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            Incoming::Message { from, message } => return (from.name.to_string(), message),
-            Incoming::Request {
-                message: Message::Read { request, .. },
-                reply,
-                ..
-            } => {
-                reply.respond(Message::ReadReply {
-                    request,
-                    session: None,
-                });
-            }
-            other => panic!("unexpected {other:?}"),
-        }
+    match tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Incoming::Message { from, message } => (from.name.to_string(), message),
+        other => panic!("unexpected {other:?}"),
     }
 }
 
@@ -136,6 +125,62 @@ async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Connects with `identity`, trusting `trusts`, and returns why the node
+/// closed the connection. Under TLS 1.3 the client's side of the handshake
+/// completes before the node has judged the client's certificate, so only
+/// the first exchange shows the refusal.
+async fn refusal(identity: &NodeIdentity, trusts: &CaCertificate, to: SocketAddr) -> String {
+    let conn = raw_connect(identity, trusts, to)
+        .await
+        .expect("the client side of the handshake completes");
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(b"\x01\x00\x00\x00\x00").await?;
+        recv.read_to_end(1024).await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+    assert!(
+        tokio::time::timeout(WAIT, exchange).await.unwrap().is_err(),
+        "the first exchange fails"
+    );
+    tokio::time::timeout(WAIT, conn.closed())
+        .await
+        .unwrap()
+        .to_string()
+}
+
+/// Starts a node on the transport with `identity` (which the node refuses),
+/// has it send the node a message, and checks that the node refused its
+/// dial (`refused_before` handshakes were refused already) and that the
+/// message is still queued, undelivered.
+async fn refused_through_the_transport(
+    identity: NodeIdentity,
+    ca: &ClusterCa,
+    node: &QuicTransport,
+    refused_before: u64,
+) {
+    let settings = QuicSettings {
+        identity,
+        ca: ca.certificate().clone(),
+        cluster: cluster(),
+        config: TransportConfig::default(),
+    };
+    let (refused, _rx) = QuicTransport::bind("127.0.0.1:0".parse().unwrap(), settings).unwrap();
+    let to = node.local_addr();
+    let message = Message::WriteAck { request: 1 };
+    refused.send(to, &message).unwrap();
+    wait_for("the node to refuse the transport's dial", || {
+        node.stats().failed_handshakes > refused_before
+    })
+    .await;
+    let codec = Codec::new(cluster(), 64 << 10);
+    assert_eq!(
+        refused.queued_bytes(to),
+        frame(&codec, &message).await.len(),
+        "the message waits: no connection carried it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,6 +301,58 @@ async fn a_connection_must_open_with_hello() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bidirectional_stream_after_hello_is_refused_and_the_connection_serves_on() {
+    let ca = ClusterCa::generate("bad-input").unwrap();
+    let (node, mut node_rx) = start(&ca, "node-1");
+    let (friend, _friend_rx) = start(&ca, "node-2");
+    let to = node.local_addr();
+    let codec = Codec::new(cluster(), 64 << 10);
+
+    // A valid frame, but on a bidirectional stream, as if asking for an
+    // answer: peers send one-way messages only, so the node stops and resets it.
+    let mallory = raw_peer(&ca, to).await;
+    let (mut send, mut recv) = mallory.open_bi().await.unwrap();
+    let read = Message::Read {
+        request: 1,
+        key: bytes::Bytes::from_static(b"k"),
+    };
+    // The node may stop the stream before everything is written.
+    let _ = send.write_all(&frame(&codec, &read).await).await;
+    let stopped = tokio::time::timeout(WAIT, send.stopped())
+        .await
+        .expect("the stream settles in time");
+    assert_eq!(
+        stopped.ok().flatten(),
+        Some(VarInt::from_u32(close_code::UNEXPECTED_STREAM))
+    );
+    match tokio::time::timeout(WAIT, recv.read_to_end(1024))
+        .await
+        .unwrap()
+    {
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+            assert_eq!(code, VarInt::from_u32(close_code::UNEXPECTED_STREAM));
+        }
+        other => panic!("expected the node to reset its side, got {other:?}"),
+    }
+    wait_for("the refused stream to be counted", || {
+        node.stats().refused_streams == 1
+    })
+    .await;
+
+    // The refused frame was not delivered, and the connection still carries
+    // one-way messages: the next message from Mallory is the one below.
+    let whole = frame(&codec, &Message::WriteAck { request: 7 }).await;
+    assert_eq!(send_uni(&mallory, &whole, true).await, None);
+    assert_eq!(
+        next_message(&mut node_rx).await,
+        ("mallory".into(), Message::WriteAck { request: 7 })
+    );
+    still_served(&friend, to, &mut node_rx, 4).await;
+    let stats = node.stats();
+    assert_eq!((stats.bad_frames, stats.refused_connections), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_from_another_ca_is_refused_after_the_handshake_seemed_done() {
     let ca = ClusterCa::generate("bad-input").unwrap();
     let (node, mut node_rx) = start(&ca, "node-1");
@@ -265,25 +362,7 @@ async fn a_certificate_from_another_ca_is_refused_after_the_handshake_seemed_don
     // The intruder trusts our CA (so it accepts the node) but presents a certificate from its own.
     let intruder_ca = ClusterCa::generate("intruders").unwrap();
     let intruder = intruder_ca.issue("intruder", &[]).unwrap();
-    // Under TLS 1.3 the client's handshake completes before the server has judged its certificate...
-    let conn = raw_connect(&intruder, ca.certificate(), to)
-        .await
-        .expect("the client side of the handshake completes");
-    // ...and only the first exchange shows the refusal.
-    let refused = async {
-        let (mut send, mut recv) = conn.open_bi().await?;
-        send.write_all(b"\x01\x00\x00\x00\x00").await?;
-        recv.read_to_end(1024).await?;
-        Ok::<_, Box<dyn std::error::Error>>(())
-    };
-    assert!(
-        tokio::time::timeout(WAIT, refused).await.unwrap().is_err(),
-        "the first exchange fails"
-    );
-    let reason = tokio::time::timeout(WAIT, conn.closed())
-        .await
-        .unwrap()
-        .to_string();
+    let reason = refusal(&intruder, ca.certificate(), to).await;
     assert!(
         reason.contains("invalid peer certificate: UnknownIssuer"),
         "{reason}"
@@ -293,29 +372,10 @@ async fn a_certificate_from_another_ca_is_refused_after_the_handshake_seemed_don
     })
     .await;
 
-    // Through the transport, the same refusal surfaces as an unreachable peer, with the reason.
-    let settings = QuicSettings {
-        identity: intruder,
-        ca: ca.certificate().clone(),
-        cluster: cluster(),
-        config: TransportConfig::default(),
-    };
-    let (intruder_node, _rx) =
-        QuicTransport::bind("127.0.0.1:0".parse().unwrap(), settings).unwrap();
-    let err = intruder_node
-        .request(
-            to,
-            &Message::Read {
-                request: 1,
-                key: Bytes::new(),
-            },
-            WAIT,
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, RequestError::Unreachable { .. }), "{err}");
-    assert!(err.to_string().contains("refused"), "{err}");
+    // Through the transport, the same refusal: its dial never connects.
+    refused_through_the_transport(intruder, &ca, &node, 1).await;
 
+    // The next message the node gets is the friend's: nothing of the intruder's.
     still_served(&friend, to, &mut node_rx, 5).await;
 }
 
@@ -328,31 +388,16 @@ async fn an_expired_certificate_is_refused_on_connect() {
     let expired = ca
         .issue_valid("stale", &[], now - 30 * day, now - day)
         .unwrap();
-    let settings = QuicSettings {
-        identity: expired,
-        ca: ca.certificate().clone(),
-        cluster: cluster(),
-        config: TransportConfig::default(),
-    };
-    let (stale, _rx) = QuicTransport::bind("127.0.0.1:0".parse().unwrap(), settings).unwrap();
-    let err = stale
-        .request(
-            node.local_addr(),
-            &Message::Read {
-                request: 1,
-                key: Bytes::new(),
-            },
-            WAIT,
-        )
-        .await
-        .unwrap_err();
+    let reason = refusal(&expired, ca.certificate(), node.local_addr()).await;
     assert!(
-        err.to_string()
-            .contains("invalid peer certificate: certificate expired"),
-        "{err}"
+        reason.contains("invalid peer certificate: certificate expired"),
+        "{reason}"
     );
     wait_for("the refused handshake to be counted", || {
         node.stats().failed_handshakes == 1
     })
     .await;
+
+    // Through the transport, the same refusal: its dial never connects.
+    refused_through_the_transport(expired, &ca, &node, 1).await;
 }

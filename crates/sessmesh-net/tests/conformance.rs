@@ -9,11 +9,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sessmesh_core::{ClusterId, Message, PartitionId};
+use sessmesh_core::{ClusterId, Codec, Message, PartitionId};
 use sessmesh_net::mem::MemNetwork;
 use sessmesh_net::{
-    ClusterCa, Incoming, QuicSettings, QuicTransport, RequestError, SendError, Transport,
-    TransportConfig,
+    ClusterCa, Incoming, QuicSettings, QuicTransport, SendError, Transport, TransportConfig,
 };
 use tokio::sync::mpsc;
 
@@ -126,22 +125,26 @@ async fn next(rx: &mut mpsc::Receiver<Incoming>) -> Incoming {
         .expect("transport open")
 }
 
-/// Answers every `Read { request, .. }` with `ReadReply { request, None }`,
-/// and forwards everything else to the returned channel.
-fn serve_reads(mut rx: mpsc::Receiver<Incoming>) -> mpsc::Receiver<Incoming> {
+/// Answers every `Read { request, .. }` with a one-way
+/// `ReadReply { request, None }` to the address it came from, as a replica
+/// answers a coordinator, and forwards everything else to the returned channel.
+fn serve_reads<T: Transport>(
+    transport: T,
+    mut rx: mpsc::Receiver<Incoming>,
+) -> mpsc::Receiver<Incoming> {
     let (tx, out) = mpsc::channel(1024);
     tokio::spawn(async move {
         while let Some(item) = rx.recv().await {
             match item {
-                Incoming::Request {
+                Incoming::Message {
+                    from,
                     message: Message::Read { request, .. },
-                    reply,
-                    ..
                 } => {
-                    reply.respond(Message::ReadReply {
+                    let answer = Message::ReadReply {
                         request,
                         session: None,
-                    });
+                    };
+                    transport.send(from.addr, &answer).unwrap();
                 }
                 other => {
                     if tx.send(other).await.is_err() {
@@ -161,23 +164,42 @@ fn read(request: u64) -> Message {
     }
 }
 
-/// Retries a request until it succeeds or [`WAIT`] passes.
-async fn request_until_answered<T: Transport>(from: &T, to: SocketAddr, request: u64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match from
-            .request(to, &read(request), Duration::from_millis(500))
-            .await
-        {
-            Ok(Message::ReadReply { request: r, .. }) if r == request => return,
-            Ok(other) => panic!("unexpected answer {other:?}"),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                let _ = e;
-                tokio::task::yield_now().await;
-            }
-            Err(e) => panic!("no answer within {WAIT:?}: {e}"),
+/// The request id of the next answer to arrive, which must come from `peer`.
+async fn next_answer(rx: &mut mpsc::Receiver<Incoming>, peer: SocketAddr) -> u64 {
+    match next(rx).await {
+        Incoming::Message {
+            from,
+            message: Message::ReadReply { request, .. },
+        } => {
+            assert_eq!(from.addr, peer, "the answer comes from the peer asked");
+            request
         }
+        other => panic!("unexpected {other:?}"),
     }
+}
+
+/// Sends `Read { request }` and waits for its answer: after it, the link is
+/// connected both ways.
+async fn round_trip<T: Transport>(
+    from: &T,
+    from_rx: &mut mpsc::Receiver<Incoming>,
+    to: SocketAddr,
+    request: u64,
+) {
+    from.send(to, &read(request)).unwrap();
+    assert_eq!(next_answer(from_rx, to).await, request);
+}
+
+/// The encoded size of `message` as the suite's nodes frame it.
+fn frame_len(message: &Message) -> usize {
+    let mut frame = Vec::new();
+    Codec::new(
+        ClusterId::from_name("conformance"),
+        config().max_frame_bytes,
+    )
+    .encode_frame(message, &mut frame)
+    .unwrap();
+    frame.len()
 }
 
 async fn one_way_messages_arrive_in_order_from_the_named_sender(mut net: impl Net) {
@@ -228,33 +250,32 @@ async fn messages_sent_together_arrive_in_order_without_an_oversized_one(mut net
     }
 }
 
-async fn fifty_requests_in_flight_are_all_answered(mut net: impl Net) {
-    let (a, _a_rx) = net.node("node-a");
+async fn fifty_requests_in_flight_are_all_answered_by_the_peer_asked(mut net: impl Net) {
+    let (a, mut a_rx) = net.node("node-a");
     let (b, b_rx) = net.node("node-b");
-    let _rest = serve_reads(b_rx);
+    let _rest = serve_reads(b.clone(), b_rx);
     let to = b.local_addr();
-    let answers = futures_join_all((0..50u64).map(|i| {
+    // Fifty senders at once, as many requests of a node's task are in flight;
+    // each answer goes back to the address its request came from.
+    futures_join_all((0..50u64).map(|i| {
         let a = a.clone();
-        async move { a.request(to, &read(i), WAIT).await }
+        async move { a.send(to, &read(i)).unwrap() }
     }))
     .await;
-    for (i, answer) in answers.into_iter().enumerate() {
-        assert_eq!(
-            answer.unwrap(),
-            Message::ReadReply {
-                request: i as u64,
-                session: None
-            }
-        );
+    let mut answered = Vec::new();
+    for _ in 0..50 {
+        answered.push(next_answer(&mut a_rx, to).await);
     }
+    answered.sort_unstable();
+    assert_eq!(answered, (0..50).collect::<Vec<_>>());
 }
 
 async fn datagrams_arrive_and_oversized_ones_are_refused(mut net: impl Net) {
-    let (a, _a_rx) = net.node("node-a");
+    let (a, mut a_rx) = net.node("node-a");
     let (b, b_rx) = net.node("node-b");
-    let mut b_rx = serve_reads(b_rx);
+    let mut b_rx = serve_reads(b.clone(), b_rx);
     let to = b.local_addr();
-    request_until_answered(&a, to, 1).await;
+    round_trip(&a, &mut a_rx, to, 1).await;
     // Path MTU discovery may raise the limit at any moment after the
     // connection opens: a payload one byte over the limit read just before
     // is refused, unless the limit grew meanwhile; then try again at the
@@ -297,23 +318,23 @@ async fn datagrams_arrive_and_oversized_ones_are_refused(mut net: impl Net) {
     }
 }
 
-async fn a_cut_link_times_requests_out_and_healing_restores_them(mut net: impl Net) {
-    let (a, _a_rx) = net.node("node-a");
+async fn a_cut_link_holds_messages_back_until_it_heals(mut net: impl Net) {
+    let (a, mut a_rx) = net.node("node-a");
     let (b, b_rx) = net.node("node-b");
-    let mut b_rx = serve_reads(b_rx);
+    let mut b_rx = serve_reads(b.clone(), b_rx);
     let to = b.local_addr();
-    request_until_answered(&a, to, 1).await;
+    round_trip(&a, &mut a_rx, to, 1).await;
 
     net.cut(&a, &b);
-    let err = a
-        .request(to, &read(2), Duration::from_millis(300))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, RequestError::Timeout { .. }), "{err}");
+    a.send(to, &read(2)).unwrap();
     a.send(to, &Message::WriteAck { request: 99 }).unwrap();
+    // Nothing crosses the cut: no request reaches b, so no answer comes back.
+    let crossed = tokio::time::timeout(Duration::from_millis(300), a_rx.recv()).await;
+    assert!(crossed.is_err(), "an answer crossed the cut: {crossed:?}");
+    assert!(b_rx.try_recv().is_err(), "a message crossed the cut");
 
     net.heal(&a, &b);
-    request_until_answered(&a, to, 3).await;
+    // What was sent during the cut arrives after it, in order, and is answered.
     match next(&mut b_rx).await {
         Incoming::Message {
             message: Message::WriteAck { request: 99 },
@@ -321,6 +342,8 @@ async fn a_cut_link_times_requests_out_and_healing_restores_them(mut net: impl N
         } => {}
         other => panic!("the message sent during the cut should arrive after it: {other:?}"),
     }
+    assert_eq!(next_answer(&mut a_rx, to).await, 2);
+    round_trip(&a, &mut a_rx, to, 3).await;
 }
 
 async fn a_vanished_peer_costs_bounded_memory(mut net: impl Net) {
@@ -351,19 +374,26 @@ async fn a_vanished_peer_costs_bounded_memory(mut net: impl Net) {
     assert_eq!(a.queued_bytes(gone), 0);
 }
 
-async fn a_request_to_a_missing_peer_fails(mut net: impl Net) {
+async fn a_missing_peer_keeps_its_messages_queued_and_holds_up_no_one_else(mut net: impl Net) {
     let (a, _a_rx) = net.node("node-a");
-    let err = a
-        .request(net.nowhere(), &read(1), Duration::from_millis(500))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RequestError::Timeout { .. } | RequestError::Unreachable { .. }
-        ),
-        "{err}"
-    );
+    let (b, mut b_rx) = net.node("node-b");
+    let gone = net.nowhere();
+    let lost = Message::WriteAck { request: 1 };
+    a.send(gone, &lost).unwrap();
+    a.send(b.local_addr(), &Message::WriteAck { request: 2 })
+        .unwrap();
+    match next(&mut b_rx).await {
+        Incoming::Message {
+            message: Message::WriteAck { request: 2 },
+            ..
+        } => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    // Nobody took the message: it still counts against the peer's queue...
+    assert_eq!(a.queued_bytes(gone), frame_len(&lost));
+    // ...until the peer is forgotten.
+    a.forget(gone);
+    assert_eq!(a.queued_bytes(gone), 0);
 }
 
 /// `futures::future::join_all` without the dependency: run them as tasks.
@@ -404,9 +434,9 @@ macro_rules! conformance {
 conformance!(
     one_way_messages_arrive_in_order_from_the_named_sender,
     messages_sent_together_arrive_in_order_without_an_oversized_one,
-    fifty_requests_in_flight_are_all_answered,
+    fifty_requests_in_flight_are_all_answered_by_the_peer_asked,
     datagrams_arrive_and_oversized_ones_are_refused,
-    a_cut_link_times_requests_out_and_healing_restores_them,
+    a_cut_link_holds_messages_back_until_it_heals,
     a_vanished_peer_costs_bounded_memory,
-    a_request_to_a_missing_peer_fails,
+    a_missing_peer_keeps_its_messages_queued_and_holds_up_no_one_else,
 );

@@ -14,7 +14,7 @@ use sessmesh_core::{
 use sessmesh_net::{Incoming, Transport};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::Error;
 use crate::local_writes::{LocalWrites, Queued};
@@ -442,8 +442,6 @@ impl<T: Transport> Driver<T> {
             Incoming::Message { from, message } => {
                 self.node.handle_message(from.addr, message, now_ms());
             }
-            // Peers replicate with one-way messages; nothing asks requests of a peer yet.
-            Incoming::Request { from, .. } => debug!(peer = %from.name, "ignoring a request"),
         }
     }
 

@@ -1,31 +1,8 @@
-//! Accepting: the handshake of connections peers dial, reading their
-//! one-way messages and requests, and answering requests.
+//! Accepting: the handshake of connections peers dial, and reading what
+//! peers send on a connection: one-way messages and datagrams. A
+//! bidirectional stream after the handshake is refused.
 
 use super::*;
-
-/// Writes the answer to a request on its stream.
-#[derive(Debug)]
-struct QuicReply {
-    pub(super) stream: quinn::SendStream,
-    pub(super) codec: Codec,
-}
-
-impl QuicReply {
-    pub(crate) fn send(self, answer: Message) {
-        let QuicReply { mut stream, codec } = self;
-        tokio::spawn(async move {
-            let mut frame = Vec::new();
-            if let Err(e) = codec.encode_frame(&answer, &mut frame) {
-                warn!("cannot answer a request: {e}");
-                let _ = stream.reset(VarInt::from_u32(close_code::BAD_FRAME));
-                return;
-            }
-            if stream.write_all(&frame).await.is_ok() {
-                let _ = stream.finish();
-            }
-        });
-    }
-}
 
 pub(super) fn peer_of(conn: &Connection) -> Result<Peer, String> {
     let certs = conn
@@ -139,7 +116,7 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, conn: Connection, peer: 
                 Err(_) => break,
             },
             bi = conn.accept_bi() => match bi {
-                Ok((send, recv)) => { tokio::spawn(read_request(inner.clone(), conn.clone(), peer.clone(), send, recv)); }
+                Ok((send, recv)) => inner.refuse_bidi(&peer, send, recv),
                 Err(_) => break,
             },
             datagram = conn.read_datagram() => match datagram {
@@ -232,32 +209,5 @@ pub(super) async fn read_messages(
                 return;
             }
         }
-    }
-}
-
-pub(super) async fn read_request(
-    inner: Arc<Inner>,
-    conn: Connection,
-    peer: Peer,
-    send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) {
-    match read_frame(&inner.codec, &mut recv).await {
-        Ok(message) => {
-            let reply = QuicReply {
-                stream: send,
-                codec: inner.codec.clone(),
-            };
-            let reply = Responder::new(move |answer| reply.send(answer));
-            inner
-                .deliver(Incoming::Request {
-                    from: peer,
-                    message,
-                    reply,
-                })
-                .await;
-        }
-        Err(FrameError::Decode(e)) => inner.refuse_stream(&peer, &mut recv, &e, &conn),
-        Err(FrameError::Stream(e)) => debug!(peer = %peer.name, "request stream ended: {e}"),
     }
 }

@@ -26,7 +26,6 @@ pub(super) struct PeerLink {
 pub(super) struct DialState {
     pub(super) next_attempt: Option<Instant>,
     pub(super) backoff: Duration,
-    pub(super) last_error: String,
 }
 
 impl PeerLink {
@@ -79,7 +78,6 @@ impl Inner {
             dial: tokio::sync::Mutex::new(DialState {
                 next_attempt: None,
                 backoff: self.config.min_backoff,
-                last_error: String::new(),
             }),
             queue,
             queued: QueueBudget::default(),
@@ -95,12 +93,12 @@ impl Inner {
         Ok(link)
     }
 
-    /// The connection to `addr`, dialing if needed. With `wait`, sleeps out
-    /// the backoff of an earlier failure; without, fails at once during it.
+    /// The connection to `addr`, dialing if needed, after sleeping out the
+    /// backoff of an earlier failure (cut short when a connection arrives or
+    /// the peer is known to be back).
     pub(super) async fn connection(
         self: &Arc<Self>,
         addr: SocketAddr,
-        wait: bool,
     ) -> Result<Connection, String> {
         let link = self.link(addr).map_err(|e| e.to_string())?;
         if let Some(conn) = link.current() {
@@ -114,9 +112,6 @@ impl Inner {
             && Instant::now() < at
             && !link.retry.swap(false, Ordering::AcqRel)
         {
-            if !wait {
-                return Err(dial.last_error.clone());
-            }
             let woken = link.connected.notified();
             if let Some(conn) = link.current() {
                 return Ok(conn);
@@ -141,7 +136,6 @@ impl Inner {
                 debug!(peer = %addr, "dial failed: {e}; next attempt in {:?}", dial.backoff);
                 dial.next_attempt = Some(Instant::now() + dial.backoff);
                 dial.backoff = (dial.backoff * 2).min(self.config.max_backoff);
-                dial.last_error = e.clone();
                 Err(e)
             }
         }
@@ -207,7 +201,23 @@ impl Inner {
         }
     }
 
-    pub(super) async fn deliver(&self, item: Incoming) -> bool {
-        self.incoming.send(item).await.is_ok()
+    /// Refuses a bidirectional stream a peer opened after the `Hello`
+    /// exchange: peers send one-way messages only. The connection and the
+    /// peer's other streams carry on.
+    pub(super) fn refuse_bidi(
+        &self,
+        from: &Peer,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        warn!(
+            peer = %from.name,
+            addr = %from.addr,
+            "refusing a bidirectional stream: peers send one-way messages only"
+        );
+        bump(&self.stats.refused_streams);
+        let code = VarInt::from_u32(close_code::UNEXPECTED_STREAM);
+        let _ = recv.stop(code);
+        let _ = send.reset(code);
     }
 }

@@ -11,7 +11,11 @@
 //!   byte limit, and written by the peer's sender task onto one long-lived
 //!   unidirectional stream: whatever is queued when a write starts goes in that
 //!   write, so small messages batch under load without waiting.
-//! - **Requests** each use a bidirectional stream: one frame each way.
+//! - **Bidirectional streams** carry only the `Hello`/`Welcome` exchange that
+//!   opens a connection. Peers send one-way messages only, so a
+//!   bidirectional stream a peer opens afterwards is unexpected input: it is
+//!   stopped and reset with [`close_code::UNEXPECTED_STREAM`], logged and
+//!   counted, and the connection serves on.
 //! - **Datagrams** carry gossip, enveloped like every message; their size
 //!   limit is the connection's current one.
 //! - **Bad input** (junk, a truncated frame, a length over the limit) stops
@@ -44,10 +48,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::certs::{CaCertificate, NodeIdentity, node_name_of};
-use crate::transport::{
-    DATAGRAM_BACKLOG, Incoming, Peer, QueueBudget, Responder, Transport, TransportConfig, timed_out,
-};
-use crate::{Error, RequestError, SendError, tls};
+use crate::transport::{DATAGRAM_BACKLOG, Incoming, Peer, QueueBudget, Transport, TransportConfig};
+use crate::{Error, SendError, tls};
 
 mod accept;
 #[cfg(feature = "test-support")]
@@ -83,6 +85,9 @@ pub mod close_code {
     pub const FORGOTTEN: u32 = 4;
     /// The connection lived through an outage and is being replaced.
     pub const STALE: u32 = 5;
+    /// The peer opened a bidirectional stream after the `Hello` exchange;
+    /// peers send one-way messages only.
+    pub const UNEXPECTED_STREAM: u32 = 6;
 }
 
 /// Size of the UDP socket's kernel buffers, as quinn's own benchmarks set them.
@@ -381,35 +386,6 @@ impl Transport for QuicTransport {
                 .map_err(|_| SendError::Closed)?;
         }
         refused.map_or(Ok(()), Err)
-    }
-
-    async fn request(
-        &self,
-        to: SocketAddr,
-        message: &Message,
-        timeout: Duration,
-    ) -> Result<Message, RequestError> {
-        let mut frame = Vec::new();
-        self.inner.codec.encode_frame(message, &mut frame)?;
-        let inner = &self.inner;
-        let exchange = async {
-            let conn = inner
-                .connection(to, false)
-                .await
-                .map_err(|reason| RequestError::Unreachable { peer: to, reason })?;
-            let failed = |reason: String| RequestError::Failed { peer: to, reason };
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(e.to_string()))?;
-            send.write_all(&frame)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            let _ = send.finish();
-            read_frame(&inner.codec, &mut recv)
-                .await
-                .map_err(|e| failed(e.to_string()))
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| timed_out(to, timeout))?
     }
 
     fn forget(&self, peer: SocketAddr) {

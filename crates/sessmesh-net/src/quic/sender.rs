@@ -49,7 +49,7 @@ pub(super) async fn run_sender(
         if !waiting {
             continue;
         }
-        let Ok(conn) = inner.connection(link.addr, true).await else {
+        let Ok(conn) = inner.connection(link.addr).await else {
             continue;
         };
         let backlog: Vec<Bytes> = link

@@ -13,6 +13,9 @@ pub struct TransportStats {
     pub queued_bytes: u64,
     /// Streams stopped for bad frames.
     pub bad_frames: u64,
+    /// Bidirectional streams refused because a peer opened them after the
+    /// `Hello` exchange (peers send one-way messages only).
+    pub refused_streams: u64,
     /// Connections closed because the peer is foreign or skipped `Hello`.
     pub refused_connections: u64,
     /// TLS handshakes that failed (refused certificates among them).
@@ -37,6 +40,7 @@ pub struct PeerBytes {
 #[derive(Debug, Default)]
 pub(super) struct Stats {
     pub(super) bad_frames: AtomicU64,
+    pub(super) refused_streams: AtomicU64,
     pub(super) refused_connections: AtomicU64,
     pub(super) failed_handshakes: AtomicU64,
     pub(super) queue_full: AtomicU64,
@@ -80,6 +84,7 @@ impl Inner {
             links,
             queued_bytes,
             bad_frames: s.bad_frames.load(Ordering::Relaxed),
+            refused_streams: s.refused_streams.load(Ordering::Relaxed),
             refused_connections: s.refused_connections.load(Ordering::Relaxed),
             failed_handshakes: s.failed_handshakes.load(Ordering::Relaxed),
             queue_full: s.queue_full.load(Ordering::Relaxed),
