@@ -305,7 +305,9 @@ fn transport_config(config: &TransportConfig) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(config.idle_timeout.try_into().ok());
     t.keep_alive_interval(Some(config.keep_alive));
-    t.max_concurrent_bidi_streams(VarInt::from_u32(4096));
+    // A connection's only bidirectional stream is the dialer's `Hello`;
+    // any other is refused, so a peer may not hold more than one open.
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1));
     t.max_concurrent_uni_streams(VarInt::from_u32(64));
     t.stream_receive_window(VarInt::from_u32(8 << 20));
     t.receive_window(VarInt::from_u32(32 << 20));
