@@ -42,6 +42,10 @@ pub struct Peer {
 
 /// Something a peer sent.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "messages are most of what arrives; boxing them would cost each an allocation"
+)]
 pub enum Incoming {
     /// The payload of a gossip datagram.
     Datagram {
