@@ -32,7 +32,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Stamp;
-use crate::session::{Session, Write};
+use crate::session::{Expiry, Session, Write};
 
 /// A Paxos ballot: a stamp from the coordinator's clock, so ballots are
 /// unique per node and ordered across nodes.
@@ -77,6 +77,78 @@ pub enum Cas {
         /// How much to add.
         by: f64,
     },
+    /// Takes the lock the key stands for if nobody holds it (or the
+    /// holder's lease ran out): `holder` holds it until `ttl_ms` from the
+    /// coordinator's clock, under a fencing token one above the last one
+    /// the key gave (see [`Lease`]).
+    Lock {
+        /// Who takes it (unique per attempt).
+        holder: Bytes,
+        /// How long the lease lasts, ms.
+        ttl_ms: u64,
+    },
+    /// Extends the lease `token` of `holder` by `ttl_ms` from now, if it is
+    /// still theirs and has not run out.
+    Renew {
+        /// The holder.
+        holder: Bytes,
+        /// The lease's token.
+        token: u64,
+        /// How long from now, ms.
+        ttl_ms: u64,
+    },
+    /// Ends the lease `token` of `holder`, if it is still theirs and has
+    /// not run out. The token stays: the next lease's is greater.
+    Unlock {
+        /// The holder.
+        holder: Bytes,
+        /// The lease's token.
+        token: u64,
+    },
+}
+
+/// The fields a lock keeps in its key's session.
+pub mod lock_fields {
+    /// Who holds the lock (absent when free).
+    pub const HOLDER: &[u8] = b"holder";
+    /// The fencing token of the last lease given.
+    pub const TOKEN: &[u8] = b"token";
+    /// When the current lease runs out, wall-clock ms.
+    pub const UNTIL: &[u8] = b"until";
+}
+
+/// A lock held: what [`Cas::Lock`] gave, read from the write it decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The holder.
+    pub holder: Bytes,
+    /// The fencing token: greater than every token the key gave before,
+    /// across unlocks, expiries and coordinators.
+    pub token: u64,
+    /// When the lease runs out, by the coordinator's clock, wall-clock ms.
+    pub until_ms: u64,
+}
+
+impl Lease {
+    /// The lease a lock operation's write gives, if it gave one.
+    pub fn from_write(write: &Write) -> Option<Lease> {
+        let Write::Put { fields, .. } = write else {
+            return None;
+        };
+        let get = |name: &[u8]| {
+            fields
+                .iter()
+                .find(|(n, _)| n.as_ref() == name)
+                .map(|(_, v)| v)
+        };
+        let number =
+            |name: &[u8]| get(name).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+        Some(Lease {
+            holder: get(lock_fields::HOLDER)?.clone(),
+            token: number(lock_fields::TOKEN)?,
+            until_ms: number(lock_fields::UNTIL)?,
+        })
+    }
 }
 
 /// A condition on a key's current state, as a reader at the coordinator's
@@ -176,11 +248,81 @@ impl Cas {
                     value: Bytes::from(format_float(new)),
                 })
             }
+            Cas::Lock { holder, ttl_ms } => {
+                let held = lock_state(visible, now_ms);
+                if held.live {
+                    None
+                } else {
+                    Some(lease_write(holder, held.token + 1, now_ms + ttl_ms))
+                }
+            }
+            Cas::Renew {
+                holder,
+                token,
+                ttl_ms,
+            } => {
+                let held = lock_state(visible, now_ms);
+                (held.live && held.holder == Some(holder) && held.token == *token)
+                    .then(|| lease_write(holder, *token, now_ms + ttl_ms))
+            }
+            Cas::Unlock { holder, token } => {
+                let held = lock_state(visible, now_ms);
+                (held.live && held.holder == Some(holder) && held.token == *token).then(|| {
+                    Write::Put {
+                        fields: vec![(
+                            Bytes::from_static(lock_fields::TOKEN),
+                            Bytes::from(token.to_string()),
+                        )],
+                        expiry: Expiry::NEVER,
+                    }
+                })
+            }
         };
         Ok(Decided {
             applied: write.is_some(),
             write,
         })
+    }
+}
+
+/// A lock's state as its session holds it.
+struct LockState<'s> {
+    holder: Option<&'s Bytes>,
+    token: u64,
+    /// Whether a lease is held and has not run out.
+    live: bool,
+}
+
+fn lock_state(session: Option<&Session>, now_ms: u64) -> LockState<'_> {
+    let number = |name: &[u8]| {
+        field(session, name, now_ms)
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let holder = field(session, lock_fields::HOLDER, now_ms);
+    LockState {
+        holder,
+        token: number(lock_fields::TOKEN),
+        live: holder.is_some() && number(lock_fields::UNTIL) > now_ms,
+    }
+}
+
+/// The whole lock session for a lease (the session never expires, so its
+/// token outlives every lease).
+fn lease_write(holder: &Bytes, token: u64, until_ms: u64) -> Write {
+    Write::Put {
+        fields: vec![
+            (Bytes::from_static(lock_fields::HOLDER), holder.clone()),
+            (
+                Bytes::from_static(lock_fields::TOKEN),
+                Bytes::from(token.to_string()),
+            ),
+            (
+                Bytes::from_static(lock_fields::UNTIL),
+                Bytes::from(until_ms.to_string()),
+            ),
+        ],
+        expiry: Expiry::NEVER,
     }
 }
 

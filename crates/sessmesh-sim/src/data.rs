@@ -1,10 +1,11 @@
 //! Data in a simulation: the writes, deletes and reads a test issues
 //! through [`Sim::put`], [`Sim::remove`] and [`Sim::read_value`] (or the
 //! scenario steps built on them), the answers they got, and the checks over
-//! them: the replicas of every key agree, and acknowledged writes survive.
+//! them: the replicas of every key agree, and acknowledged writes survive;
+//! and the check every run ends with, of each node's partition digests.
 
 use bytes::Bytes;
-use sessmesh_core::{CallId, Cas, Level, Node, Outcome, Session, Stamp, Write};
+use sessmesh_core::{CallId, Cas, Level, Node, Outcome, PartitionId, Session, Stamp, Write};
 
 use crate::Sim;
 
@@ -119,6 +120,27 @@ impl Sim {
             }
         }
         keys
+    }
+
+    /// Whether every running node's partition digests, kept current on
+    /// every change, equal digests computed afresh from its sessions.
+    ///
+    /// # Errors
+    /// The first node and partition whose digest is off.
+    pub fn check_digests(&self) -> Result<(), String> {
+        for node in self.up_nodes() {
+            let Some(store) = self.core(node).map(Node::store) else {
+                continue;
+            };
+            for partition in (0..store.partition_count()).map(PartitionId) {
+                if store.digest(partition) != store.recompute_digest(partition) {
+                    return Err(format!(
+                        "node-{node}'s digest of {partition:?} differs from its sessions'"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether every running replica of every key written holds the same

@@ -522,27 +522,6 @@ impl Sim {
         views
     }
 
-    /// Whether every running node's partition digests, kept current on
-    /// every change, equal digests computed afresh from its sessions.
-    ///
-    /// # Errors
-    /// The first node and partition whose digest is off.
-    pub fn check_digests(&self) -> Result<(), String> {
-        for node in self.up_nodes() {
-            let Some(store) = self.core(node).map(Node::store) else {
-                continue;
-            };
-            for partition in (0..store.partition_count()).map(sessmesh_core::PartitionId) {
-                if store.digest(partition) != store.recompute_digest(partition) {
-                    return Err(format!(
-                        "node-{node}'s digest of {partition:?} differs from its sessions'"
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
     fn dispatch(&mut self, event: Event) {
         match event {
             Event::Packet { from, to, payload } => {

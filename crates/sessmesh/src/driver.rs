@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sessmesh_core::{
-    CallId, Effect, KeyChange, Level, Member, MemberEvent, MemberState, Message, NodeEvent,
+    CallId, Cas, Effect, KeyChange, Level, Member, MemberEvent, MemberState, Message, NodeEvent,
     Outcome, PartitionId, Session, Timer, Write,
 };
 use sessmesh_net::{Incoming, Transport};
@@ -34,6 +34,7 @@ pub(crate) enum Command {
     /// A write with its ticket (see [`crate::local_writes`]).
     Write(Bytes, Write, Level, oneshot::Sender<Outcome>, Queued),
     Read(Bytes, Level, oneshot::Sender<Outcome>),
+    Consensus(Bytes, Cas, oneshot::Sender<Outcome>),
     Local(Bytes, oneshot::Sender<Option<Session>>),
     Roots(oneshot::Sender<Vec<u64>>),
     Replicas(Bytes, oneshot::Sender<Vec<String>>),
@@ -414,6 +415,10 @@ impl<T: Transport> Driver<T> {
             Command::Read(key, level, reply) => {
                 let call = self.call(reply, None);
                 self.node.read(call, key, level, now_ms());
+            }
+            Command::Consensus(key, op, reply) => {
+                let call = self.call(reply, None);
+                self.node.consensus(call, key, op, now_ms());
             }
             Command::Replicas(key, reply) => {
                 let partition = self.node.store().partition_of(&key);

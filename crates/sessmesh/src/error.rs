@@ -88,6 +88,22 @@ pub enum Error {
         /// Whether its write may still take effect.
         maybe_applied: bool,
     },
+    /// The lease is no longer its holder's: it ran out, or was ended.
+    #[error("lease {token} on {key:?} is no longer held")]
+    NotHeld {
+        /// The lock's key.
+        key: bytes::Bytes,
+        /// The lease's token.
+        token: u64,
+    },
+    /// A lock was not free within the wait.
+    #[error("lock {key:?} still held by another after {waited_ms} ms")]
+    LockTimeout {
+        /// The lock's key.
+        key: bytes::Bytes,
+        /// How long it waited, ms.
+        waited_ms: u64,
+    },
     /// The peer refused the call before sending anything (for example, the
     /// key's partition has no live replica).
     #[error("refused: {0}")]

@@ -55,9 +55,9 @@ pub use wall_clock::simulate_on_this_thread;
 
 pub use builder::{DEFAULT_PORT, NodeBuilder};
 pub use error::Error;
-pub use node::{At, Node, Submitted, spawn};
+pub use node::{At, Lease, Node, Submitted, spawn};
 pub use sessmesh_core::{
-    ChangeKind, Expiry, KeyChange, Level, Member, MemberEvent, MemberState, NodeEvent, Outcome,
-    Session, SessionData, Write,
+    Cas, ChangeKind, Condition, Decision, Expiry, KeyChange, Level, Member, MemberEvent,
+    MemberState, NodeEvent, Outcome, Session, SessionData, Write,
 };
 pub use status::{MemberStatus, Status};

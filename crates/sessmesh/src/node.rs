@@ -19,6 +19,9 @@ use crate::driver::{self, Command, now_ms};
 use crate::local_writes::LocalWrites;
 
 mod at;
+mod atomic;
+
+pub use atomic::Lease;
 
 use crate::status::Status;
 pub use at::At;
