@@ -63,19 +63,25 @@ pub enum Cas {
         write: Write,
     },
     /// Adds `by` to the integer in field `field` (an absent session or
-    /// field counts as 0), keeping the session's other fields and expiry.
+    /// field counts as 0), keeping the session's other fields and expiry,
+    /// when `when` holds (else it writes nothing).
     Increment {
         /// The field.
         field: Bytes,
         /// How much to add (negative to subtract).
         by: i64,
+        /// The condition on the current state (`Always` for none).
+        when: Condition,
     },
-    /// Adds `by` to the number in field `field` (absent counts as 0).
+    /// Adds `by` to the number in field `field` (absent counts as 0), when
+    /// `when` holds.
     IncrementFloat {
         /// The field.
         field: Bytes,
         /// How much to add.
         by: f64,
+        /// The condition on the current state (`Always` for none).
+        when: Condition,
     },
     /// Takes the lock the key stands for if nobody holds it (or the
     /// holder's lease ran out): `holder` holds it until `ttl_ms` from the
@@ -90,8 +96,9 @@ pub enum Cas {
     /// Extends the lease `token` of `holder` by `ttl_ms` from now, if it is
     /// still theirs and has not run out.
     Renew {
-        /// The holder.
-        holder: Bytes,
+        /// The holder; `None` to go by the token alone (tokens are unique
+        /// per key).
+        holder: Option<Bytes>,
         /// The lease's token.
         token: u64,
         /// How long from now, ms.
@@ -100,8 +107,8 @@ pub enum Cas {
     /// Ends the lease `token` of `holder`, if it is still theirs and has
     /// not run out. The token stays: the next lease's is greater.
     Unlock {
-        /// The holder.
-        holder: Bytes,
+        /// The holder; `None` to go by the token alone.
+        holder: Option<Bytes>,
         /// The lease's token.
         token: u64,
     },
@@ -168,14 +175,22 @@ pub enum Condition {
         /// The value it must hold.
         value: Option<Bytes>,
     },
+    /// The session is absent, or has no field but `name` (a Redis string
+    /// is a session whose one field has the empty name).
+    OnlyField(Bytes),
+    /// Every one of these holds.
+    All(Vec<Condition>),
 }
 
 /// Why an operation could not be decided on the current state.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CasError {
-    /// The field does not hold an integer, or the result overflows.
+    /// The field does not hold an integer.
     #[error("value is not an integer or out of range")]
     NotAnInteger,
+    /// The sum does not fit a 64-bit integer.
+    #[error("increment or decrement would overflow")]
+    Overflow,
     /// The field does not hold a number, or the result is not finite.
     #[error("value is not a valid float")]
     NotAFloat,
@@ -199,6 +214,10 @@ impl Condition {
             Condition::Absent => visible.is_none(),
             Condition::Present => visible.is_some(),
             Condition::Field { name, value } => field(visible, name, now_ms) == value.as_ref(),
+            Condition::OnlyField(name) => visible
+                .and_then(|s| s.visible_fields(now_ms))
+                .is_none_or(|mut fields| fields.all(|(n, _)| n == name)),
+            Condition::All(conditions) => conditions.iter().all(|c| c.holds(current, now_ms)),
         }
     }
 }
@@ -223,18 +242,27 @@ impl Cas {
         let write = match self {
             Cas::Read => None,
             Cas::Write { when, write } => when.holds(current, now_ms).then(|| write.clone()),
-            Cas::Increment { field: name, by } => {
+            Cas::Increment { when, .. } | Cas::IncrementFloat { when, .. }
+                if !when.holds(current, now_ms) =>
+            {
+                None
+            }
+            Cas::Increment {
+                field: name, by, ..
+            } => {
                 let old = match field(visible, name, now_ms) {
                     None => 0,
                     Some(v) => parse_int(v).ok_or(CasError::NotAnInteger)?,
                 };
-                let new = old.checked_add(*by).ok_or(CasError::NotAnInteger)?;
+                let new = old.checked_add(*by).ok_or(CasError::Overflow)?;
                 Some(Write::PutField {
                     name: name.clone(),
                     value: Bytes::from(new.to_string()),
                 })
             }
-            Cas::IncrementFloat { field: name, by } => {
+            Cas::IncrementFloat {
+                field: name, by, ..
+            } => {
                 let old = match field(visible, name, now_ms) {
                     None => 0.0,
                     Some(v) => parse_float(v).ok_or(CasError::NotAFloat)?,
@@ -262,19 +290,23 @@ impl Cas {
                 ttl_ms,
             } => {
                 let held = lock_state(visible, now_ms);
-                (held.live && held.holder == Some(holder) && held.token == *token)
-                    .then(|| lease_write(holder, *token, now_ms + ttl_ms))
+                let theirs = holder.as_ref().is_none_or(|h| held.holder == Some(h));
+                match held.holder {
+                    Some(current) if held.live && theirs && held.token == *token => {
+                        Some(lease_write(current, *token, now_ms + ttl_ms))
+                    }
+                    _ => None,
+                }
             }
             Cas::Unlock { holder, token } => {
                 let held = lock_state(visible, now_ms);
-                (held.live && held.holder == Some(holder) && held.token == *token).then(|| {
-                    Write::Put {
-                        fields: vec![(
-                            Bytes::from_static(lock_fields::TOKEN),
-                            Bytes::from(token.to_string()),
-                        )],
-                        expiry: Expiry::NEVER,
-                    }
+                let theirs = holder.as_ref().is_none_or(|h| held.holder == Some(h));
+                (held.live && theirs && held.token == *token).then(|| Write::Put {
+                    fields: vec![(
+                        Bytes::from_static(lock_fields::TOKEN),
+                        Bytes::from(token.to_string()),
+                    )],
+                    expiry: Expiry::NEVER,
                 })
             }
         };

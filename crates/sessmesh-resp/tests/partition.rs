@@ -6,132 +6,13 @@
 
 #![allow(clippy::unwrap_used, reason = "a test panics to fail")]
 
-use std::net::SocketAddr;
+mod support;
+
 use std::time::Duration;
 
-use bytes::Bytes;
-use sessmesh::Node as Peer;
-use sessmesh_core::{ClusterId, Config, Member, MembershipConfig, Node};
-use sessmesh_net::TransportConfig;
-use sessmesh_net::mem::MemNetwork;
-use sessmesh_resp::commands::Command;
-use sessmesh_resp::{Handler, Reply, Settings};
+use sessmesh_resp::Reply;
+use support::{Cluster, is_error};
 use tokio::time::Instant;
-
-struct Cluster {
-    net: MemNetwork,
-    addrs: Vec<SocketAddr>,
-    handlers: Vec<Handler>,
-}
-
-fn core(name: &str, addr: SocketAddr, seed: u64) -> Node {
-    let config = Config::default();
-    let me = Member {
-        name: name.into(),
-        addr,
-        client_addr: None,
-        generation: 1,
-        partition_count: config.partition_count,
-        replication_factor: u32::try_from(config.replication_factor).unwrap(),
-    };
-    Node::new(me, &config, MembershipConfig::local(), seed).unwrap()
-}
-
-impl Cluster {
-    /// Three peers that see each other.
-    async fn start() -> Cluster {
-        let net = MemNetwork::new(7);
-        let mut addrs: Vec<SocketAddr> = Vec::new();
-        let mut peers = Vec::new();
-        for i in 0..3 {
-            let name = format!("node-{i}");
-            let (transport, incoming) =
-                net.join(&name, ClusterId::from_name("t"), TransportConfig::default());
-            let addr = sessmesh_net::Transport::local_addr(&transport);
-            let seeds = addrs.first().copied().into_iter().collect();
-            peers.push(sessmesh::spawn(
-                core(&name, addr, i),
-                transport,
-                incoming,
-                seeds,
-            ));
-            addrs.push(addr);
-        }
-        let handlers = peers
-            .into_iter()
-            .map(|p| Handler::new(p, Settings::default()))
-            .collect();
-        let cluster = Cluster {
-            net,
-            addrs,
-            handlers,
-        };
-        cluster.wait_for_members(&[3, 3, 3]).await;
-        cluster
-    }
-
-    fn peer(&self, i: usize) -> &Peer {
-        self.handlers[i].node()
-    }
-
-    /// Waits until node `i` sees `counts[i]` members, itself included.
-    async fn wait_for_members(&self, counts: &[usize]) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut seen = Vec::new();
-            for i in 0..counts.len() {
-                seen.push(self.peer(i).members().await.unwrap().len() + 1);
-            }
-            if seen == counts {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "members seen: {seen:?}, wanted {counts:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn run(&self, node: usize, args: &[&str]) -> Reply {
-        let args: Vec<Bytes> = args.iter().map(|a| Bytes::from(a.to_string())).collect();
-        let mut client = self.handlers[node].client();
-        let command = Command::lookup(&args[0]);
-        self.handlers[node]
-            .execute(&mut client, command, &args)
-            .await
-            .0
-    }
-
-    fn cut_off(&self, node: usize) {
-        for other in (0..self.addrs.len()).filter(|&o| o != node) {
-            self.net.cut(self.addrs[node], self.addrs[other]);
-        }
-    }
-
-    /// Waits until `args` gives `expected` on every node.
-    async fn wait_everywhere(&self, args: &[&str], expected: &Reply) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut replies = Vec::new();
-            for node in 0..self.handlers.len() {
-                replies.push(self.run(node, args).await);
-            }
-            if replies.iter().all(|r| r == expected) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{args:?} gives {replies:?}, wanted {expected:?} everywhere"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-fn is_error(reply: &Reply, code: &str) -> bool {
-    matches!(reply, Reply::Error(text) if text.starts_with(code))
-}
 
 #[tokio::test(start_paused = true)]
 async fn removals_and_field_writes_on_the_cut_off_side_hold_after_the_heal() {

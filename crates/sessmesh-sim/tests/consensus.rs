@@ -75,6 +75,7 @@ fn increments_from_every_node_add_up() {
     let incr = || Cas::Increment {
         field: Bytes::new(),
         by: 1,
+        when: Condition::Always,
     };
     let mut applied = 0;
     for _ in 0..10 {

@@ -47,6 +47,7 @@ fn cas(op: &RegisterOp) -> Cas {
         RegisterOp::Add(by) => Cas::Increment {
             field: Bytes::new(),
             by: *by,
+            when: Condition::Always,
         },
     }
 }

@@ -285,7 +285,7 @@ impl<T: Transport> Driver<T> {
                 () = sleep_until(leave_check) => {}
                 // A handle stored a write itself while someone watches:
                 // report the change now.
-                () = self.local.changed() => {}
+                () = self.local.changed(), if self.local.reader().watching() => {}
                 item = incoming.recv() => match item {
                     Some(item) => {
                         self.incoming(item);

@@ -1,5 +1,10 @@
 //! Hashes: a session's fields (`HSET`, `HGET`, `HDEL`, `HINCRBY`, ...).
+//! `HSETNX`, `HINCRBY` and `HINCRBYFLOAT` are atomic across the cluster
+//! (see `atomic.rs`).
 
+use sessmesh::{Cas, Condition};
+
+use super::atomic::hash_or_absent;
 use super::*;
 
 /// The hash commands, as the table names them.
@@ -10,6 +15,7 @@ pub(super) enum Op {
     Get,
     GetAll,
     IncrBy,
+    IncrByFloat,
     Keys,
     Len,
     MGet,
@@ -48,6 +54,8 @@ pub(super) enum HashCommand {
     Exists { key: Bytes, field: Bytes },
     /// `HINCRBY key field increment`.
     IncrBy { key: Bytes, field: Bytes, by: i64 },
+    /// `HINCRBYFLOAT key field increment`.
+    IncrByFloat { key: Bytes, field: Bytes, by: f64 },
 }
 
 /// What a command that reads a whole hash replies with.
@@ -143,6 +151,14 @@ impl HashCommand {
                     by,
                 }
             }
+            Op::IncrByFloat => {
+                let by = float(&args[2]).ok_or_else(|| err("ERR value is not a valid float"))?;
+                HashCommand::IncrByFloat {
+                    key,
+                    field: field_name(&args[1])?,
+                    by,
+                }
+            }
         })
     }
 
@@ -160,6 +176,9 @@ impl HashCommand {
             HashCommand::Del { key, fields } => handler.hdel(key, fields).await,
             HashCommand::Exists { key, field } => handler.hexists(&key, &field).await,
             HashCommand::IncrBy { key, field, by } => handler.hincrby(key, field, by).await,
+            HashCommand::IncrByFloat { key, field, by } => {
+                handler.hincrbyfloat(key, field, by).await
+            }
         };
         result.unwrap_or_else(|reply| reply)
     }
@@ -193,18 +212,22 @@ impl Handler {
     }
 
     async fn hsetnx(&self, key: Bytes, field: Bytes, value: Bytes) -> Result<Reply, Reply> {
-        if self
-            .read_hash(&key)
-            .await?
-            .is_some_and(|d| d.field(&field).is_some())
-        {
-            return Ok(Reply::Int(0));
+        let when = Condition::All(vec![
+            hash_or_absent(),
+            Condition::Field {
+                name: field.clone(),
+                value: None,
+            },
+        ]);
+        let op = Cas::Write {
+            when,
+            write: Write::PutField { name: field, value },
+        };
+        let decision = self.decide(&key, op, "hash value").await?;
+        if let Some(Value::String { .. }) = Self::before(&key, &decision) {
+            return Err(wrong_type());
         }
-        self.node
-            .put_field(key, field, value)
-            .await
-            .map_err(|e| failed(&e))?;
-        Ok(Reply::Int(1))
+        Ok(Reply::Int(i64::from(decision.applied)))
     }
 
     async fn hget(&self, key: &Bytes, field: &Bytes) -> Result<Reply, Reply> {
@@ -274,23 +297,32 @@ impl Handler {
     }
 
     async fn hincrby(&self, key: Bytes, field: Bytes, by: i64) -> Result<Reply, Reply> {
-        let current = match self
-            .read_hash(&key)
-            .await?
-            .and_then(|d| d.field(&field).map(int))
-        {
-            None => 0,
-            Some(Some(n)) => n,
-            Some(None) => return Err(err("ERR hash value is not an integer")),
+        let op = Cas::Increment {
+            field,
+            by,
+            when: hash_or_absent(),
         };
-        let next = current
-            .checked_add(by)
-            .ok_or_else(|| err("ERR increment or decrement would overflow"))?;
-        self.node
-            .put_field(key, field, Bytes::from(next.to_string()))
-            .await
-            .map_err(|e| failed(&e))?;
-        Ok(Reply::Int(next))
+        let decision = self.decide(&key, op, "hash value").await?;
+        if !decision.applied {
+            return Err(wrong_type());
+        }
+        Ok(Reply::Int(Self::written_int(&decision)?))
+    }
+
+    async fn hincrbyfloat(&self, key: Bytes, field: Bytes, by: f64) -> Result<Reply, Reply> {
+        let op = Cas::IncrementFloat {
+            field,
+            by,
+            when: hash_or_absent(),
+        };
+        let decision = self.decide(&key, op, "hash value").await?;
+        if !decision.applied {
+            return Err(wrong_type());
+        }
+        Self::written(&decision)
+            .cloned()
+            .map(Reply::Bulk)
+            .ok_or_else(|| err("ERR the increment wrote no number"))
     }
 }
 

@@ -46,9 +46,11 @@ use sessmesh::{Error, Expiry, Level, Node, SessionData, Submitted, Write};
 use crate::glob;
 use crate::reply::{Protocol, Reply};
 
+mod atomic;
 mod connection;
 mod hashes;
 mod keys;
+mod locks;
 mod server;
 mod strings;
 mod table;
@@ -56,6 +58,7 @@ mod table;
 use connection::ConnectionCommand;
 use hashes::HashCommand;
 use keys::KeyCommand;
+use locks::LockCommand;
 use server::ServerCommand;
 use strings::StringCommand;
 pub use table::Command;
@@ -144,6 +147,15 @@ fn failed(error: &Error) -> Reply {
         )),
         other => Reply::Error(format!("ERR {other}")),
     }
+}
+
+/// A Redis float argument: a finite number, no spaces.
+fn float(arg: &[u8]) -> Option<f64> {
+    let text = std::str::from_utf8(arg).ok()?;
+    if text.is_empty() || text.trim() != text {
+        return None;
+    }
+    text.parse::<f64>().ok().filter(|f| f.is_finite())
 }
 
 fn int(arg: &[u8]) -> Option<i64> {
@@ -254,6 +266,7 @@ enum Call {
     Strings(StringCommand),
     Keys(KeyCommand),
     Hashes(HashCommand),
+    Locks(LockCommand),
     Server(ServerCommand),
 }
 
@@ -269,6 +282,7 @@ impl Call {
             Family::Strings(op) => StringCommand::parse(op, args, now_ms).map(Call::Strings),
             Family::Keys(op) => KeyCommand::parse(op, args, now_ms).map(Call::Keys),
             Family::Hashes(op) => HashCommand::parse(op, args).map(Call::Hashes),
+            Family::Locks(op) => LockCommand::parse(op, args).map(Call::Locks),
             Family::Server(op) => ServerCommand::parse(op, args).map(Call::Server),
         }
     }
@@ -385,6 +399,7 @@ impl Handler {
             Call::Strings(command) => command.run(self).await,
             Call::Keys(command) => command.run(self).await,
             Call::Hashes(command) => command.run(self).await,
+            Call::Locks(command) => command.run(self).await,
             Call::Server(command) => command.run(self),
         };
         (reply, Flow::Continue)

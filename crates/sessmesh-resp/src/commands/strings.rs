@@ -1,19 +1,31 @@
-//! Strings: `GET`, `SET` and its options, `SETEX`, `PSETEX`, `GETDEL`,
-//! `GETEX`, `MGET`, `MSET`.
+//! Strings: `GET`, `SET` and its options, `SETEX`, `PSETEX`, `SETNX`,
+//! `GETSET`, `GETDEL`, `GETEX`, `MGET`, `MSET`, and the `INCR` family.
+//! `SET` with `NX`, `XX` or `GET`, `SETNX`, `GETSET`, `GETDEL` and the
+//! `INCR` family are atomic across the cluster (see `atomic.rs`).
 
+use sessmesh::Cas;
+
+use super::atomic::string_or_absent;
 use super::*;
 
 /// The string commands, as the table names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Op {
+    Decr,
+    DecrBy,
     Get,
     GetDel,
     GetEx,
+    GetSet,
+    Incr,
+    IncrBy,
+    IncrByFloat,
     MGet,
     MSet,
     PSetEx,
     Set,
     SetEx,
+    SetNx,
 }
 
 /// A string command, its arguments parsed.
@@ -35,6 +47,12 @@ pub(super) enum StringCommand {
     MGet { keys: Vec<Bytes> },
     /// `MSET key value [key value ...]`.
     MSet { pairs: Vec<(Bytes, Bytes)> },
+    /// `SETNX key value`.
+    SetNx { key: Bytes, value: Bytes },
+    /// `INCR`, `DECR`, `INCRBY`, `DECRBY`: add `by`.
+    IncrBy { key: Bytes, by: i64 },
+    /// `INCRBYFLOAT key increment`.
+    IncrByFloat { key: Bytes, by: f64 },
 }
 
 /// `SET key value [NX|XX] [GET] [EX|PX|EXAT|PXAT n | KEEPTTL]`.
@@ -123,6 +141,38 @@ impl StringCommand {
             Op::MGet => StringCommand::MGet {
                 keys: args.to_vec(),
             },
+            Op::SetNx => StringCommand::SetNx {
+                key: args[0].clone(),
+                value: args[1].clone(),
+            },
+            Op::GetSet => StringCommand::Set(Set {
+                key: args[0].clone(),
+                value: args[1].clone(),
+                condition: None,
+                get: true,
+                expiry: SetExpiry::Never,
+            }),
+            Op::Incr | Op::Decr => StringCommand::IncrBy {
+                key: args[0].clone(),
+                by: if op == Op::Incr { 1 } else { -1 },
+            },
+            Op::IncrBy | Op::DecrBy => {
+                let n = int(&args[1]).ok_or_else(not_integer)?;
+                let by = if op == Op::IncrBy {
+                    n
+                } else {
+                    n.checked_neg()
+                        .ok_or_else(|| err("ERR decrement would overflow"))?
+                };
+                StringCommand::IncrBy {
+                    key: args[0].clone(),
+                    by,
+                }
+            }
+            Op::IncrByFloat => StringCommand::IncrByFloat {
+                key: args[0].clone(),
+                by: float(&args[1]).ok_or_else(|| err("ERR value is not a valid float"))?,
+            },
             Op::MSet => {
                 if !args.len().is_multiple_of(2) {
                     return Err(arity("mset"));
@@ -145,6 +195,9 @@ impl StringCommand {
             StringCommand::GetEx { key, change } => handler.getex(&key, change).await,
             StringCommand::MGet { keys } => handler.mget(&keys).await,
             StringCommand::MSet { pairs } => handler.mset(pairs).await,
+            StringCommand::SetNx { key, value } => handler.setnx(key, value).await,
+            StringCommand::IncrBy { key, by } => handler.incrby(&key, by).await,
+            StringCommand::IncrByFloat { key, by } => handler.incrbyfloat(&key, by).await,
         };
         result.unwrap_or_else(|reply| reply)
     }
@@ -202,6 +255,33 @@ impl Handler {
     }
 
     async fn set(&self, set: Set) -> Result<Reply, Reply> {
+        if set.condition.is_some() || set.get {
+            return self.set_atomically(set).await;
+        }
+        let Set {
+            key, value, expiry, ..
+        } = set;
+        let expiry = match expiry {
+            SetExpiry::At(at) => Expiry::at_ms(u64::try_from(at).unwrap_or(0)),
+            SetExpiry::Keep => match self.read(&key).await? {
+                Some(Value::String { deadline_ms, .. }) => {
+                    deadline_ms.map_or(Expiry::NEVER, Expiry::at_ms)
+                }
+                Some(Value::Hash(data)) => data.deadline_ms().map_or(Expiry::NEVER, Expiry::at_ms),
+                None => Expiry::NEVER,
+            },
+            SetExpiry::Never => Expiry::NEVER,
+        };
+        self.node
+            .put(key, [(Bytes::from_static(STRING_FIELD), value)], expiry)
+            .await
+            .map_err(|e| failed(&e))?;
+        Ok(Reply::Ok)
+    }
+
+    /// `SET` with `NX`, `XX` or `GET`: one consensus operation, so that of
+    /// two `SET NX` of one key on two nodes at once exactly one writes.
+    async fn set_atomically(&self, set: Set) -> Result<Reply, Reply> {
         let Set {
             key,
             value,
@@ -209,50 +289,105 @@ impl Handler {
             get,
             expiry,
         } = set;
-        let old = if condition.is_some() || get || expiry == SetExpiry::Keep {
-            self.read(&key).await?
-        } else {
-            None
-        };
-        let (old_value, old_deadline) = match &old {
-            Some(Value::String { value, deadline_ms }) => (Some(value.clone()), *deadline_ms),
-            Some(Value::Hash(_)) if get => return Err(wrong_type()),
-            Some(Value::Hash(data)) => (None, data.deadline_ms()),
-            None => (None, None),
-        };
-        let old_reply = || old_value.clone().map_or(Reply::Nil, Reply::Bulk);
-        let refused = match condition {
-            Some(Condition::Absent) => old.is_some(),
-            Some(Condition::Present) => old.is_none(),
-            None => false,
-        };
-        if refused {
-            return Ok(if get { old_reply() } else { Reply::Nil });
+        let mut when = Vec::new();
+        if get {
+            // GET on a hash is WRONGTYPE, and writes nothing.
+            when.push(string_or_absent());
         }
-        let expiry = match expiry {
-            SetExpiry::At(at) => Expiry::at_ms(u64::try_from(at).unwrap_or(0)),
-            SetExpiry::Keep => old_deadline.map_or(Expiry::NEVER, Expiry::at_ms),
-            SetExpiry::Never => Expiry::NEVER,
+        match condition {
+            Some(Condition::Absent) => when.push(sessmesh::Condition::Absent),
+            Some(Condition::Present) => when.push(sessmesh::Condition::Present),
+            None => {}
+        }
+        let string = Bytes::from_static(STRING_FIELD);
+        let write = match expiry {
+            SetExpiry::At(at) => Write::Put {
+                fields: vec![(string, value)],
+                expiry: Expiry::at_ms(u64::try_from(at).unwrap_or(0)),
+            },
+            SetExpiry::Never => Write::Put {
+                fields: vec![(string, value)],
+                expiry: Expiry::NEVER,
+            },
+            // A string's one field set in place keeps its deadline (a
+            // hash under the key is left alone: the write does not apply).
+            SetExpiry::Keep => {
+                when.push(string_or_absent());
+                Write::PutField {
+                    name: string,
+                    value,
+                }
+            }
         };
-        self.node
-            .put(key, [(Bytes::from_static(STRING_FIELD), value)], expiry)
-            .await
-            .map_err(|e| failed(&e))?;
-        Ok(if get { old_reply() } else { Reply::Ok })
+        let op = Cas::Write {
+            when: sessmesh::Condition::All(when),
+            write,
+        };
+        let decision = self.decide(&key, op, "value").await?;
+        let old = match Self::before(&key, &decision) {
+            Some(Value::String { value, .. }) => Some(value),
+            Some(Value::Hash(_)) if get => return Err(wrong_type()),
+            _ => None,
+        };
+        Ok(match (get, decision.applied) {
+            (true, _) => old.map_or(Reply::Nil, Reply::Bulk),
+            (false, true) => Reply::Ok,
+            (false, false) => Reply::Nil,
+        })
+    }
+
+    async fn setnx(&self, key: Bytes, value: Bytes) -> Result<Reply, Reply> {
+        let op = Cas::Write {
+            when: sessmesh::Condition::Absent,
+            write: Write::Put {
+                fields: vec![(Bytes::from_static(STRING_FIELD), value)],
+                expiry: Expiry::NEVER,
+            },
+        };
+        let decision = self.decide(&key, op, "value").await?;
+        Ok(Reply::Int(i64::from(decision.applied)))
     }
 
     async fn getdel(&self, key: &Bytes) -> Result<Reply, Reply> {
-        match self.read(key).await? {
+        let op = Cas::Write {
+            when: sessmesh::Condition::All(vec![sessmesh::Condition::Present, string_or_absent()]),
+            write: Write::Delete,
+        };
+        let decision = self.decide(key, op, "value").await?;
+        match Self::before(key, &decision) {
             None => Ok(Reply::Nil),
             Some(Value::Hash(_)) => Err(wrong_type()),
-            Some(Value::String { value: v, .. }) => {
-                self.node
-                    .delete(key.clone())
-                    .await
-                    .map_err(|e| failed(&e))?;
-                Ok(Reply::Bulk(v))
-            }
+            Some(Value::String { value, .. }) => Ok(Reply::Bulk(value)),
         }
+    }
+
+    async fn incrby(&self, key: &Bytes, by: i64) -> Result<Reply, Reply> {
+        let op = Cas::Increment {
+            field: Bytes::from_static(STRING_FIELD),
+            by,
+            when: string_or_absent(),
+        };
+        let decision = self.decide(key, op, "value").await?;
+        if !decision.applied {
+            return Err(wrong_type());
+        }
+        Ok(Reply::Int(Self::written_int(&decision)?))
+    }
+
+    async fn incrbyfloat(&self, key: &Bytes, by: f64) -> Result<Reply, Reply> {
+        let op = Cas::IncrementFloat {
+            field: Bytes::from_static(STRING_FIELD),
+            by,
+            when: string_or_absent(),
+        };
+        let decision = self.decide(key, op, "value").await?;
+        if !decision.applied {
+            return Err(wrong_type());
+        }
+        Self::written(&decision)
+            .cloned()
+            .map(Reply::Bulk)
+            .ok_or_else(|| err("ERR the increment wrote no number"))
     }
 
     async fn getex(&self, key: &Bytes, change: Option<NewExpiry>) -> Result<Reply, Reply> {

@@ -3,7 +3,7 @@
 //! name gets.
 
 use super::*;
-use Family::{Connection, Hashes, Keys, Server, Strings};
+use Family::{Connection, Hashes, Keys, Locks, Server, Strings};
 
 /// The family a command belongs to, and which of its commands it is: the
 /// family's file parses the request into its typed command and runs that.
@@ -17,6 +17,8 @@ pub(super) enum Family {
     Keys(keys::Op),
     /// `hashes.rs`.
     Hashes(hashes::Op),
+    /// `locks.rs`: fenced locks (`SESSMESH.LOCK`...).
+    Locks(locks::Op),
     /// `server.rs`: the server and introspection.
     Server(server::Op),
 }
@@ -30,6 +32,8 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("COMMAND", -1, false, Server(server::Op::Command)),
     ("CONFIG", -2, false, Server(server::Op::Config)),
     ("DBSIZE", 1, false, Server(server::Op::DbSize)),
+    ("DECR", 2, false, Strings(strings::Op::Decr)),
+    ("DECRBY", 3, false, Strings(strings::Op::DecrBy)),
     ("DEL", -2, false, Keys(keys::Op::Del)),
     ("ECHO", 2, false, Connection(connection::Op::Echo)),
     ("EXISTS", -2, true, Keys(keys::Op::Exists)),
@@ -38,12 +42,14 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("GET", 2, true, Strings(strings::Op::Get)),
     ("GETDEL", 2, false, Strings(strings::Op::GetDel)),
     ("GETEX", -2, false, Strings(strings::Op::GetEx)),
+    ("GETSET", 3, false, Strings(strings::Op::GetSet)),
     ("HDEL", -3, false, Hashes(hashes::Op::Del)),
     ("HELLO", -1, false, Connection(connection::Op::Hello)),
     ("HEXISTS", 3, true, Hashes(hashes::Op::Exists)),
     ("HGET", 3, true, Hashes(hashes::Op::Get)),
     ("HGETALL", 2, true, Hashes(hashes::Op::GetAll)),
     ("HINCRBY", 4, false, Hashes(hashes::Op::IncrBy)),
+    ("HINCRBYFLOAT", 4, false, Hashes(hashes::Op::IncrByFloat)),
     ("HKEYS", 2, true, Hashes(hashes::Op::Keys)),
     ("HLEN", 2, true, Hashes(hashes::Op::Len)),
     ("HMGET", -3, true, Hashes(hashes::Op::MGet)),
@@ -51,6 +57,9 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("HSET", -4, false, Hashes(hashes::Op::Set)),
     ("HSETNX", 4, false, Hashes(hashes::Op::SetNx)),
     ("HVALS", 2, true, Hashes(hashes::Op::Vals)),
+    ("INCR", 2, false, Strings(strings::Op::Incr)),
+    ("INCRBY", 3, false, Strings(strings::Op::IncrBy)),
+    ("INCRBYFLOAT", 3, false, Strings(strings::Op::IncrByFloat)),
     ("INFO", -1, false, Server(server::Op::Info)),
     ("MGET", -2, true, Strings(strings::Op::MGet)),
     ("MSET", -3, false, Strings(strings::Op::MSet)),
@@ -63,8 +72,12 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("QUIT", -1, false, Connection(connection::Op::Quit)),
     ("SCAN", -2, false, Keys(keys::Op::Scan)),
     ("SELECT", 2, false, Connection(connection::Op::Select)),
+    ("SESSMESH.LOCK", 3, false, Locks(locks::Op::Lock)),
+    ("SESSMESH.RENEW", 4, false, Locks(locks::Op::Renew)),
+    ("SESSMESH.UNLOCK", 3, false, Locks(locks::Op::Unlock)),
     ("SET", -3, false, Strings(strings::Op::Set)),
     ("SETEX", 4, false, Strings(strings::Op::SetEx)),
+    ("SETNX", 3, false, Strings(strings::Op::SetNx)),
     ("TTL", 2, true, Keys(keys::Op::Ttl)),
     ("TYPE", 2, true, Keys(keys::Op::Type)),
     ("UNLINK", -2, false, Keys(keys::Op::Unlink)),

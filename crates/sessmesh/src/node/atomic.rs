@@ -100,6 +100,7 @@ impl Node {
         let op = Cas::Increment {
             field: field.into(),
             by,
+            when: Condition::Always,
         };
         let decision = self.cas(key, op).await?;
         match decision.written {
@@ -172,7 +173,7 @@ impl Node {
     /// [`cas`](Self::cas).
     pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, Error> {
         let op = Cas::Renew {
-            holder: lease.holder.clone(),
+            holder: Some(lease.holder.clone()),
             token: lease.token,
             ttl_ms: millis(ttl),
         };
@@ -190,7 +191,7 @@ impl Node {
     /// otherwise as [`cas`](Self::cas).
     pub async fn unlock(&self, lease: Lease) -> Result<(), Error> {
         let op = Cas::Unlock {
-            holder: lease.holder.clone(),
+            holder: Some(lease.holder.clone()),
             token: lease.token,
         };
         if self.cas(lease.key.clone(), op).await?.applied {
