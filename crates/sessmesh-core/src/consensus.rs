@@ -404,6 +404,9 @@ pub struct AcceptorState {
     pub accepted: Option<Proposal>,
     /// The ballot of the newest proposal it saw committed.
     pub committed: Ballot,
+    /// That proposal's write stamp: a coordinator whose own proposal was
+    /// pre-empted learns from it that another round finished it.
+    pub committed_stamp: Stamp,
 }
 
 /// A replica's answer to a prepare it promised.
@@ -413,6 +416,8 @@ pub struct Promise {
     pub accepted: Option<Proposal>,
     /// The ballot of the newest proposal it saw committed.
     pub committed: Ballot,
+    /// That proposal's write stamp.
+    pub committed_stamp: Stamp,
 }
 
 /// The consensus state of every key this replica took part in deciding.
@@ -436,6 +441,7 @@ impl Acceptors {
         Ok(Promise {
             accepted: state.accepted.clone(),
             committed: state.committed,
+            committed_stamp: state.committed_stamp,
         })
     }
 
@@ -454,11 +460,14 @@ impl Acceptors {
         Ok(())
     }
 
-    /// Records that the proposal under `ballot` was committed: an accepted
-    /// proposal no newer is done with.
-    pub fn commit(&mut self, key: &[u8], ballot: Ballot) {
+    /// Records that `proposal` was committed: an accepted proposal no
+    /// newer is done with.
+    pub fn commit(&mut self, key: &[u8], proposal: &Proposal) {
         let state = self.state(key);
-        state.committed = state.committed.max(ballot);
+        if proposal.ballot > state.committed {
+            state.committed = proposal.ballot;
+            state.committed_stamp = proposal.stamp;
+        }
         if state
             .accepted
             .as_ref()

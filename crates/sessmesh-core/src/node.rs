@@ -44,7 +44,7 @@ use bytes::Bytes;
 
 use crate::clock::Stamp;
 use crate::clock::{Hlc, NodeId};
-use crate::consensus::{Acceptors, Ballot, Cas, Proposal};
+use crate::consensus::{Acceptors, Ballot, Cas, Promise, Proposal};
 use crate::digest::{KeyDigest, differing_keys};
 use crate::membership::{
     Member, MemberEvent, MemberState, Membership, MembershipConfig, MembershipEffect,
@@ -511,8 +511,16 @@ impl Node {
                 request,
                 accepted,
                 committed,
+                committed_stamp,
                 session,
-            } => self.promised(request, from, accepted, committed, session, now_ms),
+            } => {
+                let promise = Promise {
+                    accepted,
+                    committed,
+                    committed_stamp,
+                };
+                self.promised(request, from, promise, session, now_ms);
+            }
             Message::Accepted { request } => self.accepted(request, from, now_ms),
             Message::Rejected { request, promised } => {
                 self.round_rejected(request, from, promised, now_ms)

@@ -344,6 +344,17 @@ impl Session {
             .sum::<usize>()
     }
 
+    /// Whether some register still holds what a write stamped `stamp`
+    /// wrote (stamps are unique, so that write reached this state).
+    pub fn holds_stamp(&self, stamp: Stamp) -> bool {
+        let header = &self.header;
+        header.clear == stamp
+            || header.expires_at.marker == stamp
+            || header.max_idle.marker == stamp
+            || header.touched == stamp
+            || self.fields.values().any(|r| r.marker == stamp)
+    }
+
     /// Whether no live field holds a value (deleted, emptied, or never written).
     pub fn is_tombstone(&self) -> bool {
         !self.fields.values().any(|f| f.val.is_some())

@@ -187,6 +187,8 @@ pub enum Message {
         accepted: Option<Proposal>,
         /// The ballot of the newest proposal it saw committed.
         committed: Ballot,
+        /// That proposal's write stamp.
+        committed_stamp: Stamp,
         /// Its state of the key, tombstones included.
         session: Option<Session>,
     },
@@ -557,6 +559,7 @@ mod tests {
                     stamp: stamp(8, 2),
                 }),
                 committed: stamp(7, 1),
+                committed_stamp: stamp(7, 1),
                 session: Some(session()),
             },
             Message::Propose {

@@ -24,6 +24,7 @@ impl Node {
                 request,
                 accepted: promise.accepted,
                 committed: promise.committed,
+                committed_stamp: promise.committed_stamp,
                 session: self.store.session(&key),
             },
             Err(promised) => Message::Rejected { request, promised },
@@ -74,6 +75,6 @@ impl Node {
         let _ = self
             .store
             .apply(key, &proposal.write, proposal.stamp, now_ms);
-        self.acceptors.commit(key, proposal.ballot);
+        self.acceptors.commit(key, proposal);
     }
 }

@@ -3,11 +3,16 @@
 //!
 //! An attempt prepares a fresh ballot; a replica that promised a newer one
 //! rejects it, and the attempt starts again after a short pause, until the
-//! request timeout. Once this attempt proposed the operation's own write,
-//! a rejection or a timeout answers [`Outcome::Undecided`] with
+//! request timeout. An operation whose own proposal was pre-empted is not
+//! decided again: its next attempt finds out what became of the proposal.
+//! If a majority still holds it accepted, or its write is the newest
+//! commit, it was chosen; if nothing was committed since it was decided,
+//! the same proposal (same write, same stamp) is made again. Otherwise, or
+//! when time is up, the answer is [`Outcome::Undecided`] with
 //! `maybe_applied`: the write may still be chosen by a later round, so
-//! trying again could apply it twice.
+//! deciding the operation again could apply it twice.
 
+use super::in_flight::Mine;
 use super::*;
 use crate::replication::Decision;
 
@@ -55,6 +60,7 @@ impl Node {
             accepts: 0,
             started_ms: now_ms,
             attempts: 0,
+            mine: None,
         };
         self.prepare(round, now_ms);
     }
@@ -82,12 +88,11 @@ impl Node {
             if replica.local {
                 round.waiting &= !(1 << i);
                 match self.acceptors.prepare(&round.key, ballot) {
-                    Ok(promise) => round.promises.push((
-                        i,
-                        promise.accepted,
-                        promise.committed,
-                        self.store.session(&round.key),
-                    )),
+                    Ok(promise) => {
+                        round
+                            .promises
+                            .push((i, promise, self.store.session(&round.key)));
+                    }
                     Err(promised) => {
                         let _ = self.hlc.observe(promised, now_ms);
                         self.retry_later(round, now_ms);
@@ -113,17 +118,16 @@ impl Node {
         &mut self,
         request: u64,
         from: SocketAddr,
-        accepted: Option<Proposal>,
-        committed: Ballot,
+        promise: Promise,
         session: Option<Session>,
         now_ms: u64,
     ) {
         // The clock observes every stamp the answer carries, so a proposal
         // decided on it is stamped after them.
         let newest = [
-            accepted.as_ref().map(|p| p.ballot.max(p.stamp)),
+            promise.accepted.as_ref().map(|p| p.ballot.max(p.stamp)),
             session.as_ref().map(Session::newest_stamp),
-            Some(committed),
+            Some(promise.committed.max(promise.committed_stamp)),
         ]
         .into_iter()
         .flatten()
@@ -145,7 +149,7 @@ impl Node {
         };
         round.waiting &= !bit;
         let i = bit.trailing_zeros() as usize;
-        round.promises.push((i, accepted, committed, session));
+        round.promises.push((i, promise, session));
         self.advance(request, now_ms);
     }
 
@@ -212,31 +216,109 @@ impl Node {
 
     /// A majority promised: finish what one of them accepted and may not
     /// have been committed, or decide the operation and propose its write.
-    fn promised_by_majority(&mut self, id: u64, round: PendingRound, now_ms: u64) {
-        let newest_commit = round
+    fn promised_by_majority(&mut self, id: u64, mut round: PendingRound, now_ms: u64) {
+        let (newest_commit, newest_commit_stamp) = round
             .promises
             .iter()
-            .map(|(_, _, committed, _)| *committed)
+            .map(|(_, p, _)| (p.committed, p.committed_stamp))
             .max()
             .unwrap_or_default();
         let in_progress = round
             .promises
             .iter()
-            .filter_map(|(_, accepted, _, _)| accepted.as_ref())
+            .filter_map(|(_, p, _)| p.accepted.as_ref())
             .filter(|p| p.ballot > newest_commit)
             .max_by_key(|p| p.ballot)
             .cloned();
-        if let Some(unfinished) = in_progress {
+        if let Some(mine) = round.mine.take() {
+            if newest_commit_stamp == mine.proposal.stamp {
+                // Another round finished it.
+                self.applied(round.call, mine);
+                return;
+            }
+            match &in_progress {
+                // Still in progress: carry it on under this ballot.
+                Some(p) if p.stamp == mine.proposal.stamp => {}
+                // Another is in progress: finish that first, then look again.
+                Some(_) => {
+                    round.mine = Some(mine);
+                    self.finish(id, round, in_progress, now_ms);
+                    return;
+                }
+                // Nothing committed since it was decided, and a majority
+                // does not hold it: proposing it again is all that is left.
+                None if newest_commit == mine.seen_commit => {}
+                // Others were committed since. Its write still in the
+                // state the majority holds says it was chosen; otherwise
+                // it may have been chosen and overwritten, or not.
+                None => {
+                    let held = round
+                        .promises
+                        .iter()
+                        .filter_map(|(_, _, s)| s.as_ref())
+                        .any(|s| s.holds_stamp(mine.proposal.stamp));
+                    if held {
+                        self.applied(round.call, mine);
+                    } else {
+                        self.undecided(
+                            round.call,
+                            "pre-empted after proposing, and other writes were committed since"
+                                .into(),
+                            true,
+                        );
+                    }
+                    return;
+                }
+            }
             let proposal = Proposal {
                 ballot: round.ballot,
-                write: unfinished.write,
-                stamp: unfinished.stamp,
+                ..mine.proposal.clone()
             };
-            self.propose(id, round, proposal, true, None, now_ms);
+            round.mine = Some(Mine {
+                proposal: proposal.clone(),
+                ..mine
+            });
+            self.propose(id, round, proposal, false, None, now_ms);
             return;
         }
+        if in_progress.is_some() {
+            self.finish(id, round, in_progress, now_ms);
+            return;
+        }
+        self.decide(id, round, newest_commit, now_ms);
+    }
+
+    /// Answers an operation whose own proposal was chosen.
+    fn applied(&mut self, call: CallId, mine: Mine) {
+        self.effects.push(Effect::Done {
+            call,
+            outcome: Outcome::Decided(Box::new(Decision {
+                applied: true,
+                before: mine.before,
+                written: Some((mine.proposal.write, mine.proposal.stamp)),
+            })),
+        });
+    }
+
+    /// Proposes another round's proposal that may have been chosen, under
+    /// this attempt's ballot.
+    fn finish(&mut self, id: u64, round: PendingRound, in_progress: Option<Proposal>, now_ms: u64) {
+        let Some(unfinished) = in_progress else {
+            return;
+        };
+        let proposal = Proposal {
+            ballot: round.ballot,
+            write: unfinished.write,
+            stamp: unfinished.stamp,
+        };
+        self.propose(id, round, proposal, true, None, now_ms);
+    }
+
+    /// Decides the operation on the state the majority reported, and
+    /// proposes its write if it has one.
+    fn decide(&mut self, id: u64, mut round: PendingRound, newest_commit: Ballot, now_ms: u64) {
         let mut current: Option<Session> = None;
-        for (_, _, _, session) in &round.promises {
+        for (_, _, session) in &round.promises {
             if let Some(session) = session {
                 match &mut current {
                     Some(merged) => merged.merge(session.clone()),
@@ -279,6 +361,11 @@ impl Node {
             write,
             stamp,
         };
+        round.mine = Some(Mine {
+            proposal: proposal.clone(),
+            before: current.clone(),
+            seen_commit: newest_commit,
+        });
         self.propose(id, round, proposal, false, current, now_ms);
     }
 
@@ -358,6 +445,7 @@ impl Node {
             self.prepare(round, now_ms);
             return;
         }
+        let before = before.or_else(|| round.mine.and_then(|m| m.before));
         self.effects.push(Effect::Done {
             call: round.call,
             outcome: Outcome::Decided(Box::new(Decision {
@@ -372,17 +460,6 @@ impl Node {
     /// proposed (then it may be chosen yet: answered undecided) or its time
     /// is up.
     fn retry_later(&mut self, mut round: PendingRound, now_ms: u64) {
-        if let Phase::Propose {
-            finishing: false, ..
-        } = round.phase
-        {
-            self.undecided(
-                round.call,
-                "pre-empted by another coordinator's round after proposing".into(),
-                true,
-            );
-            return;
-        }
         if now_ms >= round.started_ms + self.config.request_timeout_ms {
             self.undecided(
                 round.call,
@@ -390,7 +467,7 @@ impl Node {
                     "contended: pre-empted by other coordinators' rounds {} times",
                     round.attempts
                 ),
-                false,
+                round.mine.is_some(),
             );
             return;
         }
@@ -413,9 +490,10 @@ impl Node {
 
     /// An attempt's deadline passed before a majority answered.
     pub(super) fn round_expired(&mut self, round: PendingRound) {
+        let maybe_applied = round.mine.is_some();
         let (answers, maybe_applied) = match &round.phase {
-            Phase::Prepare => (round.promises.len(), false),
-            Phase::Propose { finishing, .. } => (round.accepts, !finishing),
+            Phase::Prepare => (round.promises.len(), maybe_applied),
+            Phase::Propose { .. } => (round.accepts, maybe_applied),
             // A pausing round has no deadline of its own.
             Phase::Backoff => return,
         };

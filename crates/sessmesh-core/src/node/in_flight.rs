@@ -8,7 +8,7 @@ use std::collections::hash_map::Entry as MapEntry;
 use bytes::Bytes;
 
 use crate::clock::Stamp;
-use crate::consensus::{Ballot, Cas, Proposal};
+use crate::consensus::{Ballot, Cas, Promise, Proposal};
 use crate::partition::PartitionId;
 use crate::replication::{CallId, Hint, ReplicaSet};
 use crate::session::{Session, Write};
@@ -46,9 +46,9 @@ pub(crate) struct PendingRound {
     pub(crate) phase: Phase,
     /// A bit per replica that has not answered this phase yet.
     pub(crate) waiting: u64,
-    /// Each promise: the replica's index, what it accepted and has not seen
-    /// committed, the newest commit it saw, and its state of the key.
-    pub(crate) promises: Vec<(usize, Option<Proposal>, Ballot, Option<Session>)>,
+    /// Each promise: the replica's index, the promise, and its state of
+    /// the key.
+    pub(crate) promises: Vec<(usize, Promise, Option<Session>)>,
     /// Acceptances of this attempt's proposal.
     pub(crate) accepts: usize,
     /// When the operation started, wall-clock ms: retries stop a request
@@ -56,6 +56,19 @@ pub(crate) struct PendingRound {
     pub(crate) started_ms: u64,
     /// Attempts so far.
     pub(crate) attempts: u32,
+    /// The operation's own proposal, once one was made, with the state it
+    /// was decided on and the newest commit seen then: a later attempt
+    /// finds out whether it was chosen, or proposes it again while nothing
+    /// else was committed since.
+    pub(crate) mine: Option<Mine>,
+}
+
+/// An operation's own proposal, kept across attempts.
+#[derive(Debug)]
+pub(crate) struct Mine {
+    pub(crate) proposal: Proposal,
+    pub(crate) before: Option<Session>,
+    pub(crate) seen_commit: Ballot,
 }
 
 /// Where an attempt of a consensus round is.
