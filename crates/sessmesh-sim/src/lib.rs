@@ -52,6 +52,35 @@ pub fn seed_from_env(default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The seeds a sweep runs: `SIM_SEED` alone when set (to replay one),
+/// else `0..SIM_SEEDS`, or `0..default`.
+pub fn seeds_from_env(default: u64) -> Vec<u64> {
+    if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        return vec![seed];
+    }
+    let count = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    (0..count).collect()
+}
+
+/// `nodes` nodes on LAN settings, started through node 0 and converged,
+/// drawing from `SIM_SEED` or `seed`; a failure to converge panics with
+/// the seed.
+pub fn converged_lan(nodes: usize, seed: u64) -> Sim {
+    let config = MembershipConfig::lan(u32::try_from(nodes).unwrap_or(u32::MAX));
+    let mut sim = Sim::new(nodes, config, seed_from_env(seed));
+    let scenario = Scenario::new("start")
+        .start([0], &[])
+        .start(1..nodes, &[0])
+        .expect_within(Check::Converged, 30_000);
+    if let Err(failure) = scenario.run(&mut sim) {
+        panic!("{failure}");
+    }
+    sim
+}
+
 /// Network faults in force.
 #[derive(Clone, Debug, Default)]
 pub struct Faults {

@@ -2,20 +2,13 @@
 //! raced from several coordinators. `SIM_SEED=<seed>` replays a run.
 
 use bytes::Bytes;
-use sessmesh_core::{CallId, Cas, Condition, MembershipConfig, Outcome, Write};
-use sessmesh_sim::{Check, Scenario, Sim, seed_from_env};
+use sessmesh_core::{CallId, Cas, Condition, Outcome, Write};
+use sessmesh_sim::Sim;
 
 const NODES: usize = 5;
 
 fn converged(seed: u64) -> Sim {
-    let mut sim = Sim::new(NODES, MembershipConfig::lan(5), seed_from_env(seed));
-    let scenario = Scenario::new("start")
-        .start([0], &[])
-        .start(1..NODES, &[0])
-        .expect_within(Check::Converged, 30_000);
-    if let Err(failure) = scenario.run(&mut sim) {
-        panic!("{failure}");
-    }
+    let mut sim = sessmesh_sim::converged_lan(NODES, seed);
     sim.run_for(3_000);
     sim
 }

@@ -186,15 +186,7 @@ fn run(seed: u64) -> Result<(), String> {
 
 #[test]
 fn consensus_operations_are_linearizable_under_faults() {
-    let seeds: Vec<u64> = match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        Some(seed) => vec![seed],
-        None => (0..std::env::var("SIM_SEEDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(1_000))
-            .collect(),
-    };
-    for &seed in &seeds {
+    for seed in sessmesh_sim::seeds_from_env(1_000) {
         if let Err(reason) = run(seed) {
             panic!("seed {seed}: {reason}\nreplay with SIM_SEED={seed}");
         }

@@ -81,16 +81,7 @@ fn schedule(seed: u64, config: &MembershipConfig) -> Scenario {
 #[test]
 fn random_fault_schedules_never_leave_a_permanent_split() {
     let config = MembershipConfig::lan(u32::try_from(NODES).unwrap_or(u32::MAX));
-    let seeds: Vec<u64> = match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        Some(seed) => vec![seed],
-        None => {
-            let count = std::env::var("SIM_SEEDS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(1_000);
-            (0..count).collect()
-        }
-    };
+    let seeds = sessmesh_sim::seeds_from_env(1_000);
     let mut virtual_ms = 0;
     for &seed in &seeds {
         let mut sim = Sim::new(NODES, config.clone(), seed);

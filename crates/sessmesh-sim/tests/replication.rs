@@ -8,15 +8,7 @@ use sessmesh_sim::{Check, Scenario, Sim, seed_from_env};
 const NODES: usize = 5;
 
 fn converged(seed: u64) -> Sim {
-    let mut sim = Sim::new(NODES, MembershipConfig::lan(5), seed_from_env(seed));
-    let scenario = Scenario::new("start")
-        .start([0], &[])
-        .start(1..NODES, &[0])
-        .expect_within(Check::Converged, 30_000);
-    if let Err(failure) = scenario.run(&mut sim) {
-        panic!("{failure}");
-    }
-    sim
+    sessmesh_sim::converged_lan(NODES, seed)
 }
 
 fn put_field(name: &'static str, value: &str) -> Write {

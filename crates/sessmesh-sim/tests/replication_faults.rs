@@ -197,14 +197,7 @@ fn disagreement(sim: &Sim) -> Option<String> {
 
 #[test]
 fn writes_on_both_sides_of_a_partition_converge_after_the_heal() {
-    let seeds: Vec<u64> = match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        Some(seed) => vec![seed],
-        None => (0..std::env::var("SIM_SEEDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(1_000))
-            .collect(),
-    };
+    let seeds = sessmesh_sim::seeds_from_env(1_000);
     for &seed in &seeds {
         if let Err(reason) = run(seed) {
             panic!("seed {seed}: {reason}\nreplay with SIM_SEED={seed}");
