@@ -396,7 +396,7 @@ fn format_float(f: f64) -> String {
 }
 
 /// What one replica keeps of one key's consensus.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AcceptorState {
     /// The newest ballot it promised.
     pub promised: Ballot,
@@ -475,6 +475,42 @@ impl Acceptors {
         {
             state.accepted = None;
         }
+    }
+
+    /// Takes in what another replica keeps of `key`: the newer promise,
+    /// the newer accepted proposal, the newer commit. A replica that lost
+    /// its memory learns this way what it may have promised or accepted.
+    pub fn learn(&mut self, key: &[u8], other: AcceptorState) {
+        let state = self.state(key);
+        state.promised = state.promised.max(other.promised);
+        if other.committed > state.committed {
+            state.committed = other.committed;
+            state.committed_stamp = other.committed_stamp;
+        }
+        let newer = match (&state.accepted, &other.accepted) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(mine), Some(theirs)) => theirs.ballot > mine.ballot,
+        };
+        if newer {
+            state.accepted = other.accepted;
+        }
+        if state
+            .accepted
+            .as_ref()
+            .is_some_and(|a| a.ballot <= state.committed)
+        {
+            state.accepted = None;
+        }
+    }
+
+    /// Every key's state, for the keys `wanted` picks.
+    pub fn states(&self, mut wanted: impl FnMut(&[u8]) -> bool) -> Vec<(Bytes, AcceptorState)> {
+        self.keys
+            .iter()
+            .filter(|(key, _)| wanted(key))
+            .map(|(key, state)| (key.clone(), state.clone()))
+            .collect()
     }
 
     /// What this replica keeps of `key`, if anything.

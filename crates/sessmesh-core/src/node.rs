@@ -35,7 +35,7 @@
 //!   members' clocks, and stops stamping while its own runs ahead of them
 //!   (see [`crate::peer_clocks`]).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +67,7 @@ mod consensus;
 mod handoff;
 mod hints;
 mod in_flight;
+mod learning;
 mod placement;
 mod reads;
 mod replica;
@@ -217,7 +218,7 @@ pub struct Node {
     /// replica (handoff.rs; the batches are in `in_flight`).
     handoffs: HashMap<PartitionId, HashMap<String, usize>>,
     /// Address of every active member by name, this node included.
-    addrs: HashMap<String, SocketAddr>,
+    addrs: BTreeMap<String, SocketAddr>,
     /// The reverse of `addrs`.
     names: HashMap<SocketAddr, String>,
     /// Each partition's replicas with their addresses, as requests use them.
@@ -235,6 +236,10 @@ pub struct Node {
     refusing: HashSet<SocketAddr>,
     /// The consensus state of the keys this node decided as a replica.
     acceptors: Acceptors,
+    /// Per partition: `None` once this node may act as its acceptor; while
+    /// it is still learning the partition's consensus state (after it
+    /// started, or gained the partition), the replicas that answered.
+    learning: Vec<Option<BTreeSet<String>>>,
     /// Keys whose delete this node coordinates and is still reading (its
     /// stamp not taken yet), with the writes of the key handed over since,
     /// in order: they wait for the delete's stamp so that they come after it.
@@ -276,7 +281,7 @@ impl Node {
             metering: Metering::default(),
             stats: NodeStats::default(),
             handoffs: HashMap::new(),
-            addrs: HashMap::new(),
+            addrs: BTreeMap::new(),
             names: HashMap::new(),
             replica_sets: Vec::new(),
             counted: BTreeSet::new(),
@@ -284,6 +289,7 @@ impl Node {
             clocks: PeerClocks::default(),
             refusing: HashSet::new(),
             acceptors: Acceptors::default(),
+            learning: vec![Some(BTreeSet::new()); config.partition_count as usize],
             deleting: HashMap::new(),
             effects: Vec::new(),
         };
@@ -342,6 +348,7 @@ impl Node {
         self.membership.join(seeds);
         // Until it hears from them, the seeds count as members.
         self.rebalance();
+        self.ask_to_learn();
         self.collect();
     }
 
@@ -412,6 +419,7 @@ impl Node {
             }
             Timer::ProbeClocks { periodic } => {
                 self.probe_clocks(now_ms);
+                self.ask_to_learn();
                 if periodic {
                     self.schedule(PROBE_PERIOD_MS, Timer::ProbeClocks { periodic: true });
                 }
@@ -496,6 +504,10 @@ impl Node {
                 proposal,
             } => self.serve_propose(from, request, &key, proposal, now_ms),
             Message::Commit { key, proposal } => self.serve_commit(from, &key, &proposal, now_ms),
+            Message::SyncAcceptors { partitions } => self.serve_sync(from, partitions),
+            Message::AcceptorStates { partitions, states } => {
+                self.learned(from, &partitions, states, now_ms);
+            }
             // Answers to this node's requests, each to its kind of request.
             Message::WriteAck { request } => self.acknowledge(request, from, now_ms),
             Message::StampRefused { request, clock_ms } => {
@@ -620,6 +632,7 @@ impl Node {
             // A member came or went: replicas may have diverged, or moved.
             self.anti_entropy_round();
             self.probe_clocks_soon();
+            self.ask_to_learn();
         }
         if returned {
             self.replay_hints();

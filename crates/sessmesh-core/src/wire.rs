@@ -18,7 +18,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::Error;
 use crate::clock::Stamp;
-use crate::consensus::{Ballot, Proposal};
+use crate::consensus::{AcceptorState, Ballot, Proposal};
 use crate::digest::KeyDigest;
 use crate::partition::PartitionId;
 use crate::session::{Session, Write};
@@ -213,6 +213,22 @@ pub enum Message {
         request: u64,
         /// The ballot it promised.
         promised: Ballot,
+    },
+    /// A replica that lost its memory (every node when it starts) or gained
+    /// partitions, to the partitions' other replicas: send what you keep of
+    /// their keys' consensus. It acts as an acceptor for a partition only
+    /// once enough of them answered.
+    SyncAcceptors {
+        /// The partitions.
+        partitions: Vec<PartitionId>,
+    },
+    /// Answers `SyncAcceptors`: the consensus state of every key of those
+    /// partitions this replica keeps, with its state of the key.
+    AcceptorStates {
+        /// The partitions asked for.
+        partitions: Vec<PartitionId>,
+        /// Each key, its consensus state and its session.
+        states: Vec<(Bytes, AcceptorState, Option<Session>)>,
     },
     /// Coordinator to replicas: the proposal is chosen; apply its write and
     /// record it committed.
@@ -572,6 +588,17 @@ mod tests {
                 },
             },
             Message::Accepted { request: 7 },
+            Message::SyncAcceptors {
+                partitions: vec![PartitionId(1), PartitionId(2)],
+            },
+            Message::AcceptorStates {
+                partitions: vec![PartitionId(1)],
+                states: vec![(
+                    Bytes::from_static(b"lock"),
+                    AcceptorState::default(),
+                    Some(session()),
+                )],
+            },
             Message::Rejected {
                 request: 7,
                 promised: stamp(11, 4),

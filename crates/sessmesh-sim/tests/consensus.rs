@@ -99,3 +99,49 @@ fn increments_from_every_node_add_up() {
     assert!(applied > 0, "some increments were decided");
     assert_eq!(value, Some(applied.to_string()), "seed {}", sim.seed());
 }
+
+/// The value of the counter a decision wrote or read.
+fn counter_of(outcome: &Outcome) -> Option<String> {
+    let Outcome::Decided(d) = outcome else {
+        return None;
+    };
+    match &d.written {
+        Some((Write::PutField { value, .. }, _)) => {
+            Some(String::from_utf8_lossy(value).into_owned())
+        }
+        _ => None,
+    }
+}
+
+#[test]
+fn a_replica_restarted_with_an_empty_memory_cannot_undo_a_decision() {
+    // Three nodes, every one a replica of every key.
+    let mut sim = sessmesh_sim::converged_lan(3, 73);
+    sim.run_for(3_000);
+    let incr = || Cas::Increment {
+        field: Bytes::new(),
+        by: 1,
+        when: Condition::Always,
+    };
+    // node-2 is cut off: the increment is decided by node-0 and node-1 alone.
+    sim.faults_mut().groups = vec![[0, 1].into_iter().collect(), [2].into_iter().collect()];
+    let first = sim.cas(0, "counter", incr());
+    let first = outcomes(&mut sim, &[first]).remove(0);
+    assert_eq!(counter_of(&first), Some("1".into()), "{first:?}");
+    // node-0 restarts with an empty memory; node-1, the other node that
+    // holds the decision, is cut off as node-2 comes back.
+    sim.crash(0);
+    sim.run_for(1_000);
+    sim.start(0, &[1, 2]);
+    sim.faults_mut().groups = vec![[0, 2].into_iter().collect(), [1].into_iter().collect()];
+    sim.run_for(10_000);
+    let second = sim.cas(2, "counter", incr());
+    let second = outcomes(&mut sim, &[second]).remove(0);
+    // Deciding on node-0's and node-2's memories alone would count 1 again.
+    assert_ne!(
+        counter_of(&second),
+        Some("1".into()),
+        "{second:?}; seed {}",
+        sim.seed()
+    );
+}

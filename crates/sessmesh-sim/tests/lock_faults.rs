@@ -20,10 +20,21 @@ const OPERATIONS: usize = 40;
 
 /// What a call asked for.
 enum Asked {
-    Lock { ttl_ms: u64 },
-    Renew { token: u64 },
-    Unlock { token: u64 },
+    Lock {
+        ttl_ms: u64,
+    },
+    /// With the coordinator's wall clock when it was asked.
+    Renew {
+        token: u64,
+        asked_wall_ms: u64,
+    },
+    Unlock {
+        token: u64,
+    },
 }
+
+/// How long the schedule's renewals extend a lease, ms.
+const RENEW_MS: u64 = 500;
 
 /// A lease as the decisions gave it: when it was given (by its
 /// coordinator's clock) and until when it held, after every renewal.
@@ -31,8 +42,11 @@ enum Asked {
 struct Given {
     from_ms: u64,
     until_ms: u64,
-    /// When an unlock of it was invoked, virtual ms, if one applied.
+    /// When an unlock of it was invoked, virtual ms, if one applied (or
+    /// may have).
     unlocked_at: Option<u64>,
+    /// When the lock call that gave it was answered, virtual ms.
+    answered_ms: u64,
 }
 
 /// Runs one seed; how many pairs of consecutive leases it checked.
@@ -90,9 +104,12 @@ fn run(seed: u64) -> Result<usize, String> {
                     Cas::Renew {
                         holder: None,
                         token,
-                        ttl_ms: 500,
+                        ttl_ms: RENEW_MS,
                     },
-                    Asked::Renew { token },
+                    Asked::Renew {
+                        token,
+                        asked_wall_ms: sim.wall_ms(node),
+                    },
                 ),
                 (2, Some(token)) => (
                     Cas::Unlock {
@@ -119,7 +136,7 @@ fn run(seed: u64) -> Result<usize, String> {
         for (call, asked, invoked) in &calls {
             let what = match asked {
                 Asked::Lock { ttl_ms } => format!("lock ttl {ttl_ms}"),
-                Asked::Renew { token } => format!("renew {token}"),
+                Asked::Renew { token, .. } => format!("renew {token}"),
                 Asked::Unlock { token } => format!("unlock {token}"),
             };
             let outcome = match sim.outcome(*call) {
@@ -139,8 +156,36 @@ fn run(seed: u64) -> Result<usize, String> {
     let mut answered: Vec<&(CallId, Asked, u64)> = calls.iter().collect();
     answered.sort_by_key(|(call, _, _)| sim.answered_ms(*call));
     for (call, asked, invoked) in answered {
-        let Some(Outcome::Decided(decision)) = sim.outcome(*call) else {
-            continue;
+        let decision = match sim.outcome(*call) {
+            Some(Outcome::Decided(decision)) => decision,
+            // An unlock that may have taken effect may have ended its lease.
+            Some(Outcome::Undecided {
+                maybe_applied: true,
+                ..
+            })
+            | None => {
+                match asked {
+                    Asked::Unlock { token } => {
+                        if let Some(g) = given.get_mut(token) {
+                            g.unlocked_at.get_or_insert(*invoked);
+                        }
+                    }
+                    // A renewal sets the end from its own time, so one
+                    // that may have taken effect may have brought the end
+                    // as close as its asking time plus its length.
+                    Asked::Renew {
+                        token,
+                        asked_wall_ms,
+                    } => {
+                        if let Some(g) = given.get_mut(token) {
+                            g.until_ms = g.until_ms.min(asked_wall_ms + RENEW_MS);
+                        }
+                    }
+                    Asked::Lock { .. } => {}
+                }
+                continue;
+            }
+            Some(_) => continue,
         };
         if !decision.applied {
             continue;
@@ -157,13 +202,14 @@ fn run(seed: u64) -> Result<usize, String> {
                         from_ms: lease.until_ms - ttl_ms,
                         until_ms: lease.until_ms,
                         unlocked_at: None,
+                        answered_ms: sim.answered_ms(*call).unwrap_or(u64::MAX),
                     },
                 );
                 if previous.is_some() {
                     return Err(format!("token {} given twice", lease.token));
                 }
             }
-            (Asked::Renew { token }, Some(lease)) => {
+            (Asked::Renew { token, .. }, Some(lease)) => {
                 if lease.token != *token {
                     return Err(format!("a renewal of {token} gave {}", lease.token));
                 }
@@ -187,7 +233,9 @@ fn run(seed: u64) -> Result<usize, String> {
     for pair in leases.windows(2) {
         let ((a_token, a), (b_token, b)) = (pair[0], pair[1]);
         let ran_out = b.from_ms >= a.until_ms;
-        let unlocked = a.unlocked_at.is_some();
+        // An unlock invoked after the next lease was answered cannot have
+        // made room for it.
+        let unlocked = a.unlocked_at.is_some_and(|at| at <= b.answered_ms);
         if !ran_out && !unlocked {
             return Err(format!(
                 "lease {b_token} began at {} while lease {a_token} held until {} and was not unlocked (crashed: {crashed:?}); leases: {given:?}",

@@ -19,6 +19,10 @@ impl Node {
             self.refuse_drift(from, &e);
             return;
         }
+        // Still learning what it may have promised: no answer (learning.rs).
+        if !self.acceptor_ready(&key) {
+            return;
+        }
         let message = match self.acceptors.prepare(&key, ballot) {
             Ok(promise) => Message::Promise {
                 request,
@@ -44,6 +48,9 @@ impl Node {
         let newest = proposal.ballot.max(proposal.stamp);
         if let Err(e) = self.hlc.observe(newest, now_ms) {
             self.refuse_drift(from, &e);
+            return;
+        }
+        if !self.acceptor_ready(key) {
             return;
         }
         let message = match self.acceptors.accept(key, proposal) {

@@ -84,8 +84,12 @@ impl Node {
         round.accepts = 0;
         let id = self.in_flight.next_id();
         let replicas = Arc::clone(&round.replicas);
+        let ready = self.acceptor_ready(&round.key);
         for (i, replica) in replicas.iter().enumerate() {
-            if replica.local {
+            if replica.local && !ready {
+                // Still learning (learning.rs): the others must make the majority.
+                round.waiting &= !(1 << i);
+            } else if replica.local {
                 round.waiting &= !(1 << i);
                 match self.acceptors.prepare(&round.key, ballot) {
                     Ok(promise) => {
@@ -382,8 +386,11 @@ impl Node {
         round.waiting = all_of(&round.replicas);
         round.accepts = 0;
         let replicas = Arc::clone(&round.replicas);
+        let ready = self.acceptor_ready(&round.key);
         for (i, replica) in replicas.iter().enumerate() {
-            if replica.local {
+            if replica.local && !ready {
+                round.waiting &= !(1 << i);
+            } else if replica.local {
                 round.waiting &= !(1 << i);
                 if let Err(promised) = self.acceptors.accept(&round.key, proposal.clone()) {
                     let _ = self.hlc.observe(promised, now_ms);

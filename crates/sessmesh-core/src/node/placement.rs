@@ -37,6 +37,11 @@ impl Node {
             .membership
             .counted_members()
             .clamp(1, self.config.replication_factor);
+        let before: Vec<bool> = self
+            .replica_sets
+            .iter()
+            .map(|set| set.iter().any(|r| r.local))
+            .collect();
         self.replica_sets.clear();
         for partition in (0..self.store.partition_count()).map(PartitionId) {
             let replicas = self.partitioner.replicas_for(partition);
@@ -46,6 +51,12 @@ impl Node {
             } else {
                 0
             };
+            // A partition gained is one whose consensus state this node
+            // does not have: it learns it before it acts as an acceptor.
+            let was_replica = before.get(partition.0 as usize).is_some_and(|&r| r);
+            if local > 0 && !was_replica {
+                self.learning[partition.0 as usize] = Some(BTreeSet::new());
+            }
             self.store.set_replicated(partition, local);
             self.replica_sets.push(
                 replicas
@@ -70,7 +81,7 @@ impl Node {
 /// the newest generation is the one that answers.
 pub(super) fn newest_addresses<'a>(
     members: impl Iterator<Item = &'a Member>,
-) -> HashMap<String, SocketAddr> {
+) -> BTreeMap<String, SocketAddr> {
     let mut newest: HashMap<&str, &Member> = HashMap::new();
     for m in members {
         let entry = newest.entry(&m.name).or_insert(m);

@@ -31,6 +31,8 @@ pub(super) fn kind(message: &Message) -> &'static str {
         Message::Accepted { .. } => "Accepted",
         Message::Rejected { .. } => "Rejected",
         Message::Commit { .. } => "Commit",
+        Message::SyncAcceptors { .. } => "SyncAcceptors",
+        Message::AcceptorStates { .. } => "AcceptorStates",
     }
 }
 
