@@ -4,27 +4,17 @@
 #![allow(clippy::unwrap_used, reason = "a test panics to fail")]
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use sessmesh::{Error, Expiry, Node as Peer};
-use sessmesh_core::{ClusterId, Config, Member, MembershipConfig, Node};
+use sessmesh_core::ClusterId;
 use sessmesh_net::TransportConfig;
 use sessmesh_net::mem::MemNetwork;
 use tokio::time::Instant;
 
-fn core(name: &str, addr: SocketAddr, seed: u64) -> Node {
-    let config = Config::default();
-    let me = Member {
-        name: name.into(),
-        addr,
-        client_addr: None,
-        generation: 1,
-        partition_count: config.partition_count,
-        replication_factor: u32::try_from(config.replication_factor).unwrap(),
-    };
-    Node::new(me, &config, MembershipConfig::local(), seed).unwrap()
-}
+mod support;
+
+use support::core_node;
 
 /// Three peers that see each other.
 async fn cluster() -> Vec<Peer> {
@@ -40,7 +30,7 @@ async fn cluster() -> Vec<Peer> {
         let addr = sessmesh_net::Transport::local_addr(&transport);
         let seeds = addrs.first().copied().into_iter().collect();
         peers.push(sessmesh::spawn(
-            core(&name, addr, i),
+            core_node(&name, addr, i),
             transport,
             incoming,
             seeds,
@@ -66,8 +56,17 @@ async fn cluster() -> Vec<Peer> {
         assert!(Instant::now() < deadline, "the peers did not meet");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Let every peer measure the others' clocks.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every peer decides a read by consensus: each has learned its
+    // partitions' state from the others.
+    for peer in &peers {
+        loop {
+            if peer.cas("ready", sessmesh::Cas::Read).await.is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no consensus among the peers");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     peers
 }
 

@@ -13,18 +13,9 @@ use sessmesh_net::mem::MemNetwork;
 use sessmesh_net::{ClusterCa, QuicSettings, QuicTransport, Transport, TransportConfig};
 use tokio::time::Instant;
 
-fn node(name: &str, addr: SocketAddr, seed: u64) -> Node {
-    let config = Config::default();
-    let me = Member {
-        name: name.into(),
-        addr,
-        client_addr: None,
-        generation: 1,
-        partition_count: config.partition_count,
-        replication_factor: u32::try_from(config.replication_factor).unwrap(),
-    };
-    Node::new(me, &config, MembershipConfig::local(), seed).unwrap()
-}
+mod support;
+
+use support::core_node;
 
 /// The names each live peer sees, itself included.
 async fn views(peers: &[Option<Peer>]) -> Vec<BTreeSet<String>> {
@@ -81,7 +72,7 @@ async fn in_memory_peers_converge_and_see_a_crash_and_a_leave() {
         let addr = transport.local_addr();
         let seeds = addrs.first().copied().into_iter().collect();
         peers.push(Some(sessmesh::spawn(
-            node(&format!("node-{i}"), addr, i as u64),
+            core_node(&format!("node-{i}"), addr, i as u64),
             transport,
             incoming,
             seeds,
@@ -145,7 +136,7 @@ async fn quic_peers_on_loopback_converge_and_detect_a_killed_one() {
             .into_iter()
             .collect();
         peers.push(Some(sessmesh::spawn(
-            node(&name, transport.local_addr(), i as u64),
+            core_node(&name, transport.local_addr(), i as u64),
             transport.clone(),
             incoming,
             seeds,
@@ -238,8 +229,12 @@ fn turmoil_partition(seed: u64, ca: &std::sync::Arc<ClusterCa>) -> Vec<String> {
                 } else {
                     vec![SocketAddr::new(turmoil::lookup("node-0"), PORT)]
                 };
-                let handle =
-                    sessmesh::spawn(node(&name, me, seed + i as u64), transport, incoming, seeds);
+                let handle = sessmesh::spawn(
+                    core_node(&name, me, seed + i as u64),
+                    transport,
+                    incoming,
+                    seeds,
+                );
                 handles.lock().unwrap()[i] = Some(handle.clone());
                 std::future::pending::<()>().await;
                 Ok(())
