@@ -153,6 +153,7 @@ fn run(seed: u64) -> Result<usize, String> {
         }
     }
     let mut given: BTreeMap<u64, Given> = BTreeMap::new();
+    let mut maybe_renewed: Vec<(u64, u64)> = Vec::new();
     let mut answered: Vec<&(CallId, Asked, u64)> = calls.iter().collect();
     answered.sort_by_key(|(call, _, _)| sim.answered_ms(*call));
     for (call, asked, invoked) in answered {
@@ -171,16 +172,14 @@ fn run(seed: u64) -> Result<usize, String> {
                         }
                     }
                     // A renewal sets the end from its own time, so one
-                    // that may have taken effect may have brought the end
-                    // as close as its asking time plus its length.
+                    // that may have taken effect, at any point after it was
+                    // asked and so after any other renewal, may have
+                    // brought the end as close as its asking time plus its
+                    // length (applied once every decided one is).
                     Asked::Renew {
                         token,
                         asked_wall_ms,
-                    } => {
-                        if let Some(g) = given.get_mut(token) {
-                            g.until_ms = g.until_ms.min(asked_wall_ms + RENEW_MS);
-                        }
-                    }
+                    } => maybe_renewed.push((*token, asked_wall_ms + RENEW_MS)),
                     Asked::Lock { .. } => {}
                 }
                 continue;
@@ -226,6 +225,11 @@ fn run(seed: u64) -> Result<usize, String> {
                 }
             }
             (_, None) => return Err(format!("a lock call applied with no lease: {decision:?}")),
+        }
+    }
+    for (token, until_ms) in maybe_renewed {
+        if let Some(g) = given.get_mut(&token) {
+            g.until_ms = g.until_ms.min(until_ms);
         }
     }
     // Each lease begins only once the one before it (by token) ended.
