@@ -154,6 +154,7 @@ fn run(seed: u64) -> Result<usize, String> {
     }
     let mut given: BTreeMap<u64, Given> = BTreeMap::new();
     let mut maybe_renewed: Vec<(u64, u64)> = Vec::new();
+    let mut maybe_unlocked: Vec<(u64, u64)> = Vec::new();
     let mut answered: Vec<&(CallId, Asked, u64)> = calls.iter().collect();
     answered.sort_by_key(|(call, _, _)| sim.answered_ms(*call));
     for (call, asked, invoked) in answered {
@@ -166,11 +167,7 @@ fn run(seed: u64) -> Result<usize, String> {
             })
             | None => {
                 match asked {
-                    Asked::Unlock { token } => {
-                        if let Some(g) = given.get_mut(token) {
-                            g.unlocked_at.get_or_insert(*invoked);
-                        }
-                    }
+                    Asked::Unlock { token } => maybe_unlocked.push((*token, *invoked)),
                     // A renewal sets the end from its own time, so one
                     // that may have taken effect, at any point after it was
                     // asked and so after any other renewal, may have
@@ -227,9 +224,17 @@ fn run(seed: u64) -> Result<usize, String> {
             (_, None) => return Err(format!("a lock call applied with no lease: {decision:?}")),
         }
     }
+    // Calls whose outcome is unknown, once every lease is known (an
+    // unanswered call sorts first).
     for (token, until_ms) in maybe_renewed {
         if let Some(g) = given.get_mut(&token) {
             g.until_ms = g.until_ms.min(until_ms);
+        }
+    }
+    for (token, invoked) in maybe_unlocked {
+        if let Some(g) = given.get_mut(&token) {
+            let at = g.unlocked_at.get_or_insert(invoked);
+            *at = (*at).min(invoked);
         }
     }
     // Each lease begins only once the one before it (by token) ended.
