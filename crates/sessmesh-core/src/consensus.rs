@@ -32,6 +32,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Stamp;
+use crate::partition::PartitionId;
 use crate::session::{Expiry, Session, Write};
 
 /// A Paxos ballot: a stamp from the coordinator's clock, so ballots are
@@ -407,6 +408,60 @@ pub struct AcceptorState {
     /// That proposal's write stamp: a coordinator whose own proposal was
     /// pre-empted learns from it that another round finished it.
     pub committed_stamp: Stamp,
+}
+
+/// A node's standing in one partition's consensus, as it answers a
+/// replica learning the partition (`AcceptorStates`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptorStanding {
+    /// The partition.
+    pub partition: PartitionId,
+    /// The view of its replica set the answer was given under
+    /// ([`view_of`]).
+    pub view: u64,
+    /// Whether the node's consensus memory of the partition is whole: it
+    /// acts, or last acted, as its acceptor since it started.
+    pub ready: bool,
+    /// The partition's replica sets before the present one, as it saw
+    /// them, as indices into [`Standings::sets`]: a learner hears from
+    /// enough of each set's members too.
+    pub previous: Vec<u32>,
+}
+
+/// A node's standing in the consensus of the partitions a learner asked
+/// about (`AcceptorStates`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Standings {
+    /// The replica sets the partitions had before, each once.
+    pub sets: Vec<Vec<String>>,
+    /// Members of those sets that the node no longer counts: they left on
+    /// purpose, or were down so long that the membership forgot them. A
+    /// learner does not wait for them.
+    pub gone: Vec<String>,
+    /// Each partition answered for.
+    pub partitions: Vec<AcceptorStanding>,
+}
+
+/// A fingerprint of a view of a partition's replica set: the replicas'
+/// names in rank order and the copies majorities count against. Consensus
+/// messages carry it, and a replica that sees another set takes no part
+/// (see docs/consistency.md, "Membership changes").
+#[must_use]
+pub fn view_of(replicas: &[String], copies: usize) -> u64 {
+    // FNV-1a: the same on every node and release.
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            hash = (hash ^ u64::from(b)).wrapping_mul(PRIME);
+        }
+    };
+    eat(&(copies as u64).to_le_bytes());
+    for name in replicas {
+        eat(&(name.len() as u64).to_le_bytes());
+        eat(name.as_bytes());
+    }
+    hash
 }
 
 /// A replica's answer to a prepare it promised.

@@ -70,7 +70,9 @@ pub mod wire;
 
 pub use clock::{Hlc, HlcTime, NodeId, Stamp};
 pub use config::Config;
-pub use consensus::{Ballot, Cas, CasError, Condition, Proposal};
+pub use consensus::{
+    AcceptorStanding, Ballot, Cas, CasError, Condition, Proposal, Standings, view_of,
+};
 pub use digest::{KeyDigest, PartitionDigest};
 pub use error::Error;
 pub use membership::{

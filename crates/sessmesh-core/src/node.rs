@@ -76,6 +76,7 @@ mod writes;
 
 use anti_entropy::Metering;
 use in_flight::{HandoffBatch, InFlight, Pending, PendingRead, PendingRound, PendingWrite, Phase};
+use learning::{Answers, Standing};
 
 /// A timer a node asked for; hand it back through [`Node::handle_timer`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -236,10 +237,8 @@ pub struct Node {
     refusing: HashSet<SocketAddr>,
     /// The consensus state of the keys this node decided as a replica.
     acceptors: Acceptors,
-    /// Per partition: `None` once this node may act as its acceptor; while
-    /// it is still learning the partition's consensus state (after it
-    /// started, or gained the partition), the replicas that answered.
-    learning: Vec<Option<BTreeSet<String>>>,
+    /// Per partition: this node's part in its consensus (learning.rs).
+    learning: Vec<Standing>,
     /// Keys whose delete this node coordinates and is still reading (its
     /// stamp not taken yet), with the writes of the key handed over since,
     /// in order: they wait for the delete's stamp so that they come after it.
@@ -289,7 +288,7 @@ impl Node {
             clocks: PeerClocks::default(),
             refusing: HashSet::new(),
             acceptors: Acceptors::default(),
-            learning: vec![Some(BTreeSet::new()); config.partition_count as usize],
+            learning: vec![Standing::default(); config.partition_count as usize],
             deleting: HashMap::new(),
             effects: Vec::new(),
         };
@@ -497,16 +496,18 @@ impl Node {
                 request,
                 key,
                 ballot,
-            } => self.serve_prepare(from, request, key, ballot, now_ms),
+                view,
+            } => self.serve_prepare(from, request, key, ballot, view, now_ms),
             Message::Propose {
                 request,
                 key,
                 proposal,
-            } => self.serve_propose(from, request, &key, proposal, now_ms),
+                view,
+            } => self.serve_propose(from, request, &key, proposal, view, now_ms),
             Message::Commit { key, proposal } => self.serve_commit(from, &key, &proposal, now_ms),
-            Message::SyncAcceptors { partitions } => self.serve_sync(from, partitions),
-            Message::AcceptorStates { partitions, states } => {
-                self.learned(from, &partitions, states, now_ms);
+            Message::SyncAcceptors { partitions } => self.serve_sync(from, &partitions),
+            Message::AcceptorStates { standings, states } => {
+                self.learned(from, standings, states, now_ms);
             }
             // Answers to this node's requests, each to its kind of request.
             Message::WriteAck { request } => self.acknowledge(request, from, now_ms),
@@ -537,6 +538,7 @@ impl Node {
             Message::Rejected { request, promised } => {
                 self.round_rejected(request, from, promised, now_ms)
             }
+            Message::Moving { request } => self.round_moving(request, from, now_ms),
             Message::HandoffAck { request } => self.handoff_acknowledged(request),
             Message::ClockReply { sent_ms, clock_ms } => {
                 self.clock_measured(from, clock_ms, sent_ms, now_ms);

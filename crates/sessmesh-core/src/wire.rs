@@ -18,7 +18,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::Error;
 use crate::clock::Stamp;
-use crate::consensus::{AcceptorState, Ballot, Proposal};
+use crate::consensus::{AcceptorState, Ballot, Proposal, Standings};
 use crate::digest::KeyDigest;
 use crate::partition::PartitionId;
 use crate::session::{Session, Write};
@@ -27,7 +27,7 @@ use crate::store::Entry;
 /// The protocol version this build speaks. Version 2 added `ReadDigest`
 /// and `DigestReply`; version 3 added `ClockProbe`, `ClockReply` and
 /// `StampRefused`.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Bytes of the length prefix in front of each framed envelope.
 pub const FRAME_PREFIX_LEN: usize = 4;
@@ -176,6 +176,10 @@ pub enum Message {
         key: Bytes,
         /// The ballot.
         ballot: Ballot,
+        /// The coordinator's view of the key's replica set
+        /// ([`crate::consensus::view_of`]): a replica that sees another
+        /// answers `Moving`.
+        view: u64,
     },
     /// Replica to coordinator: `ballot` promised, with what the replica
     /// accepted and has not seen committed, the ballot of the newest
@@ -200,6 +204,8 @@ pub enum Message {
         key: Bytes,
         /// The proposal.
         proposal: Proposal,
+        /// The coordinator's view of the key's replica set, as in `Prepare`.
+        view: u64,
     },
     /// Replica to coordinator: the proposal `request` is accepted.
     Accepted {
@@ -214,19 +220,28 @@ pub enum Message {
         /// The ballot it promised.
         promised: Ballot,
     },
+    /// Replica to coordinator: the prepare or proposal `request` is refused,
+    /// for the replica sees another replica set for the key (the membership
+    /// is changing, and views of it differ until the change has spread).
+    Moving {
+        /// The request answered.
+        request: u64,
+    },
     /// A replica that lost its memory (every node when it starts) or gained
     /// partitions, to the partitions' other replicas: send what you keep of
     /// their keys' consensus. It acts as an acceptor for a partition only
     /// once enough of them answered.
     SyncAcceptors {
-        /// The partitions.
-        partitions: Vec<PartitionId>,
+        /// The partitions, each with the asker's view of its replica set:
+        /// only a node that sees the same set answers for it.
+        partitions: Vec<(PartitionId, u64)>,
     },
-    /// Answers `SyncAcceptors`: the consensus state of every key of those
-    /// partitions this replica keeps, with its state of the key.
+    /// Answers `SyncAcceptors`: the consensus state of every key of the
+    /// partitions whose replica set the two nodes see alike, with this
+    /// node's state of the key.
     AcceptorStates {
-        /// The partitions asked for.
-        partitions: Vec<PartitionId>,
+        /// The partitions answered for, and this node's standing in each.
+        standings: Standings,
         /// Each key, its consensus state and its session.
         states: Vec<(Bytes, AcceptorState, Option<Session>)>,
     },
@@ -566,6 +581,7 @@ mod tests {
                 request: 6,
                 key: Bytes::from_static(b"lock"),
                 ballot: stamp(9, 3),
+                view: 0xfeed,
             },
             Message::Promise {
                 request: 6,
@@ -586,13 +602,24 @@ mod tests {
                     write: Write::Touch,
                     stamp: stamp(10, 3),
                 },
+                view: 0xfeed,
             },
             Message::Accepted { request: 7 },
+            Message::Moving { request: 7 },
             Message::SyncAcceptors {
-                partitions: vec![PartitionId(1), PartitionId(2)],
+                partitions: vec![(PartitionId(1), 0xfeed), (PartitionId(2), 0xbeef)],
             },
             Message::AcceptorStates {
-                partitions: vec![PartitionId(1)],
+                standings: Standings {
+                    sets: vec![vec!["node-1".into(), "node-2".into()]],
+                    gone: vec!["node-2".into()],
+                    partitions: vec![crate::consensus::AcceptorStanding {
+                        partition: PartitionId(1),
+                        view: 0xfeed,
+                        ready: true,
+                        previous: vec![0],
+                    }],
+                },
                 states: vec![(
                     Bytes::from_static(b"lock"),
                     AcceptorState::default(),

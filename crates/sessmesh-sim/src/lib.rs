@@ -32,6 +32,7 @@ use sessmesh_core::{
 };
 
 mod data;
+pub mod fault_plan;
 pub mod linearizable;
 pub mod peers;
 mod scenario;
@@ -312,6 +313,11 @@ impl Sim {
     /// Gossip traffic so far.
     pub fn traffic(&self) -> Traffic {
         self.traffic
+    }
+
+    /// The faults in force.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// The faults in force, to change.

@@ -145,3 +145,69 @@ fn a_replica_restarted_with_an_empty_memory_cannot_undo_a_decision() {
         sim.seed()
     );
 }
+
+#[test]
+fn a_key_whose_replicas_change_by_two_at_once_keeps_its_decisions() {
+    // Three nodes of five start; nodes 3 and 4 join later.
+    let config = sessmesh_core::MembershipConfig::lan(5);
+    let mut sim = Sim::new(NODES, config, sessmesh_sim::seed_from_env(74));
+    let first = [0, 1, 2];
+    sessmesh_sim::Scenario::new("start")
+        .start(first, &first)
+        .expect_within(sessmesh_sim::Check::Converged, 30_000)
+        .run(&mut sim)
+        .unwrap_or_else(|f| panic!("{f}"));
+    sim.run_for(3_000);
+    // A key that node-3 and node-4 will replicate with one of the three
+    // (`kept`); the two others (`gone`) replicate it now and not then.
+    let partitions = sim.core(0).expect("up").store().partition_count();
+    let mut five = sessmesh_core::Partitioner::new(partitions, 3);
+    five.set_members((0..NODES).map(|n| format!("node-{n}")));
+    let (key, kept) = (0..10_000)
+        .map(|i| format!("session:{i}"))
+        .find_map(|key| {
+            let p = sim.core(0)?.store().partition_of(key.as_bytes());
+            let replicas = five.replicas_for(p);
+            let old: Vec<usize> = first
+                .into_iter()
+                .filter(|n| replicas.contains(&format!("node-{n}")))
+                .collect();
+            (old.len() == 1).then(|| (key, old[0]))
+        })
+        .expect("some key moves to node-3 and node-4");
+    let gone: Vec<usize> = first.into_iter().filter(|n| *n != kept).collect();
+    // The two that will lose the key decide it while `kept` is cut off.
+    sim.faults_mut().groups = vec![
+        [kept, 3, 4].into_iter().collect(),
+        gone.iter().copied().collect(),
+    ];
+    let created = sim.cas(gone[0], &key, put_if_absent("first"));
+    let created = outcomes(&mut sim, &[created]).remove(0);
+    assert!(
+        matches!(&created, Outcome::Decided(d) if d.applied),
+        "{created:?}; seed {}",
+        sim.seed()
+    );
+    // node-3 and node-4 join on `kept`'s side, long enough for it to
+    // declare the others down.
+    sim.start(3, &[kept]);
+    sim.start(4, &[kept]);
+    sim.run_for(20_000);
+    let second = sim.cas(3, &key, put_if_absent("second"));
+    let second = outcomes(&mut sim, &[second]).remove(0);
+    // Deciding on the memories of `kept`, node-3 and node-4 alone would
+    // create the key again.
+    assert!(
+        !matches!(&second, Outcome::Decided(d) if d.applied),
+        "created twice: {second:?}; seed {}",
+        sim.seed()
+    );
+    // Once the cut heals, the new replicas learn the decision.
+    sim.faults_mut().groups.clear();
+    sim.run_for(10_000);
+    let third = sim.cas(4, &key, put_if_absent("third"));
+    match outcomes(&mut sim, &[third]).remove(0) {
+        Outcome::Decided(d) => assert!(!d.applied, "created twice; seed {}", sim.seed()),
+        other => panic!("undecided after the heal: {other:?}; seed {}", sim.seed()),
+    }
+}

@@ -1,19 +1,21 @@
 //! Fenced locks under faults: lock, renew and unlock of one key from every
-//! node at random times, under partitions, loss, duplication, reordering,
-//! clock skew and a crash with restart. Checked: every lease has its own
+//! node at random times, under the faults of `sessmesh_sim::fault_plan`
+//! (splits, loss, duplication, reordering, clock skew, a crash with
+//! restart, nodes joining or leaving). Checked: every lease has its own
 //! token; a lease is given only once the one before it ended (unlocked, or
 //! run out by the clock of the node that gives the next); renewals and
 //! unlocks only touch the lease they name. 1,000 seeds by default;
 //! `SIM_SEEDS=n` runs more; `SIM_SEED=s` replays one, and `LOCK_TRACE=1`
 //! prints its calls and how they ended.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use sessmesh_core::consensus::Lease;
 use sessmesh_core::{CallId, Cas, Outcome};
+use sessmesh_sim::fault_plan::FaultPlan;
 
 const NODES: usize = 5;
 const OPERATIONS: usize = 40;
@@ -51,39 +53,13 @@ struct Given {
 
 /// Runs one seed; how many pairs of consecutive leases it checked.
 fn run(seed: u64) -> Result<usize, String> {
-    let mut sim = sessmesh_sim::converged_lan(NODES, seed);
-    sim.run_for(2_000);
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x10C_u64.rotate_left(40));
-    if rng.random_range(0..3) == 0 {
-        sim.set_skew(rng.random_range(0..NODES), rng.random_range(-400..400));
-    }
-    if rng.random_range(0..3) == 0 {
-        let faults = sim.faults_mut();
-        faults.loss_percent = 10;
-        faults.duplicate_percent = 10;
-        faults.jitter_ms = 50;
-    }
-    let crashed = (rng.random_range(0..3) == 0).then(|| rng.random_range(0..NODES));
-    let everyone: Vec<usize> = (0..NODES).collect();
+    let plan = FaultPlan::draw(NODES, OPERATIONS, &mut rng);
+    let mut sim = plan.start(seed)?;
     let mut calls: Vec<(CallId, Asked, u64)> = Vec::new();
     let mut known_tokens: Vec<u64> = Vec::new();
     for i in 0..OPERATIONS {
-        if i == OPERATIONS / 3 {
-            let mut sides = vec![BTreeSet::new(), BTreeSet::new()];
-            for n in 0..NODES {
-                sides[rng.random_range(0..2)].insert(n);
-            }
-            sim.faults_mut().groups = sides;
-            if let Some(node) = crashed {
-                sim.crash(node);
-            }
-        }
-        if i == 2 * OPERATIONS / 3 {
-            sim.faults_mut().groups.clear();
-            if let Some(node) = crashed {
-                sim.start(node, &everyone);
-            }
-        }
+        plan.before(&mut sim, i, &mut rng);
         // Tokens learned so far, from answers already in.
         for (call, asked, _) in &calls {
             if let (Asked::Lock { .. }, Some(Outcome::Decided(d))) = (asked, sim.outcome(*call))
@@ -247,7 +223,7 @@ fn run(seed: u64) -> Result<usize, String> {
         let unlocked = a.unlocked_at.is_some_and(|at| at <= b.answered_ms);
         if !ran_out && !unlocked {
             return Err(format!(
-                "lease {b_token} began at {} while lease {a_token} held until {} and was not unlocked (crashed: {crashed:?}); leases: {given:?}",
+                "lease {b_token} began at {} while lease {a_token} held until {} and was not unlocked; faults: {plan}; leases: {given:?}",
                 b.from_ms, a.until_ms
             ));
         }

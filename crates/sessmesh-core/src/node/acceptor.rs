@@ -13,10 +13,14 @@ impl Node {
         request: u64,
         key: Bytes,
         ballot: Ballot,
+        view: u64,
         now_ms: u64,
     ) {
         if let Err(e) = self.hlc.observe(ballot, now_ms) {
             self.refuse_drift(from, &e);
+            return;
+        }
+        if self.refuse_other_view(from, request, &key, view) {
             return;
         }
         // Still learning what it may have promised: no answer (learning.rs).
@@ -43,11 +47,15 @@ impl Node {
         request: u64,
         key: &[u8],
         proposal: Proposal,
+        view: u64,
         now_ms: u64,
     ) {
         let newest = proposal.ballot.max(proposal.stamp);
         if let Err(e) = self.hlc.observe(newest, now_ms) {
             self.refuse_drift(from, &e);
+            return;
+        }
+        if self.refuse_other_view(from, request, key, view) {
             return;
         }
         if !self.acceptor_ready(key) {
@@ -58,6 +66,20 @@ impl Node {
             Err(promised) => Message::Rejected { request, promised },
         };
         self.effects.push(Effect::Send { to: from, message });
+    }
+
+    /// Answers `Moving` to a round whose coordinator sees another replica
+    /// set for `key` than this node does: majorities of two different sets
+    /// need not meet, so only replicas that agree on the set take part.
+    fn refuse_other_view(&mut self, from: SocketAddr, request: u64, key: &[u8], view: u64) -> bool {
+        if self.view_for(self.store.partition_of(key)) == view {
+            return false;
+        }
+        self.effects.push(Effect::Send {
+            to: from,
+            message: Message::Moving { request },
+        });
+        true
     }
 
     /// A chosen proposal: its write applied as an ordinary write.

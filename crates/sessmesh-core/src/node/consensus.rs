@@ -20,6 +20,11 @@ use crate::replication::Decision;
 /// coordinator's ballot starts again, ms.
 const MAX_BACKOFF_MS: u64 = 50;
 
+/// Why an operation was not decided while views of the key's replicas
+/// differed.
+const MOVING: &str = "the key's replicas are moving (nodes see different replica sets \
+     while a membership change spreads); retry when it settles";
+
 impl Node {
     /// Decides `op` on `key` by consensus among the key's replicas; its
     /// [`Outcome`] (`Decided`, `Undecided`, `Refused` or `ClockAhead`)
@@ -53,6 +58,8 @@ impl Node {
             op,
             replicas,
             needed,
+            view: 0,
+            moving: 0,
             ballot: Stamp::default(),
             phase: Phase::Backoff,
             waiting: 0,
@@ -65,9 +72,20 @@ impl Node {
         self.prepare(round, now_ms);
     }
 
-    /// Starts an attempt: a fresh ballot, promised here if this node is a
-    /// replica, and asked of the others.
+    /// Starts an attempt: a fresh ballot under this node's present view of
+    /// the key's replicas, promised here if this node is one, and asked of
+    /// the others.
     fn prepare(&mut self, mut round: PendingRound, now_ms: u64) {
+        let partition = self.store.partition_of(&round.key);
+        round.replicas = Arc::clone(&self.replica_sets[partition.0 as usize]);
+        round.needed = Level::Quorum.required(self.copies);
+        round.view = self.view_for(partition);
+        if round.replicas.len() < round.needed {
+            // The membership changed since the operation began.
+            round.moving += 1;
+            self.retry_later(round, now_ms);
+            return;
+        }
         let ballot = match self.hlc.try_stamp(now_ms) {
             Ok(ballot) => ballot,
             Err(Error::ClockAhead { ahead_ms, .. }) => {
@@ -108,6 +126,7 @@ impl Node {
                     request: id,
                     key: round.key.clone(),
                     ballot,
+                    view: round.view,
                 };
                 self.effects.push(Effect::Send { to, message });
             }
@@ -193,6 +212,32 @@ impl Node {
             self.refuse_drift(from, &e);
         }
         self.retry_later(round, now_ms);
+    }
+
+    /// A replica sees another replica set for the key: it takes no part in
+    /// this attempt. The attempt goes on with the others while a majority
+    /// may still answer, and starts again after a pause otherwise.
+    pub(super) fn round_moving(&mut self, request: u64, from: SocketAddr, now_ms: u64) {
+        let Some(bit) = waiting_on_round(&mut self.in_flight, request, from) else {
+            return;
+        };
+        let Some(round) = self.in_flight.get_mut::<PendingRound>(request) else {
+            return;
+        };
+        round.waiting &= !bit;
+        round.moving += 1;
+        let answered = match round.phase {
+            Phase::Prepare => round.promises.len(),
+            Phase::Propose { .. } => round.accepts,
+            Phase::Backoff => return,
+        };
+        let may_answer = round.waiting.count_ones() as usize;
+        if answered + may_answer >= round.needed {
+            return;
+        }
+        if let Some(round) = self.in_flight.take::<PendingRound>(request) {
+            self.retry_later(round, now_ms);
+        }
     }
 
     /// Moves an attempt on once enough replicas answered its phase.
@@ -408,6 +453,7 @@ impl Node {
                     request: id,
                     key: round.key.clone(),
                     proposal: proposal.clone(),
+                    view: round.view,
                 };
                 self.effects.push(Effect::Send { to, message });
             }
@@ -468,14 +514,15 @@ impl Node {
     /// is up.
     fn retry_later(&mut self, mut round: PendingRound, now_ms: u64) {
         if now_ms >= round.started_ms + self.config.request_timeout_ms {
-            self.undecided(
-                round.call,
+            let reason = if round.moving > 0 {
+                MOVING.to_owned()
+            } else {
                 format!(
                     "contended: pre-empted by other coordinators' rounds {} times",
                     round.attempts
-                ),
-                round.mine.is_some(),
-            );
+                )
+            };
+            self.undecided(round.call, reason, round.mine.is_some());
             return;
         }
         // A pause that grows with the attempts and differs between nodes,
@@ -504,14 +551,14 @@ impl Node {
             // A pausing round has no deadline of its own.
             Phase::Backoff => return,
         };
-        self.undecided(
-            round.call,
-            format!(
-                "timed out: {answers} of the {} replicas a majority needs answered",
-                round.needed
-            ),
-            maybe_applied,
+        let mut reason = format!(
+            "timed out: {answers} of the {} replicas a majority needs answered",
+            round.needed
         );
+        if round.moving > 0 {
+            reason = format!("{reason}; {MOVING}");
+        }
+        self.undecided(round.call, reason, maybe_applied);
     }
 
     fn undecided(&mut self, call: CallId, reason: String, maybe_applied: bool) {

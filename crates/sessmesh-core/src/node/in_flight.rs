@@ -41,6 +41,11 @@ pub(crate) struct PendingRound {
     pub(crate) replicas: ReplicaSet,
     /// Promises, then acceptances, needed: a majority of the key's copies.
     pub(crate) needed: usize,
+    /// The view of the replica set this attempt runs under
+    /// ([`crate::consensus::view_of`]); replicas that see another refuse.
+    pub(crate) view: u64,
+    /// Replicas that refused an attempt for seeing another replica set.
+    pub(crate) moving: usize,
     /// This attempt's ballot.
     pub(crate) ballot: Ballot,
     pub(crate) phase: Phase,

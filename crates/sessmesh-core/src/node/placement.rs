@@ -21,7 +21,7 @@ impl Node {
         if self.addrs.is_empty() {
             self.refresh_addresses();
         }
-        let me = self.membership.me();
+        let me = self.membership.me().clone();
         let mut owners: BTreeSet<String> = self
             .membership
             .members()
@@ -33,17 +33,16 @@ impl Node {
         }
         let changed = self.partitioner.set_members(owners);
         self.counted = self.membership.counted_names();
+        let copies_before = self.copies;
         self.copies = self
             .membership
             .counted_members()
             .clamp(1, self.config.replication_factor);
-        let before: Vec<bool> = self
-            .replica_sets
-            .iter()
-            .map(|set| set.iter().any(|r| r.local))
-            .collect();
-        self.replica_sets.clear();
+        let before = std::mem::take(&mut self.replica_sets);
         for partition in (0..self.store.partition_count()).map(PartitionId) {
+            if let Some(set) = before.get(partition.0 as usize) {
+                self.replicas_moved(partition, set, copies_before, &me.name);
+            }
             let replicas = self.partitioner.replicas_for(partition);
             debug_assert!(replicas.len() <= self.copies);
             let local = if replicas.contains(&me.name) {
@@ -51,12 +50,6 @@ impl Node {
             } else {
                 0
             };
-            // A partition gained is one whose consensus state this node
-            // does not have: it learns it before it acts as an acceptor.
-            let was_replica = before.get(partition.0 as usize).is_some_and(|&r| r);
-            if local > 0 && !was_replica {
-                self.learning[partition.0 as usize] = Some(BTreeSet::new());
-            }
             self.store.set_replicated(partition, local);
             self.replica_sets.push(
                 replicas
@@ -72,6 +65,37 @@ impl Node {
         if !changed.is_empty() {
             self.effects
                 .push(Effect::Event(NodeEvent::ReplicasChanged(changed)));
+        }
+    }
+
+    /// Keeps this node's consensus standing in `partition` true to a
+    /// change of its replica set from `before` (under `copies_before`):
+    /// the set before is remembered, for this node and those it answers
+    /// must hear from enough of its members before acting as acceptors,
+    /// and a partition gained, or one still being learned, is learned anew
+    /// under the new view (learning.rs).
+    fn replicas_moved(
+        &mut self,
+        partition: PartitionId,
+        before: &[Replica],
+        copies_before: usize,
+        me: &String,
+    ) {
+        let names: Vec<String> = before.iter().map(|r| r.name.clone()).collect();
+        let now = self.partitioner.replicas_for(partition);
+        if names == now && copies_before == self.copies {
+            return;
+        }
+        let replica = now.contains(me);
+        let was_replica = before.iter().any(|r| r.local);
+        let standing = &mut self.learning[partition.0 as usize];
+        // A set smaller than a majority could decide nothing: nobody needs
+        // to hear from it.
+        if names.len() >= Level::Quorum.required(copies_before) {
+            standing.remember(names);
+        }
+        if replica && (!was_replica || standing.learning.is_some()) {
+            standing.learning = Some(Answers::default());
         }
     }
 }

@@ -30,6 +30,7 @@ pub(super) fn kind(message: &Message) -> &'static str {
         Message::Propose { .. } => "Propose",
         Message::Accepted { .. } => "Accepted",
         Message::Rejected { .. } => "Rejected",
+        Message::Moving { .. } => "Moving",
         Message::Commit { .. } => "Commit",
         Message::SyncAcceptors { .. } => "SyncAcceptors",
         Message::AcceptorStates { .. } => "AcceptorStates",
