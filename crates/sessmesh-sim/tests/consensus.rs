@@ -202,6 +202,12 @@ fn a_key_whose_replicas_change_by_two_at_once_keeps_its_decisions() {
         "created twice: {second:?}; seed {}",
         sim.seed()
     );
+    // And the refusal says why.
+    assert!(
+        matches!(&second, Outcome::Undecided { reason, .. } if reason.contains("still learning")),
+        "{second:?}; seed {}",
+        sim.seed()
+    );
     // Once the cut heals, the new replicas learn the decision.
     sim.faults_mut().groups.clear();
     sim.run_for(10_000);

@@ -558,6 +558,13 @@ impl Node {
         if round.moving > 0 {
             reason = format!("{reason}; {MOVING}");
         }
+        let here_too = round.replicas.iter().any(|r| r.local);
+        if here_too && !self.acceptor_ready(&round.key) {
+            reason = format!(
+                "{reason}; this replica is still learning the key's consensus state \
+                 from the others (after a start or a membership change)"
+            );
+        }
         self.undecided(round.call, reason, maybe_applied);
     }
 
