@@ -94,7 +94,12 @@ impl Node {
         if names.len() >= Level::Quorum.required(copies_before) {
             standing.remember(names);
         }
-        if replica && (!was_replica || standing.learning.is_some()) {
+        // A node that became an acceptor while it saw fewer members than
+        // the replication factor (a cluster forming, or a fragment of one
+        // that had not met the rest) counted majorities of fewer copies:
+        // as the cluster it sees grows, it learns again.
+        let grew = self.copies > copies_before;
+        if replica && (!was_replica || standing.learning.is_some() || grew) {
             standing.learning = Some(Answers::default());
         }
     }
