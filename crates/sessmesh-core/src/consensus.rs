@@ -113,6 +113,43 @@ pub enum Cas {
         /// The lease's token.
         token: u64,
     },
+    /// The caller's own decision: its function of the key's state (the
+    /// commands of a Redis layer: `APPEND`, `SETRANGE`, transactions,
+    /// scripts). See [`Computation`].
+    Compute(Computation),
+}
+
+/// What a [`Computation`] runs: the key's state (tombstones included) and
+/// the coordinator's clock, ms, to the write it decides, if any.
+pub type ComputeFn = dyn Fn(Option<&Session>, u64) -> Result<Option<Write>, CasError> + Send + Sync;
+
+/// A decision made by the caller's code. It runs on the coordinator, on
+/// the state a majority reported, once for each attempt that gets that far;
+/// only the write it returns is proposed. So it must be a function of its
+/// arguments alone: given the same state and clock, the same write.
+#[derive(Clone)]
+pub struct Computation(std::sync::Arc<ComputeFn>);
+
+impl Computation {
+    /// A computation running `f`.
+    pub fn new(
+        f: impl Fn(Option<&Session>, u64) -> Result<Option<Write>, CasError> + Send + Sync + 'static,
+    ) -> Self {
+        Computation(std::sync::Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for Computation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Computation(..)")
+    }
+}
+
+impl PartialEq for Computation {
+    /// The same function, not an equal one.
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// The fields a lock keeps in its key's session.
@@ -195,6 +232,10 @@ pub enum CasError {
     /// The field does not hold a number, or the result is not finite.
     #[error("value is not a valid float")]
     NotAFloat,
+    /// A [`Computation`] refused the state, saying why (for a Redis layer,
+    /// the error reply itself: `WRONGTYPE ...`).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// How an operation came out on the state it was decided on.
@@ -310,6 +351,7 @@ impl Cas {
                     expiry: Expiry::NEVER,
                 })
             }
+            Cas::Compute(computation) => (computation.0)(current, now_ms)?,
         };
         Ok(Decided {
             applied: write.is_some(),

@@ -71,7 +71,8 @@ pub mod wire;
 pub use clock::{Hlc, HlcTime, NodeId, Stamp};
 pub use config::Config;
 pub use consensus::{
-    AcceptorStanding, Ballot, Cas, CasError, Condition, Proposal, Standings, view_of,
+    AcceptorStanding, Ballot, Cas, CasError, Computation, ComputeFn, Condition, Proposal,
+    Standings, view_of,
 };
 pub use digest::{KeyDigest, PartitionDigest};
 pub use error::Error;

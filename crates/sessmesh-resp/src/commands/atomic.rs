@@ -23,6 +23,10 @@ pub(super) fn decide_failed(error: &Error, what: &str) -> Reply {
         } => Reply::Error(format!(
             "UNCERTAIN {reason}; the write may still take effect"
         )),
+        // A computation's refusal is the reply itself.
+        Error::Refused(why) if why.starts_with("WRONGTYPE") || why.starts_with("ERR ") => {
+            Reply::Error(why.clone())
+        }
         Error::Refused(why) if why.contains("overflow") => {
             err("ERR increment or decrement would overflow")
         }

@@ -27,8 +27,9 @@
 //!
 //! The families, each owning the parsing and the running of its commands:
 //! `connection.rs` (`AUTH`, `HELLO`, `CLIENT`, `PING`...), `strings.rs`,
-//! `keys.rs` (and expiry), `hashes.rs`, and `server.rs` (`COMMAND`,
-//! `CONFIG`, `INFO`, `DBSIZE`). This file holds what they share: the
+//! `ranges.rs` (`APPEND`, `GETRANGE`...), `keys.rs` (and expiry),
+//! `hashes.rs`, `locks.rs`, and `server.rs` (`COMMAND`, `CONFIG`, `INFO`,
+//! `DBSIZE`). This file holds what they share: the
 //! handler and a connection's state, the dispatch, reads of a key, writes
 //! handed over together, and the error replies.
 //!
@@ -51,6 +52,7 @@ mod connection;
 mod hashes;
 mod keys;
 mod locks;
+mod ranges;
 mod server;
 mod strings;
 mod table;
@@ -59,6 +61,7 @@ use connection::ConnectionCommand;
 use hashes::HashCommand;
 use keys::KeyCommand;
 use locks::LockCommand;
+use ranges::RangeCommand;
 use server::ServerCommand;
 use strings::StringCommand;
 pub use table::Command;
@@ -267,6 +270,7 @@ enum Call {
     Keys(KeyCommand),
     Hashes(HashCommand),
     Locks(LockCommand),
+    Ranges(RangeCommand),
     Server(ServerCommand),
 }
 
@@ -283,6 +287,7 @@ impl Call {
             Family::Keys(op) => KeyCommand::parse(op, args, now_ms).map(Call::Keys),
             Family::Hashes(op) => HashCommand::parse(op, args).map(Call::Hashes),
             Family::Locks(op) => LockCommand::parse(op, args).map(Call::Locks),
+            Family::Ranges(op) => RangeCommand::parse(op, args).map(Call::Ranges),
             Family::Server(op) => ServerCommand::parse(op, args).map(Call::Server),
         }
     }
@@ -400,6 +405,7 @@ impl Handler {
             Call::Keys(command) => command.run(self).await,
             Call::Hashes(command) => command.run(self).await,
             Call::Locks(command) => command.run(self).await,
+            Call::Ranges(command) => command.run(self).await,
             Call::Server(command) => command.run(self),
         };
         (reply, Flow::Continue)

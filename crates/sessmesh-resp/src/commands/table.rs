@@ -3,7 +3,7 @@
 //! name gets.
 
 use super::*;
-use Family::{Connection, Hashes, Keys, Locks, Server, Strings};
+use Family::{Connection, Hashes, Keys, Locks, Ranges, Server, Strings};
 
 /// The family a command belongs to, and which of its commands it is: the
 /// family's file parses the request into its typed command and runs that.
@@ -19,6 +19,8 @@ pub(super) enum Family {
     Hashes(hashes::Op),
     /// `locks.rs`: fenced locks (`SESSMESH.LOCK`...).
     Locks(locks::Op),
+    /// `ranges.rs`: parts of strings (`APPEND`, `GETRANGE`...).
+    Ranges(ranges::Op),
     /// `server.rs`: the server and introspection.
     Server(server::Op),
 }
@@ -27,6 +29,7 @@ pub(super) enum Family {
 /// at least), whether it only reads data (`GET`, `HGETALL`, `TTL`...), and
 /// the family that parses and runs it.
 pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
+    ("APPEND", 3, false, Ranges(ranges::Op::Append)),
     ("AUTH", -2, false, Connection(connection::Op::Auth)),
     ("CLIENT", -2, false, Connection(connection::Op::Client)),
     ("COMMAND", -1, false, Server(server::Op::Command)),
@@ -42,6 +45,7 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("GET", 2, true, Strings(strings::Op::Get)),
     ("GETDEL", 2, false, Strings(strings::Op::GetDel)),
     ("GETEX", -2, false, Strings(strings::Op::GetEx)),
+    ("GETRANGE", 4, true, Ranges(ranges::Op::GetRange)),
     ("GETSET", 3, false, Strings(strings::Op::GetSet)),
     ("HDEL", -3, false, Hashes(hashes::Op::Del)),
     ("HELLO", -1, false, Connection(connection::Op::Hello)),
@@ -78,6 +82,9 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("SET", -3, false, Strings(strings::Op::Set)),
     ("SETEX", 4, false, Strings(strings::Op::SetEx)),
     ("SETNX", 3, false, Strings(strings::Op::SetNx)),
+    ("SETRANGE", 4, false, Ranges(ranges::Op::SetRange)),
+    ("STRLEN", 2, true, Ranges(ranges::Op::StrLen)),
+    ("SUBSTR", 4, true, Ranges(ranges::Op::GetRange)),
     ("TTL", 2, true, Keys(keys::Op::Ttl)),
     ("TYPE", 2, true, Keys(keys::Op::Type)),
     ("UNLINK", -2, false, Keys(keys::Op::Unlink)),
@@ -234,8 +241,8 @@ mod tests {
         assert_eq!(
             reads,
             [
-                "EXISTS", "GET", "HEXISTS", "HGET", "HGETALL", "HKEYS", "HLEN", "HMGET", "HVALS",
-                "MGET", "PTTL", "TTL", "TYPE"
+                "EXISTS", "GET", "GETRANGE", "HEXISTS", "HGET", "HGETALL", "HKEYS", "HLEN",
+                "HMGET", "HVALS", "MGET", "PTTL", "STRLEN", "SUBSTR", "TTL", "TYPE"
             ]
         );
         let unknown = unknown(&[Bytes::from_static(b"foo"), Bytes::from_static(b"a")]);
