@@ -22,6 +22,7 @@ pub(super) enum Op {
     MSet,
     Set,
     SetNx,
+    StrLen,
     Vals,
 }
 
@@ -44,6 +45,8 @@ pub(super) enum HashCommand {
     },
     /// `HGET key field`.
     Get { key: Bytes, field: Bytes },
+    /// `HSTRLEN key field`.
+    StrLen { key: Bytes, field: Bytes },
     /// `HMGET key field [field ...]`.
     MGet { key: Bytes, fields: Vec<Bytes> },
     /// `HGETALL`, `HKEYS`, `HVALS`, `HLEN`: `key`.
@@ -115,6 +118,10 @@ impl HashCommand {
                 key,
                 field: args[1].clone(),
             },
+            Op::StrLen => HashCommand::StrLen {
+                key,
+                field: args[1].clone(),
+            },
             Op::MGet => HashCommand::MGet {
                 key,
                 fields: args[1..].to_vec(),
@@ -171,6 +178,7 @@ impl HashCommand {
             } => handler.hset(key, pairs, replies_ok).await,
             HashCommand::SetNx { key, field, value } => handler.hsetnx(key, field, value).await,
             HashCommand::Get { key, field } => handler.hget(&key, &field).await,
+            HashCommand::StrLen { key, field } => handler.hstrlen(&key, &field).await,
             HashCommand::MGet { key, fields } => handler.hmget(&key, &fields).await,
             HashCommand::Whole { key, part } => handler.hread(&key, part).await,
             HashCommand::Del { key, fields } => handler.hdel(key, fields).await,
@@ -236,6 +244,15 @@ impl Handler {
             .await?
             .and_then(|d| d.field(field).map(Reply::bulk))
             .unwrap_or(Reply::Nil))
+    }
+
+    async fn hstrlen(&self, key: &Bytes, field: &Bytes) -> Result<Reply, Reply> {
+        let len = self
+            .read_hash(key)
+            .await?
+            .and_then(|d| d.field(field).map(<[u8]>::len))
+            .unwrap_or(0);
+        Ok(Reply::Int(i64::try_from(len).unwrap_or(i64::MAX)))
     }
 
     async fn hmget(&self, key: &Bytes, fields: &[Bytes]) -> Result<Reply, Reply> {

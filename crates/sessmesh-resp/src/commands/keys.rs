@@ -14,7 +14,9 @@ pub(super) enum Op {
     PExpireAt,
     Persist,
     PTtl,
+    Object,
     Scan,
+    Touch,
     Ttl,
     Type,
     Unlink,
@@ -29,6 +31,8 @@ pub(super) enum KeyCommand {
     Exists { keys: Vec<Bytes> },
     /// `TYPE key`.
     Type { key: Bytes },
+    /// `OBJECT ENCODING key`: how Redis would store the value.
+    Encoding { key: Bytes },
     /// `EXPIRE`, `PEXPIRE`, `EXPIREAT`, `PEXPIREAT`: `key n [NX|XX|GT|LT]`.
     Expire {
         key: Bytes,
@@ -79,9 +83,21 @@ impl KeyCommand {
             Op::Del | Op::Unlink => KeyCommand::Del {
                 keys: args.to_vec(),
             },
-            Op::Exists => KeyCommand::Exists {
+            // `TOUCH` counts the keys that exist, as `EXISTS`; there is no
+            // access time to update.
+            Op::Exists | Op::Touch => KeyCommand::Exists {
                 keys: args.to_vec(),
             },
+            Op::Object if eq(&args[0], "ENCODING") && args.len() == 2 => KeyCommand::Encoding {
+                key: args[1].clone(),
+            },
+            Op::Object if eq(&args[0], "ENCODING") => return Err(arity("object|encoding")),
+            Op::Object => {
+                return Err(Reply::Error(format!(
+                    "ERR unknown subcommand '{}'. Try OBJECT HELP.",
+                    String::from_utf8_lossy(&args[0])
+                )));
+            }
             Op::Type => KeyCommand::Type {
                 key: args[0].clone(),
             },
@@ -149,6 +165,7 @@ impl KeyCommand {
             KeyCommand::Del { keys } => handler.del(&keys).await,
             KeyCommand::Exists { keys } => handler.exists(&keys).await,
             KeyCommand::Type { key } => handler.type_of(&key).await,
+            KeyCommand::Encoding { key } => handler.encoding(&key).await,
             KeyCommand::Expire {
                 key,
                 at_ms,
@@ -241,6 +258,31 @@ impl Handler {
             Some(Value::String { .. }) => "string",
             Some(Value::Hash(_)) => "hash",
         }))
+    }
+
+    /// `OBJECT ENCODING`: the encoding Redis would choose for the value,
+    /// for clients that look (an `int` as Redis stores integers, small
+    /// hashes as a `listpack`).
+    async fn encoding(&self, key: &Bytes) -> Result<Reply, Reply> {
+        Ok(match self.read(key).await? {
+            None => Reply::Nil,
+            Some(Value::String { value, .. }) => Reply::bulk(
+                if value.len() <= 20
+                    && int(&value).is_some_and(|n| n.to_string().as_bytes() == value.as_ref())
+                {
+                    "int"
+                } else if value.len() <= 44 {
+                    "embstr"
+                } else {
+                    "raw"
+                },
+            ),
+            Some(Value::Hash(data)) => {
+                let small = data.fields().count() <= 128
+                    && data.fields().all(|(n, v)| n.len() <= 64 && v.len() <= 64);
+                Reply::bulk(if small { "listpack" } else { "hashtable" })
+            }
+        })
     }
 
     async fn expire(&self, key: &Bytes, at: i64, only_if: ExpireIf) -> Result<Reply, Reply> {

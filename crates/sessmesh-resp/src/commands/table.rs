@@ -60,6 +60,7 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("HMSET", -4, false, Hashes(hashes::Op::MSet)),
     ("HSET", -4, false, Hashes(hashes::Op::Set)),
     ("HSETNX", 4, false, Hashes(hashes::Op::SetNx)),
+    ("HSTRLEN", 3, true, Hashes(hashes::Op::StrLen)),
     ("HVALS", 2, true, Hashes(hashes::Op::Vals)),
     ("INCR", 2, false, Strings(strings::Op::Incr)),
     ("INCRBY", 3, false, Strings(strings::Op::IncrBy)),
@@ -67,6 +68,7 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("INFO", -1, false, Server(server::Op::Info)),
     ("MGET", -2, true, Strings(strings::Op::MGet)),
     ("MSET", -3, false, Strings(strings::Op::MSet)),
+    ("OBJECT", -2, true, Keys(keys::Op::Object)),
     ("PERSIST", 2, false, Keys(keys::Op::Persist)),
     ("PEXPIRE", -3, false, Keys(keys::Op::PExpire)),
     ("PEXPIREAT", -3, false, Keys(keys::Op::PExpireAt)),
@@ -85,6 +87,7 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("SETRANGE", 4, false, Ranges(ranges::Op::SetRange)),
     ("STRLEN", 2, true, Ranges(ranges::Op::StrLen)),
     ("SUBSTR", 4, true, Ranges(ranges::Op::GetRange)),
+    ("TOUCH", -2, true, Keys(keys::Op::Touch)),
     ("TTL", 2, true, Keys(keys::Op::Ttl)),
     ("TYPE", 2, true, Keys(keys::Op::Type)),
     ("UNLINK", -2, false, Keys(keys::Op::Unlink)),
@@ -242,7 +245,8 @@ mod tests {
             reads,
             [
                 "EXISTS", "GET", "GETRANGE", "HEXISTS", "HGET", "HGETALL", "HKEYS", "HLEN",
-                "HMGET", "HVALS", "MGET", "PTTL", "STRLEN", "SUBSTR", "TTL", "TYPE"
+                "HMGET", "HSTRLEN", "HVALS", "MGET", "OBJECT", "PTTL", "STRLEN", "SUBSTR", "TOUCH",
+                "TTL", "TYPE"
             ]
         );
         let unknown = unknown(&[Bytes::from_static(b"foo"), Bytes::from_static(b"a")]);
