@@ -136,6 +136,46 @@ def main():
     assert 99 <= ttl <= 100, ttl
     assert results == [None, True, "1", 1, 1, "x", {"f": "x"}, True, "2", 1, None, 0], results
 
+    # Transactions: a MULTI/EXEC pipeline, as Django's set_many sends one.
+    tx = f"py{args.protocol}:{run}:tx"
+    pipe = a.pipeline(transaction=True)
+    pipe.mset({tx + ":a": "1", tx + ":b": "2"})
+    pipe.expire(tx + ":a", 100)
+    pipe.incr(tx + ":b")
+    pipe.get(tx + ":b")
+    assert pipe.execute() == [True, True, 3, "3"]
+    assert b.mget([tx + ":a", tx + ":b"]) == ["1", "3"]
+    assert 99 <= c.ttl(tx + ":a") <= 100
+    # A command refused while queuing discards the transaction.
+    pipe = a.pipeline(transaction=True)
+    pipe.set(tx + ":c", "no")
+    pipe.execute_command("SET", tx + ":c")
+    try:
+        pipe.execute()
+        raise AssertionError("EXEC must abort")
+    except redis.ResponseError as e:
+        assert "EXECABORT" in str(e) or "wrong number" in str(e), e
+    assert b.get(tx + ":c") is None
+    # WATCH: a change by another client makes EXEC answer nil (WatchError).
+    with a.pipeline() as pipe:
+        pipe.watch(tx + ":a")
+        b.set(tx + ":a", "changed")
+        pipe.multi()
+        pipe.set(tx + ":a", "mine")
+        try:
+            pipe.execute()
+            raise AssertionError("a watched key changed: EXEC must fail")
+        except redis.WatchError:
+            pass
+    assert c.get(tx + ":a") == "changed"
+    # The retry idiom: read, compute, write, under WATCH.
+    def add_one(pipe):
+        value = int(pipe.get(tx + ":b"))
+        pipe.multi()
+        pipe.set(tx + ":b", value + 1)
+    a.transaction(add_one, tx + ":b")
+    assert b.get(tx + ":b") == "4"
+
     # SCAN sees the keys (each node holds every key at rf=3 with 3 nodes).
     found = set(c.scan_iter(match=f"py{args.protocol}:{run}:p*", count=100))
     assert len(found) == 100, len(found)

@@ -56,6 +56,7 @@ mod ranges;
 mod server;
 mod strings;
 mod table;
+mod transactions;
 
 use connection::ConnectionCommand;
 use hashes::HashCommand;
@@ -66,6 +67,7 @@ use server::ServerCommand;
 use strings::StringCommand;
 pub use table::Command;
 use table::{Family, check_arity, unknown};
+use transactions::{Transaction, TransactionCommand};
 
 /// The field a string value is stored under.
 const STRING_FIELD: &[u8] = b"";
@@ -96,6 +98,7 @@ pub struct Client {
     pub protocol: Protocol,
     authenticated: bool,
     name: Option<Bytes>,
+    transaction: Transaction,
 }
 
 impl Client {
@@ -272,6 +275,7 @@ enum Call {
     Locks(LockCommand),
     Ranges(RangeCommand),
     Server(ServerCommand),
+    Transactions(TransactionCommand),
 }
 
 impl Call {
@@ -288,6 +292,7 @@ impl Call {
             Family::Hashes(op) => HashCommand::parse(op, args).map(Call::Hashes),
             Family::Locks(op) => LockCommand::parse(op, args).map(Call::Locks),
             Family::Ranges(op) => RangeCommand::parse(op, args).map(Call::Ranges),
+            Family::Transactions(op) => Ok(Call::Transactions(TransactionCommand::parse(op, args))),
             Family::Server(op) => ServerCommand::parse(op, args).map(Call::Server),
         }
     }
@@ -315,6 +320,7 @@ impl Handler {
             protocol: Protocol::Resp2,
             authenticated: self.settings.requirepass.is_none(),
             name: None,
+            transaction: Transaction::default(),
         }
     }
 
@@ -329,7 +335,11 @@ impl Handler {
         args: &[Bytes],
     ) -> Option<Result<Submitted, Reply>> {
         let set = Family::Strings(strings::Op::Set);
-        if args.len() != 3 || !client.authenticated || command.family() != set {
+        if args.len() != 3
+            || !client.authenticated
+            || command.family() != set
+            || client.transaction.queuing()
+        {
             return None;
         }
         let write = Write::Put {
@@ -361,11 +371,17 @@ impl Handler {
         args: &[Bytes],
     ) -> (Reply, Flow) {
         let Some(command) = command else {
+            if client.transaction.queuing() {
+                return (client.transaction.queue(Err(unknown(args))), Flow::Continue);
+            }
             return (unknown(args), Flow::Continue);
         };
         let call = check_arity(command, args)
             .and_then(|()| client.may_run(command))
             .and_then(|()| Call::parse(command, args, now_ms()));
+        if client.transaction.queues(command) {
+            return (client.transaction.queue(call), Flow::Continue);
+        }
         match call {
             Ok(call) => self.run(Some(client), call).await,
             Err(reply) => (reply, Flow::Continue),
@@ -377,7 +393,7 @@ impl Handler {
     /// may run at the same time ([`execute_read`](Self::execute_read)),
     /// their replies still in order.
     pub fn reads_only(&self, client: &Client, command: Command) -> bool {
-        client.authenticated && command.reads_only()
+        client.authenticated && command.reads_only() && !client.transaction.queuing()
     }
 
     /// Runs a request whose command [`reads_only`](Self::reads_only)
@@ -394,6 +410,17 @@ impl Handler {
     /// The one dispatch: runs a parsed command in its family. `client` is
     /// `None` for a read run beside others, which needs no connection.
     async fn run(&self, client: Option<&mut Client>, call: Call) -> (Reply, Flow) {
+        match (call, client) {
+            (Call::Transactions(command), Some(client)) => {
+                (command.run(self, client).await, Flow::Continue)
+            }
+            (call, client) => self.run_data(client, call).await,
+        }
+    }
+
+    /// Runs a command of any family but the transaction's own (which
+    /// `EXEC` runs the queued commands through).
+    async fn run_data(&self, client: Option<&mut Client>, call: Call) -> (Reply, Flow) {
         let reply = match call {
             Call::Connection(command) => match client {
                 Some(client) => return command.run(self, client),
@@ -407,6 +434,7 @@ impl Handler {
             Call::Locks(command) => command.run(self).await,
             Call::Ranges(command) => command.run(self).await,
             Call::Server(command) => command.run(self),
+            Call::Transactions(_) => err("ERR a transaction command cannot run here"),
         };
         (reply, Flow::Continue)
     }

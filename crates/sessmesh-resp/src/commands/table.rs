@@ -3,7 +3,7 @@
 //! name gets.
 
 use super::*;
-use Family::{Connection, Hashes, Keys, Locks, Ranges, Server, Strings};
+use Family::{Connection, Hashes, Keys, Locks, Ranges, Server, Strings, Transactions};
 
 /// The family a command belongs to, and which of its commands it is: the
 /// family's file parses the request into its typed command and runs that.
@@ -23,6 +23,8 @@ pub(super) enum Family {
     Ranges(ranges::Op),
     /// `server.rs`: the server and introspection.
     Server(server::Op),
+    /// `transactions.rs`: `MULTI`, `EXEC`, `WATCH`...
+    Transactions(transactions::Op),
 }
 
 /// Every command this node knows, sorted by name: its name, arity (negative:
@@ -38,7 +40,9 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("DECR", 2, false, Strings(strings::Op::Decr)),
     ("DECRBY", 3, false, Strings(strings::Op::DecrBy)),
     ("DEL", -2, false, Keys(keys::Op::Del)),
+    ("DISCARD", 1, false, Transactions(transactions::Op::Discard)),
     ("ECHO", 2, false, Connection(connection::Op::Echo)),
+    ("EXEC", 1, false, Transactions(transactions::Op::Exec)),
     ("EXISTS", -2, true, Keys(keys::Op::Exists)),
     ("EXPIRE", -3, false, Keys(keys::Op::Expire)),
     ("EXPIREAT", -3, false, Keys(keys::Op::ExpireAt)),
@@ -68,6 +72,7 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("INFO", -1, false, Server(server::Op::Info)),
     ("MGET", -2, true, Strings(strings::Op::MGet)),
     ("MSET", -3, false, Strings(strings::Op::MSet)),
+    ("MULTI", 1, false, Transactions(transactions::Op::Multi)),
     ("OBJECT", -2, true, Keys(keys::Op::Object)),
     ("PERSIST", 2, false, Keys(keys::Op::Persist)),
     ("PEXPIRE", -3, false, Keys(keys::Op::PExpire)),
@@ -91,6 +96,8 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("TTL", 2, true, Keys(keys::Op::Ttl)),
     ("TYPE", 2, true, Keys(keys::Op::Type)),
     ("UNLINK", -2, false, Keys(keys::Op::Unlink)),
+    ("UNWATCH", 1, false, Transactions(transactions::Op::Unwatch)),
+    ("WATCH", -2, false, Transactions(transactions::Op::Watch)),
 ];
 
 // A command that only reads runs beside others with no connection to

@@ -93,14 +93,23 @@ impl Cluster {
         }
     }
 
+    /// Runs `args` on node `node`, on a connection of its own.
     pub(crate) async fn run(&self, node: usize, args: &[&str]) -> Reply {
-        let args: Vec<Bytes> = args.iter().map(|a| Bytes::from(a.to_string())).collect();
         let mut client = self.handlers[node].client();
+        self.run_as(node, &mut client, args).await
+    }
+
+    /// Runs `args` on node `node`, on the connection `client` (one of
+    /// that node's: `self.handlers[node].client()`).
+    pub(crate) async fn run_as(
+        &self,
+        node: usize,
+        client: &mut sessmesh_resp::Client,
+        args: &[&str],
+    ) -> Reply {
+        let args: Vec<Bytes> = args.iter().map(|a| Bytes::from(a.to_string())).collect();
         let command = Command::lookup(&args[0]);
-        self.handlers[node]
-            .execute(&mut client, command, &args)
-            .await
-            .0
+        self.handlers[node].execute(client, command, &args).await.0
     }
 
     pub(crate) fn cut_off(&self, node: usize) {

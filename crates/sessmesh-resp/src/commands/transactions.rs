@@ -1,0 +1,186 @@
+//! Transactions: `MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH`, with
+//! Redis's replies.
+//!
+//! After `MULTI` a connection's commands are parsed and queued (`QUEUED`),
+//! and nothing runs until `EXEC`. A queued command that Redis would refuse
+//! before running it (an unknown command, a wrong number of arguments, a
+//! syntax error) is answered with its error at once, and `EXEC` then
+//! discards the transaction with `EXECABORT`. `EXEC` runs the queued
+//! commands in order, each with its own cluster semantics (the atomic ones
+//! through consensus, plain writes merged), and answers their replies as
+//! one array.
+//!
+//! `WATCH` reads each key by consensus and keeps the stamp of its newest
+//! write; `EXEC` reads them again the same way and answers nil, running
+//! nothing, when any changed (a write of the same value counts). Those
+//! reads are linearizable, so a change decided or acknowledged before
+//! `EXEC` began aborts it. The queued commands are not yet all-or-nothing
+//! with each other or with that check: a write that lands between the
+//! check and a queued command is not detected (docs/protocol.md).
+
+use sessmesh::Cas;
+use sessmesh_core::Stamp;
+
+use super::*;
+
+/// The transaction commands, as the table names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Op {
+    Discard,
+    Exec,
+    Multi,
+    Unwatch,
+    Watch,
+}
+
+/// A transaction command, its arguments parsed.
+#[derive(Debug, PartialEq)]
+pub(super) enum TransactionCommand {
+    Multi,
+    Exec,
+    Discard,
+    Watch { keys: Vec<Bytes> },
+    Unwatch,
+}
+
+/// A connection's transaction: what `MULTI` queued, and what `WATCH`
+/// watches.
+#[derive(Debug, Default)]
+pub(super) struct Transaction {
+    /// The commands queued since `MULTI`; `None` outside one.
+    queued: Option<Vec<Call>>,
+    /// Whether a command was refused while queuing: `EXEC` aborts.
+    refused: bool,
+    /// Each watched key, with the stamp of its newest write when watched.
+    watched: Vec<(Bytes, Option<Stamp>)>,
+}
+
+impl Transaction {
+    /// Whether `MULTI` is queuing this connection's commands.
+    pub(super) fn queuing(&self) -> bool {
+        self.queued.is_some()
+    }
+
+    /// Queues a parsed command, or notes that one was refused: the reply
+    /// is `QUEUED`, or the refusal.
+    pub(super) fn queue(&mut self, call: Result<Call, Reply>) -> Reply {
+        match (call, &mut self.queued) {
+            (Ok(call), Some(queued)) => {
+                queued.push(call);
+                Reply::Simple("QUEUED")
+            }
+            (Ok(_), None) => err("ERR no transaction to queue in"),
+            (Err(reply), _) => {
+                self.refused = true;
+                reply
+            }
+        }
+    }
+
+    /// Whether `command` is queued while `MULTI` is on: all but the
+    /// transaction's own commands (`UNWATCH` is queued, as in Redis) and
+    /// `QUIT`.
+    pub(super) fn queues(&self, command: Command) -> bool {
+        self.queuing()
+            && !matches!(
+                command.family(),
+                Family::Transactions(Op::Multi | Op::Exec | Op::Discard | Op::Watch)
+                    | Family::Connection(connection::Op::Quit)
+            )
+    }
+}
+
+impl TransactionCommand {
+    pub(super) fn parse(op: Op, args: &[Bytes]) -> Self {
+        match op {
+            Op::Multi => TransactionCommand::Multi,
+            Op::Exec => TransactionCommand::Exec,
+            Op::Discard => TransactionCommand::Discard,
+            Op::Watch => TransactionCommand::Watch {
+                keys: args.to_vec(),
+            },
+            Op::Unwatch => TransactionCommand::Unwatch,
+        }
+    }
+
+    pub(super) async fn run(self, handler: &Handler, client: &mut Client) -> Reply {
+        let transaction = &mut client.transaction;
+        match self {
+            TransactionCommand::Multi if transaction.queuing() => {
+                err("ERR MULTI calls can not be nested")
+            }
+            TransactionCommand::Multi => {
+                transaction.queued = Some(Vec::new());
+                transaction.refused = false;
+                Reply::Ok
+            }
+            TransactionCommand::Discard => match transaction.queued.take() {
+                None => err("ERR DISCARD without MULTI"),
+                Some(_) => {
+                    transaction.refused = false;
+                    transaction.watched.clear();
+                    Reply::Ok
+                }
+            },
+            TransactionCommand::Watch { .. } if transaction.queuing() => {
+                err("ERR WATCH inside MULTI is not allowed")
+            }
+            TransactionCommand::Watch { keys } => {
+                for key in keys {
+                    match handler.newest_write(&key).await {
+                        Ok(stamp) => client.transaction.watched.push((key, stamp)),
+                        Err(reply) => return reply,
+                    }
+                }
+                Reply::Ok
+            }
+            TransactionCommand::Unwatch => {
+                transaction.watched.clear();
+                Reply::Ok
+            }
+            TransactionCommand::Exec => handler.exec(client).await,
+        }
+    }
+}
+
+impl Handler {
+    /// The stamp of the newest write of `key` (deletes included), read by
+    /// consensus.
+    async fn newest_write(&self, key: &Bytes) -> Result<Option<Stamp>, Reply> {
+        let decision = self.decide(key, Cas::Read, "value").await?;
+        Ok(decision
+            .before
+            .as_ref()
+            .map(sessmesh::Session::newest_stamp))
+    }
+
+    /// `EXEC`: the queued commands' replies, nil when a watched key
+    /// changed, `EXECABORT` when one was refused while queuing.
+    async fn exec(&self, client: &mut Client) -> Reply {
+        let transaction = &mut client.transaction;
+        let Some(queued) = transaction.queued.take() else {
+            return err("ERR EXEC without MULTI");
+        };
+        let refused = std::mem::take(&mut transaction.refused);
+        let watched = std::mem::take(&mut transaction.watched);
+        if refused {
+            return err("EXECABORT Transaction discarded because of previous errors.");
+        }
+        for (key, stamp) in watched {
+            match self.newest_write(&key).await {
+                Ok(now) if now == stamp => {}
+                Ok(_) => return Reply::Nil,
+                Err(reply) => return reply,
+            }
+        }
+        let mut replies = Vec::with_capacity(queued.len());
+        for call in queued {
+            let reply = match call {
+                Call::Transactions(TransactionCommand::Unwatch) => Reply::Ok,
+                call => self.run_data(Some(&mut *client), call).await.0,
+            };
+            replies.push(reply);
+        }
+        Reply::Array(replies)
+    }
+}
