@@ -65,7 +65,7 @@ async fn run_reads(
     let replies = join_all(
         reads
             .iter()
-            .map(|(args, command, _)| handler.execute_read(*command, args)),
+            .map(|(args, command, _)| handler.execute_read(client.db(), *command, args)),
     )
     .await;
     let done = Instant::now();

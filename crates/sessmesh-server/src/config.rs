@@ -54,6 +54,7 @@ pub(crate) struct FileConfig {
     resp_tls_cert: Option<PathBuf>,
     resp_tls_key: Option<PathBuf>,
     requirepass: Option<String>,
+    databases: Option<u32>,
     partition_count: Option<u32>,
     replication_factor: Option<usize>,
     read_level: Option<String>,
@@ -116,6 +117,9 @@ pub(crate) struct Overrides {
     /// Password clients must give with AUTH or HELLO ... AUTH.
     #[arg(long, env = "SESSMESH_REQUIREPASS")]
     requirepass: Option<String>,
+    /// Databases SELECT may choose from, 1 to 1024 [default: 16].
+    #[arg(long, env = "SESSMESH_DATABASES")]
+    databases: Option<String>,
     /// Partitions (a power of two; the same on every node) [default: 256].
     #[arg(long, env = "SESSMESH_PARTITION_COUNT")]
     partition_count: Option<String>,
@@ -193,6 +197,8 @@ pub(crate) struct Settings {
     pub(crate) resp_tls: Option<(PathBuf, PathBuf)>,
     /// The password clients must give.
     pub(crate) requirepass: Option<String>,
+    /// How many databases `SELECT` may choose from.
+    pub(crate) databases: u32,
     /// Data settings.
     pub(crate) config: Config,
     /// Default read level.
@@ -354,6 +360,18 @@ impl Settings {
                 "empty: leave it out to let every client in",
             ));
         }
+        let databases = match pick(o.databases, file.databases) {
+            None => 16,
+            Some(v) => match number::<u32>("databases", &v)? {
+                n @ 1..=1024 => n,
+                n => {
+                    return Err(invalid(
+                        "databases",
+                        format!("{n} is not between 1 and 1024"),
+                    ));
+                }
+            },
+        };
         let mut config = Config::default();
         if let Some(v) = pick(o.partition_count, file.partition_count) {
             config.partition_count = number("partition_count", &v)?;
@@ -442,6 +460,7 @@ impl Settings {
             peer_tls,
             resp_tls,
             requirepass,
+            databases,
             config,
             read_level: level(
                 "read_level",
@@ -479,6 +498,12 @@ mod tests {
     #[test]
     fn each_wrong_setting_is_named() {
         let dev = "development = true\n";
+        for databases in ["0", "1025"] {
+            assert_eq!(
+                error(&format!("{dev}databases = {databases}"), Overrides::default()).setting,
+                "databases"
+            );
+        }
         assert_eq!(
             error(
                 &format!("{dev}resp_listen = \"nope\""),

@@ -186,6 +186,7 @@ async fn serve(settings: Settings, shards: Shards) -> Result {
         node.clone(),
         sessmesh_resp::Settings {
             requirepass: settings.requirepass.clone(),
+            databases: settings.databases,
         },
     ));
     let resp_addr = resp.local_addr()?;

@@ -170,8 +170,18 @@ impl ConnectionCommand {
                 message: Some(message),
             }
             | ConnectionCommand::Echo { message } => Reply::Bulk(message),
-            ConnectionCommand::Select { index: 0 } => Reply::Ok,
-            ConnectionCommand::Select { .. } => err("ERR DB index is out of range"),
+            ConnectionCommand::Select { index } => {
+                match u32::try_from(index)
+                    .ok()
+                    .filter(|&db| db < handler.settings.databases)
+                {
+                    Some(db) => {
+                        client.db = db;
+                        Reply::Ok
+                    }
+                    None => err("ERR DB index is out of range"),
+                }
+            }
         };
         (reply, Flow::Continue)
     }

@@ -73,12 +73,14 @@ pub(super) struct Scan {
     count: usize,
     /// `TYPE`, lower-cased.
     kind: Option<Vec<u8>>,
+    /// The client's database: only its keys are listed.
+    db: u32,
 }
 
 impl KeyCommand {
     /// Parses the arguments after the name, their number already checked;
     /// relative deadlines count from `now_ms`.
-    pub(super) fn parse(op: Op, args: &[Bytes], now_ms: i64) -> Result<Self, Reply> {
+    pub(super) fn parse(op: Op, args: &[Bytes], now_ms: i64, db: u32) -> Result<Self, Reply> {
         Ok(match op {
             Op::Del | Op::Unlink => KeyCommand::Del {
                 keys: args.to_vec(),
@@ -111,7 +113,7 @@ impl KeyCommand {
             Op::Persist => KeyCommand::Persist {
                 key: args[0].clone(),
             },
-            Op::Scan => KeyCommand::Scan(Scan::parse(args)?),
+            Op::Scan => KeyCommand::Scan(Scan::parse(args, db)?),
         })
     }
 
@@ -190,7 +192,7 @@ impl ExpireIf {
 }
 
 impl Scan {
-    fn parse(args: &[Bytes]) -> Result<Self, Reply> {
+    fn parse(args: &[Bytes], db: u32) -> Result<Self, Reply> {
         let Some(cursor) = std::str::from_utf8(&args[0])
             .ok()
             .and_then(|c| c.parse::<u64>().ok())
@@ -202,6 +204,7 @@ impl Scan {
             pattern: None,
             count: 10,
             kind: None,
+            db,
         };
         for option in args[1..].chunks(2) {
             match option {
@@ -347,6 +350,7 @@ impl Handler {
             pattern,
             count,
             kind,
+            db,
         } = scan;
         let partitions = u64::from(self.node.partition_count());
         let mut keys = Vec::new();
@@ -356,7 +360,8 @@ impl Handler {
             keys.extend(
                 self.node
                     .local_keys(partition)
-                    .into_iter()
+                    .iter()
+                    .filter_map(|k| databases::in_db(db, k))
                     .filter(|k| pattern.as_ref().is_none_or(|p| glob::matches(p, k))),
             );
             next += 1;
@@ -411,6 +416,7 @@ mod tests {
                 pattern: Some(b("u:*")),
                 count: 5,
                 kind: Some(b"hash".to_vec()),
+                db: 0,
             })))
         );
         assert_eq!(

@@ -49,6 +49,7 @@ use crate::reply::{Protocol, Reply};
 
 mod atomic;
 mod connection;
+mod databases;
 mod hashes;
 mod keys;
 mod locks;
@@ -75,11 +76,23 @@ const STRING_FIELD: &[u8] = b"";
 pub const REDIS_VERSION: &str = "7.2.0";
 
 /// Settings of the command set.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// The password `AUTH` and `HELLO ... AUTH` check; `None` lets every
     /// connection in.
     pub requirepass: Option<String>,
+    /// How many databases `SELECT` may choose from (`databases`): 16, as
+    /// in Redis.
+    pub databases: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            requirepass: None,
+            databases: 16,
+        }
+    }
 }
 
 /// What every connection of one node shares.
@@ -99,12 +112,19 @@ pub struct Client {
     authenticated: bool,
     name: Option<Bytes>,
     transaction: Transaction,
+    /// The database `SELECT` chose.
+    db: u32,
 }
 
 impl Client {
     /// The connection's id, as `CLIENT ID` reports it.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The database `SELECT` chose.
+    pub fn db(&self) -> u32 {
+        self.db
     }
 }
 
@@ -282,18 +302,20 @@ impl Call {
     /// The one parse step: `args` is the whole request, its name first, its
     /// number of arguments already checked against `command`'s arity.
     /// Relative deadlines (`EX`, `EXPIRE`...) count from `now_ms`.
-    fn parse(command: Command, args: &[Bytes], now_ms: i64) -> Result<Call, Reply> {
+    /// `db` is the client's database, for the commands that list or count
+    /// its keys.
+    fn parse(command: Command, args: &[Bytes], now_ms: i64, db: u32) -> Result<Call, Reply> {
         debug_assert!(check_arity(command, args).is_ok());
         let args = &args[1..];
         match command.family() {
             Family::Connection(op) => ConnectionCommand::parse(op, args).map(Call::Connection),
             Family::Strings(op) => StringCommand::parse(op, args, now_ms).map(Call::Strings),
-            Family::Keys(op) => KeyCommand::parse(op, args, now_ms).map(Call::Keys),
+            Family::Keys(op) => KeyCommand::parse(op, args, now_ms, db).map(Call::Keys),
             Family::Hashes(op) => HashCommand::parse(op, args).map(Call::Hashes),
             Family::Locks(op) => LockCommand::parse(op, args).map(Call::Locks),
             Family::Ranges(op) => RangeCommand::parse(op, args).map(Call::Ranges),
             Family::Transactions(op) => Ok(Call::Transactions(TransactionCommand::parse(op, args))),
-            Family::Server(op) => ServerCommand::parse(op, args).map(Call::Server),
+            Family::Server(op) => ServerCommand::parse(op, args, db).map(Call::Server),
         }
     }
 }
@@ -321,6 +343,7 @@ impl Handler {
             authenticated: self.settings.requirepass.is_none(),
             name: None,
             transaction: Transaction::default(),
+            db: 0,
         }
     }
 
@@ -342,6 +365,10 @@ impl Handler {
         {
             return None;
         }
+        let args = match databases::in_database(client.db, command, args) {
+            Ok(args) => args,
+            Err(reply) => return Some(Err(reply)),
+        };
         let write = Write::Put {
             fields: vec![(Bytes::from_static(STRING_FIELD), args[2].clone())],
             expiry: Expiry::NEVER,
@@ -376,9 +403,11 @@ impl Handler {
             }
             return (unknown(args), Flow::Continue);
         };
-        let call = check_arity(command, args)
-            .and_then(|()| client.may_run(command))
-            .and_then(|()| Call::parse(command, args, now_ms()));
+        let call = databases::in_database(client.db, command, args).and_then(|args| {
+            check_arity(command, &args)
+                .and_then(|()| client.may_run(command))
+                .and_then(|()| Call::parse(command, &args, now_ms(), client.db))
+        });
         if client.transaction.queues(command) {
             return (client.transaction.queue(call), Flow::Continue);
         }
@@ -397,10 +426,12 @@ impl Handler {
     }
 
     /// Runs a request whose command [`reads_only`](Self::reads_only)
-    /// accepted.
-    pub async fn execute_read(&self, command: Command, args: &[Bytes]) -> Reply {
+    /// accepted, for a client in database `db`.
+    pub async fn execute_read(&self, db: u32, command: Command, args: &[Bytes]) -> Reply {
         debug_assert!(command.reads_only());
-        let call = check_arity(command, args).and_then(|()| Call::parse(command, args, now_ms()));
+        let call = databases::in_database(db, command, args).and_then(|args| {
+            check_arity(command, &args).and_then(|()| Call::parse(command, &args, now_ms(), db))
+        });
         match call {
             Ok(call) => self.run(None, call).await.0,
             Err(reply) => reply,
@@ -519,7 +550,7 @@ mod tests {
             .collect();
         let command = Command::lookup(&args[0]).expect("a known command");
         check_arity(command, &args)?;
-        Call::parse(command, &args, NOW_MS)
+        Call::parse(command, &args, NOW_MS, 0)
     }
 
     pub(super) fn b(text: &str) -> Bytes {

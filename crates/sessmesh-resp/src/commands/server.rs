@@ -27,13 +27,13 @@ pub(super) enum ServerCommand {
     ConfigGet { patterns: Vec<Vec<u8>> },
     /// `INFO [section ...]`: every section, whichever are asked for.
     Info,
-    /// `DBSIZE`: the keys this node stores.
-    DbSize,
+    /// `DBSIZE`: the keys of the client's database this node stores.
+    DbSize { db: u32 },
 }
 
 impl ServerCommand {
     /// Parses the arguments after the name, their number already checked.
-    pub(super) fn parse(op: Op, args: &[Bytes]) -> Result<Self, Reply> {
+    pub(super) fn parse(op: Op, args: &[Bytes], db: u32) -> Result<Self, Reply> {
         match op {
             Op::Command => match args.first() {
                 None => Ok(ServerCommand::ListCommands),
@@ -62,7 +62,7 @@ impl ServerCommand {
                 })
             }
             Op::Info => Ok(ServerCommand::Info),
-            Op::DbSize => Ok(ServerCommand::DbSize),
+            Op::DbSize => Ok(ServerCommand::DbSize { db }),
         }
     }
 
@@ -84,10 +84,17 @@ impl ServerCommand {
             }
             ServerCommand::CommandDocs => Reply::Map(Vec::new()),
             ServerCommand::CommandInfo { names } => Reply::Array(vec![Reply::Nil; names]),
-            ServerCommand::ConfigGet { patterns } => config_get(&patterns),
+            ServerCommand::ConfigGet { patterns } => {
+                config_get(&patterns, handler.settings.databases)
+            }
             ServerCommand::Info => handler.info(),
-            ServerCommand::DbSize => {
-                Reply::Int(i64::try_from(handler.local_keys().len()).unwrap_or(i64::MAX))
+            ServerCommand::DbSize { db } => {
+                let keys = handler.local_keys();
+                let count = keys
+                    .iter()
+                    .filter(|k| databases::in_db(db, k).is_some())
+                    .count();
+                Reply::Int(i64::try_from(count).unwrap_or(i64::MAX))
             }
         }
     }
@@ -95,14 +102,14 @@ impl ServerCommand {
 
 /// The few settings clients ask for, with the values that tell them what
 /// this node does not do.
-fn config_get(patterns: &[Vec<u8>]) -> Reply {
-    const KNOWN: &[(&str, &str)] = &[
-        ("appendonly", "no"),
-        ("databases", "1"),
-        ("maxmemory", "0"),
-        ("save", ""),
+fn config_get(patterns: &[Vec<u8>], databases: u32) -> Reply {
+    let known = [
+        ("appendonly", "no".to_owned()),
+        ("databases", databases.to_string()),
+        ("maxmemory", "0".to_owned()),
+        ("save", String::new()),
     ];
-    let pairs = KNOWN
+    let pairs = known
         .iter()
         .filter(|(name, _)| patterns.iter().any(|p| glob::matches(p, name.as_bytes())))
         .map(|(name, value)| (Reply::bulk(name), Reply::bulk(value)))
@@ -111,14 +118,31 @@ fn config_get(patterns: &[Vec<u8>]) -> Reply {
 }
 
 impl Handler {
+    /// `INFO`'s keyspace lines: `db<n>:keys=<count>` for each database
+    /// with keys this node stores (database 0 always).
+    fn keyspace(&self) -> String {
+        let keys = self.local_keys();
+        let mut counts = std::collections::BTreeMap::from([(0, 0usize)]);
+        for key in &keys {
+            if let Some(db) = databases::db_of(key) {
+                *counts.entry(db).or_default() += 1;
+            }
+        }
+        counts
+            .into_iter()
+            .filter(|&(db, n)| db == 0 || n > 0)
+            .map(|(db, n)| format!("db{db}:keys={n}\r\n"))
+            .collect()
+    }
+
     fn info(&self) -> Reply {
         let me = self.node.me();
         let text = format!(
-            "# Server\r\nredis_version:{REDIS_VERSION}\r\nsessmesh_version:{}\r\nredis_mode:standalone\r\nsessmesh_node:{}\r\nsessmesh_peer_addr:{}\r\n\r\n# Keyspace\r\ndb0:keys={}\r\n",
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\nsessmesh_version:{}\r\nredis_mode:standalone\r\nsessmesh_node:{}\r\nsessmesh_peer_addr:{}\r\n\r\n# Keyspace\r\n{}",
             env!("CARGO_PKG_VERSION"),
             me.name,
             me.addr,
-            self.local_keys().len(),
+            self.keyspace(),
         );
         Reply::Bulk(Bytes::from(text))
     }
@@ -142,7 +166,7 @@ mod tests {
             }))
         );
         assert_eq!(
-            config_get(&[b"max*".to_vec(), b"save".to_vec()]),
+            config_get(&[b"max*".to_vec(), b"save".to_vec()], 16),
             Reply::Map(vec![
                 (Reply::bulk("maxmemory"), Reply::bulk("0")),
                 (Reply::bulk("save"), Reply::bulk("")),
