@@ -90,7 +90,7 @@ async fn each_database_is_its_own_keyspace() {
     let Reply::Array(keys) = &scan[1] else {
         panic!("no keys");
     };
-    let mut keys: Vec<_> = keys.iter().cloned().collect();
+    let mut keys = keys.to_vec();
     keys.sort_by_key(|k| format!("{k:?}"));
     assert_eq!(keys, [bulk("a"), bulk("h"), bulk("k")]);
     // Out of range, or not a number.
