@@ -500,7 +500,11 @@ mod tests {
         let dev = "development = true\n";
         for databases in ["0", "1025"] {
             assert_eq!(
-                error(&format!("{dev}databases = {databases}"), Overrides::default()).setting,
+                error(
+                    &format!("{dev}databases = {databases}"),
+                    Overrides::default()
+                )
+                .setting,
                 "databases"
             );
         }

@@ -49,6 +49,10 @@ fn key_spec(name: &str) -> Option<KeySpec> {
     Some(match name {
         "DEL" | "UNLINK" | "EXISTS" | "TOUCH" | "MGET" | "WATCH" => all,
         "MSET" => KeySpec { step: 2, ..all },
+        "COPY" | "RENAME" | "RENAMENX" => KeySpec {
+            last: Some(2),
+            ..all
+        },
         "OBJECT" => one(2),
         "APPEND" | "DECR" | "DECRBY" | "EXPIRE" | "EXPIREAT" | "GET" | "GETDEL" | "GETEX"
         | "GETRANGE" | "GETSET" | "HDEL" | "HEXISTS" | "HGET" | "HGETALL" | "HINCRBY"

@@ -53,6 +53,7 @@ mod databases;
 mod hashes;
 mod keys;
 mod locks;
+mod moves;
 mod ranges;
 mod server;
 mod strings;
@@ -63,6 +64,7 @@ use connection::ConnectionCommand;
 use hashes::HashCommand;
 use keys::KeyCommand;
 use locks::LockCommand;
+use moves::Move;
 use ranges::RangeCommand;
 use server::ServerCommand;
 use strings::StringCommand;
@@ -293,6 +295,7 @@ enum Call {
     Keys(KeyCommand),
     Hashes(HashCommand),
     Locks(LockCommand),
+    Moves(Move),
     Ranges(RangeCommand),
     Server(ServerCommand),
     Transactions(TransactionCommand),
@@ -313,6 +316,7 @@ impl Call {
             Family::Keys(op) => KeyCommand::parse(op, args, now_ms, db).map(Call::Keys),
             Family::Hashes(op) => HashCommand::parse(op, args).map(Call::Hashes),
             Family::Locks(op) => LockCommand::parse(op, args).map(Call::Locks),
+            Family::Moves(op) => Move::parse(op, args).map(Call::Moves),
             Family::Ranges(op) => RangeCommand::parse(op, args).map(Call::Ranges),
             Family::Transactions(op) => Ok(Call::Transactions(TransactionCommand::parse(op, args))),
             Family::Server(op) => ServerCommand::parse(op, args, db).map(Call::Server),
@@ -464,6 +468,7 @@ impl Handler {
             Call::Hashes(command) => command.run(self).await,
             Call::Locks(command) => command.run(self).await,
             Call::Ranges(command) => command.run(self).await,
+            Call::Moves(command) => command.run(self).await,
             Call::Server(command) => command.run(self),
             Call::Transactions(_) => err("ERR a transaction command cannot run here"),
         };

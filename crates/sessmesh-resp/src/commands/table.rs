@@ -3,7 +3,7 @@
 //! name gets.
 
 use super::*;
-use Family::{Connection, Hashes, Keys, Locks, Ranges, Server, Strings, Transactions};
+use Family::{Connection, Hashes, Keys, Locks, Moves, Ranges, Server, Strings, Transactions};
 
 /// The family a command belongs to, and which of its commands it is: the
 /// family's file parses the request into its typed command and runs that.
@@ -21,6 +21,8 @@ pub(super) enum Family {
     Locks(locks::Op),
     /// `ranges.rs`: parts of strings (`APPEND`, `GETRANGE`...).
     Ranges(ranges::Op),
+    /// `moves.rs`: values moved between keys (`RENAME`, `COPY`...).
+    Moves(moves::Op),
     /// `server.rs`: the server and introspection.
     Server(server::Op),
     /// `transactions.rs`: `MULTI`, `EXEC`, `WATCH`...
@@ -36,6 +38,7 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("CLIENT", -2, false, Connection(connection::Op::Client)),
     ("COMMAND", -1, false, Server(server::Op::Command)),
     ("CONFIG", -2, false, Server(server::Op::Config)),
+    ("COPY", -3, false, Moves(moves::Op::Copy)),
     ("DBSIZE", 1, false, Server(server::Op::DbSize)),
     ("DECR", 2, false, Strings(strings::Op::Decr)),
     ("DECRBY", 3, false, Strings(strings::Op::DecrBy)),
@@ -81,6 +84,8 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("PSETEX", 4, false, Strings(strings::Op::PSetEx)),
     ("PTTL", 2, true, Keys(keys::Op::PTtl)),
     ("QUIT", -1, false, Connection(connection::Op::Quit)),
+    ("RENAME", 3, false, Moves(moves::Op::Rename)),
+    ("RENAMENX", 3, false, Moves(moves::Op::RenameNx)),
     ("SCAN", -2, false, Keys(keys::Op::Scan)),
     ("SELECT", 2, false, Connection(connection::Op::Select)),
     ("SESSMESH.LOCK", 3, false, Locks(locks::Op::Lock)),
