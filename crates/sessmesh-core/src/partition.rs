@@ -3,7 +3,12 @@
 //! - **Key to partition**: `xxh3_64(key) mod partition_count` (XXH3, 64-bit,
 //!   seed 0, as specified by the xxHash project: stable across versions,
 //!   platforms and languages, so a client can compute it too). The partition
-//!   count is a power of two, so this is the hash's low bits.
+//!   count is a power of two, so this is the hash's low bits. A key with a
+//!   **hash tag** (as Redis Cluster finds one: the bytes between its first
+//!   `{` and the first `}` after it, when there are any) takes those 16 low
+//!   bits from `xxh3_64(tag)` instead, so `{user42}:cart` and
+//!   `{user42}:prefs` share a partition (and its replicas); the other 48
+//!   bits still come from the whole key.
 //! - **Partition to replicas** (rendezvous, or highest-random-weight, hashing):
 //!   every member scores `xxh3_64(member name, seed = partition)`, and the
 //!   `replication_factor` highest scores form the replica set, highest first
@@ -25,9 +30,26 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PartitionId(pub u32);
 
+/// The bits of a key's hash that place it: as many as the most partitions
+/// a cluster may have ([`crate::Config::MAX_PARTITIONS`]).
+const PLACEMENT_MASK: u64 = crate::Config::MAX_PARTITIONS as u64 - 1;
+
 /// The stable 64-bit hash of a key that places it (see the [module docs](self)).
 pub fn key_hash(key: &[u8]) -> u64 {
-    xxh3_64(key)
+    let whole = xxh3_64(key);
+    match hash_tag(key) {
+        Some(tag) => (whole & !PLACEMENT_MASK) | (xxh3_64(tag) & PLACEMENT_MASK),
+        None => whole,
+    }
+}
+
+/// A key's hash tag, as Redis Cluster finds it: the bytes between the first
+/// `{` and the first `}` after it, when there are any.
+pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
+    let open = key.iter().position(|&b| b == b'{')?;
+    let rest = &key[open + 1..];
+    let close = rest.iter().position(|&b| b == b'}')?;
+    (close > 0).then(|| &rest[..close])
 }
 
 /// The partition of a key with hash `key_hash`, for a power-of-two `partition_count`.
@@ -249,6 +271,9 @@ mod tests {
     fn key_placement_is_the_documented_hash() {
         // XXH3-64 of the empty input with seed 0, from the xxHash specification's test vectors.
         assert_eq!(key_hash(b""), 0x2D06_8005_38D3_94C2);
+        // No tag, or an empty one: the whole key.
+        assert_eq!(key_hash(b"a{}b"), xxh3_64(b"a{}b"));
+        assert_eq!(key_hash(b"a{b"), xxh3_64(b"a{b"));
         assert_eq!(partition_of(0x2D06_8005_38D3_94C2, 256), PartitionId(0xC2));
         let p: Partitioner<String> = Partitioner::new(256, 3);
         assert_eq!(p.partition_of(b""), PartitionId(0xC2));
@@ -368,5 +393,24 @@ mod tests {
                 assert!((0.75..=1.25).contains(&share), "{member}: {share:.2}x");
             }
         }
+    }
+
+    #[test]
+    fn keys_of_one_hash_tag_share_a_partition() {
+        assert_eq!(hash_tag(b"{user42}:cart"), Some(&b"user42"[..]));
+        assert_eq!(hash_tag(b"session:{user42}"), Some(&b"user42"[..]));
+        assert_eq!(hash_tag(b"foo{}{bar}"), None);
+        assert_eq!(hash_tag(b"foo{{bar}}"), Some(&b"{bar"[..]));
+        assert_eq!(hash_tag(b"plain"), None);
+        let p = Partitioner::<String>::new(crate::Config::MAX_PARTITIONS, 3);
+        let cart = p.partition_of(b"{user42}:cart");
+        assert_eq!(p.partition_of(b"{user42}:prefs"), cart);
+        assert_eq!(p.partition_of(b"\0db1\0{user42}:cart"), cart);
+        // The same partition, but different keys to the store.
+        assert_ne!(key_hash(b"{user42}:cart"), key_hash(b"{user42}:prefs"));
+        let spread: std::collections::BTreeSet<_> = (0..64)
+            .map(|i| p.partition_of(format!("{{user{i}}}:cart").as_bytes()))
+            .collect();
+        assert!(spread.len() > 50, "tags spread over partitions: {}", spread.len());
     }
 }
