@@ -216,6 +216,9 @@ pub enum Condition {
     /// The session is absent, or has no field but `name` (a Redis string
     /// is a session whose one field has the empty name).
     OnlyField(Bytes),
+    /// No visible field's name begins with these bytes (a Redis set keeps
+    /// its members under names that begin with a zero byte).
+    NoFieldPrefixed(Bytes),
     /// Every one of these holds.
     All(Vec<Condition>),
 }
@@ -259,6 +262,9 @@ impl Condition {
             Condition::OnlyField(name) => visible
                 .and_then(|s| s.visible_fields(now_ms))
                 .is_none_or(|mut fields| fields.all(|(n, _)| n == name)),
+            Condition::NoFieldPrefixed(prefix) => visible
+                .and_then(|s| s.visible_fields(now_ms))
+                .is_none_or(|mut fields| fields.all(|(n, _)| !n.starts_with(prefix))),
             Condition::All(conditions) => conditions.iter().all(|c| c.holds(current, now_ms)),
         }
     }

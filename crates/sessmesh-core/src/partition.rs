@@ -411,6 +411,10 @@ mod tests {
         let spread: std::collections::BTreeSet<_> = (0..64)
             .map(|i| p.partition_of(format!("{{user{i}}}:cart").as_bytes()))
             .collect();
-        assert!(spread.len() > 50, "tags spread over partitions: {}", spread.len());
+        assert!(
+            spread.len() > 50,
+            "tags spread over partitions: {}",
+            spread.len()
+        );
     }
 }

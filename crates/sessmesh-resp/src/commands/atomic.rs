@@ -83,8 +83,11 @@ pub(super) fn string_or_absent() -> Condition {
 
 /// The condition that a key holds a hash, or nothing: no string field.
 pub(super) fn hash_or_absent() -> Condition {
-    Condition::Field {
-        name: Bytes::from_static(STRING_FIELD),
-        value: None,
-    }
+    Condition::All(vec![
+        Condition::Field {
+            name: Bytes::from_static(STRING_FIELD),
+            value: None,
+        },
+        Condition::NoFieldPrefixed(Bytes::from_static(SET_PREFIX)),
+    ])
 }

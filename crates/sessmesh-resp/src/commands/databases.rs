@@ -59,7 +59,8 @@ fn key_spec(name: &str) -> Option<KeySpec> {
         | "HINCRBYFLOAT" | "HKEYS" | "HLEN" | "HMGET" | "HMSET" | "HSET" | "HSETNX" | "HSTRLEN"
         | "HVALS" | "INCR" | "INCRBY" | "INCRBYFLOAT" | "PERSIST" | "PEXPIRE" | "PEXPIREAT"
         | "PSETEX" | "PTTL" | "SESSMESH.LOCK" | "SESSMESH.RENEW" | "SESSMESH.UNLOCK" | "SET"
-        | "SETEX" | "SETNX" | "SETRANGE" | "STRLEN" | "SUBSTR" | "TTL" | "TYPE" => one(1),
+        | "SETEX" | "SETNX" | "SETRANGE" | "STRLEN" | "SUBSTR" | "TTL" | "TYPE" | "SADD"
+        | "SREM" | "SMEMBERS" | "SISMEMBER" | "SMISMEMBER" | "SCARD" | "SPOP" | "SSCAN" => one(1),
         _ => return None,
     })
 }

@@ -78,10 +78,17 @@ fn empty_field() -> Reply {
     err("ERR empty hash field names are not supported")
 }
 
-/// `field`, unless it is the empty name, which holds a string.
+fn reserved_field() -> Reply {
+    err("ERR hash field names that begin with a zero byte are not supported")
+}
+
+/// `field`, unless it is the empty name, which holds a string, or begins
+/// with the zero byte set members' names begin with.
 fn field_name(field: &Bytes) -> Result<Bytes, Reply> {
     if field.as_ref() == STRING_FIELD {
         Err(empty_field())
+    } else if field.starts_with(SET_PREFIX) {
+        Err(reserved_field())
     } else {
         Ok(field.clone())
     }
@@ -96,6 +103,9 @@ impl HashCommand {
                 let pairs = &args[1..];
                 if !pairs.len().is_multiple_of(2) {
                     return Err(arity(if op == Op::Set { "hset" } else { "hmset" }));
+                }
+                if pairs.chunks(2).any(|p| p[0].starts_with(SET_PREFIX)) {
+                    return Err(reserved_field());
                 }
                 if pairs.chunks(2).any(|p| p[0].as_ref() == STRING_FIELD) {
                     return Err(empty_field());
@@ -232,7 +242,7 @@ impl Handler {
             write: Write::PutField { name: field, value },
         };
         let decision = self.decide(&key, op, "hash value").await?;
-        if let Some(Value::String { .. }) = Self::before(&key, &decision) {
+        if let Some(Value::String { .. } | Value::Set(_)) = Self::before(&key, &decision) {
             return Err(wrong_type());
         }
         Ok(Reply::Int(i64::from(decision.applied)))

@@ -260,6 +260,7 @@ impl Handler {
             None => "none",
             Some(Value::String { .. }) => "string",
             Some(Value::Hash(_)) => "hash",
+            Some(Value::Set(_)) => "set",
         }))
     }
 
@@ -280,6 +281,11 @@ impl Handler {
                     "raw"
                 },
             ),
+            Some(Value::Set(data)) => {
+                let small =
+                    data.fields().count() <= 128 && data.fields().all(|(n, _)| n.len() <= 65);
+                Reply::bulk(if small { "listpack" } else { "hashtable" })
+            }
             Some(Value::Hash(data)) => {
                 let small = data.fields().count() <= 128
                     && data.fields().all(|(n, v)| n.len() <= 64 && v.len() <= 64);
@@ -367,8 +373,8 @@ impl Handler {
             next += 1;
         }
         if let Some(kind) = kind {
-            // TYPE filters by what each key holds; only strings and hashes exist.
-            if kind != b"string" && kind != b"hash" {
+            // TYPE filters by what each key holds; only strings, hashes and sets exist.
+            if kind != b"string" && kind != b"hash" && kind != b"set" {
                 keys.clear();
             }
         }

@@ -56,6 +56,7 @@ mod locks;
 mod moves;
 mod ranges;
 mod server;
+mod sets;
 mod strings;
 mod table;
 mod transactions;
@@ -67,6 +68,7 @@ use locks::LockCommand;
 use moves::Move;
 use ranges::RangeCommand;
 use server::ServerCommand;
+use sets::SetCommand;
 use strings::StringCommand;
 pub use table::Command;
 use table::{Family, check_arity, unknown};
@@ -212,7 +214,13 @@ enum Value {
         deadline_ms: Option<u64>,
     },
     Hash(SessionData),
+    /// Its members are the fields whose names begin with [`SET_PREFIX`].
+    Set(SessionData),
 }
+
+/// The first byte of a set member's field name; no hash field name begins
+/// with it.
+const SET_PREFIX: &[u8] = b"\0";
 
 fn value_of(data: SessionData) -> Value {
     let string = {
@@ -229,6 +237,7 @@ fn value_of(data: SessionData) -> Value {
             value,
             deadline_ms: data.deadline_ms(),
         },
+        None if data.fields().all(|(name, _)| name.starts_with(SET_PREFIX)) => Value::Set(data),
         None => Value::Hash(data),
     }
 }
@@ -297,6 +306,7 @@ enum Call {
     Locks(LockCommand),
     Moves(Move),
     Ranges(RangeCommand),
+    Sets(SetCommand),
     Server(ServerCommand),
     Transactions(TransactionCommand),
 }
@@ -317,6 +327,7 @@ impl Call {
             Family::Hashes(op) => HashCommand::parse(op, args).map(Call::Hashes),
             Family::Locks(op) => LockCommand::parse(op, args).map(Call::Locks),
             Family::Moves(op) => Move::parse(op, args).map(Call::Moves),
+            Family::Sets(op) => SetCommand::parse(op, args).map(Call::Sets),
             Family::Ranges(op) => RangeCommand::parse(op, args).map(Call::Ranges),
             Family::Transactions(op) => Ok(Call::Transactions(TransactionCommand::parse(op, args))),
             Family::Server(op) => ServerCommand::parse(op, args, db).map(Call::Server),
@@ -469,6 +480,7 @@ impl Handler {
             Call::Locks(command) => command.run(self).await,
             Call::Ranges(command) => command.run(self).await,
             Call::Moves(command) => command.run(self).await,
+            Call::Sets(command) => command.run(self).await,
             Call::Server(command) => command.run(self),
             Call::Transactions(_) => err("ERR a transaction command cannot run here"),
         };
@@ -490,7 +502,7 @@ impl Handler {
             Ok(data) => match data.map(value_of) {
                 None => Ok(None),
                 Some(Value::Hash(data)) => Ok(Some(data)),
-                Some(Value::String { .. }) => Err(wrong_type()),
+                Some(Value::String { .. } | Value::Set(_)) => Err(wrong_type()),
             },
             Err(Error::TooFewAnswers { .. }) => Ok(None),
             Err(e) => Err(failed(&e)),
@@ -501,7 +513,7 @@ impl Handler {
         match self.read(key).await? {
             None => Ok(None),
             Some(Value::Hash(data)) => Ok(Some(data)),
-            Some(Value::String { .. }) => Err(wrong_type()),
+            Some(Value::String { .. } | Value::Set(_)) => Err(wrong_type()),
         }
     }
 

@@ -122,7 +122,7 @@ impl Handler {
         match self.read(key).await? {
             None => Ok(Bytes::new()),
             Some(Value::String { value, .. }) => Ok(value),
-            Some(Value::Hash(_)) => Err(wrong_type()),
+            Some(Value::Hash(_) | Value::Set(_)) => Err(wrong_type()),
         }
     }
 

@@ -250,7 +250,7 @@ impl Handler {
         match self.read(key).await? {
             None => Ok(Reply::Nil),
             Some(Value::String { value: v, .. }) => Ok(Reply::Bulk(v)),
-            Some(Value::Hash(_)) => Err(wrong_type()),
+            Some(Value::Hash(_) | Value::Set(_)) => Err(wrong_type()),
         }
     }
 
@@ -267,7 +267,9 @@ impl Handler {
                 Some(Value::String { deadline_ms, .. }) => {
                     deadline_ms.map_or(Expiry::NEVER, Expiry::at_ms)
                 }
-                Some(Value::Hash(data)) => data.deadline_ms().map_or(Expiry::NEVER, Expiry::at_ms),
+                Some(Value::Hash(data) | Value::Set(data)) => {
+                    data.deadline_ms().map_or(Expiry::NEVER, Expiry::at_ms)
+                }
                 None => Expiry::NEVER,
             },
             SetExpiry::Never => Expiry::NEVER,
@@ -356,7 +358,7 @@ impl Handler {
         let decision = self.decide(key, op, "value").await?;
         match Self::before(key, &decision) {
             None => Ok(Reply::Nil),
-            Some(Value::Hash(_)) => Err(wrong_type()),
+            Some(Value::Hash(_) | Value::Set(_)) => Err(wrong_type()),
             Some(Value::String { value, .. }) => Ok(Reply::Bulk(value)),
         }
     }
@@ -393,7 +395,7 @@ impl Handler {
     async fn getex(&self, key: &Bytes, change: Option<NewExpiry>) -> Result<Reply, Reply> {
         let value = match self.read(key).await? {
             None => return Ok(Reply::Nil),
-            Some(Value::Hash(_)) => return Err(wrong_type()),
+            Some(Value::Hash(_) | Value::Set(_)) => return Err(wrong_type()),
             Some(Value::String { value: v, .. }) => v,
         };
         match change {

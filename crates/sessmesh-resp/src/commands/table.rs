@@ -3,7 +3,7 @@
 //! name gets.
 
 use super::*;
-use Family::{Connection, Hashes, Keys, Locks, Moves, Ranges, Server, Strings, Transactions};
+use Family::{Connection, Hashes, Keys, Locks, Moves, Ranges, Server, Sets, Strings, Transactions};
 
 /// The family a command belongs to, and which of its commands it is: the
 /// family's file parses the request into its typed command and runs that.
@@ -23,6 +23,8 @@ pub(super) enum Family {
     Ranges(ranges::Op),
     /// `moves.rs`: values moved between keys (`RENAME`, `COPY`...).
     Moves(moves::Op),
+    /// `sets.rs`: sets (`SADD`, `SMEMBERS`...).
+    Sets(sets::Op),
     /// `server.rs`: the server and introspection.
     Server(server::Op),
     /// `transactions.rs`: `MULTI`, `EXEC`, `WATCH`...
@@ -86,7 +88,9 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("QUIT", -1, false, Connection(connection::Op::Quit)),
     ("RENAME", 3, false, Moves(moves::Op::Rename)),
     ("RENAMENX", 3, false, Moves(moves::Op::RenameNx)),
+    ("SADD", -3, false, Sets(sets::Op::Add)),
     ("SCAN", -2, false, Keys(keys::Op::Scan)),
+    ("SCARD", 2, true, Sets(sets::Op::Card)),
     ("SELECT", 2, false, Connection(connection::Op::Select)),
     ("SESSMESH.LOCK", 3, false, Locks(locks::Op::Lock)),
     ("SESSMESH.RENEW", 4, false, Locks(locks::Op::Renew)),
@@ -95,6 +99,12 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("SETEX", 4, false, Strings(strings::Op::SetEx)),
     ("SETNX", 3, false, Strings(strings::Op::SetNx)),
     ("SETRANGE", 4, false, Ranges(ranges::Op::SetRange)),
+    ("SISMEMBER", 3, true, Sets(sets::Op::IsMember)),
+    ("SMEMBERS", 2, true, Sets(sets::Op::Members)),
+    ("SMISMEMBER", -3, true, Sets(sets::Op::MIsMember)),
+    ("SPOP", -2, false, Sets(sets::Op::Pop)),
+    ("SREM", -3, false, Sets(sets::Op::Rem)),
+    ("SSCAN", -3, true, Sets(sets::Op::Scan)),
     ("STRLEN", 2, true, Ranges(ranges::Op::StrLen)),
     ("SUBSTR", 4, true, Ranges(ranges::Op::GetRange)),
     ("TOUCH", -2, true, Keys(keys::Op::Touch)),
@@ -256,9 +266,30 @@ mod tests {
         assert_eq!(
             reads,
             [
-                "EXISTS", "GET", "GETRANGE", "HEXISTS", "HGET", "HGETALL", "HKEYS", "HLEN",
-                "HMGET", "HSTRLEN", "HVALS", "MGET", "OBJECT", "PTTL", "STRLEN", "SUBSTR", "TOUCH",
-                "TTL", "TYPE"
+                "EXISTS",
+                "GET",
+                "GETRANGE",
+                "HEXISTS",
+                "HGET",
+                "HGETALL",
+                "HKEYS",
+                "HLEN",
+                "HMGET",
+                "HSTRLEN",
+                "HVALS",
+                "MGET",
+                "OBJECT",
+                "PTTL",
+                "SCARD",
+                "SISMEMBER",
+                "SMEMBERS",
+                "SMISMEMBER",
+                "SSCAN",
+                "STRLEN",
+                "SUBSTR",
+                "TOUCH",
+                "TTL",
+                "TYPE"
             ]
         );
         let unknown = unknown(&[Bytes::from_static(b"foo"), Bytes::from_static(b"a")]);

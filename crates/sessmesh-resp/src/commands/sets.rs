@@ -1,0 +1,316 @@
+//! Sets: `SADD`, `SREM`, `SMEMBERS`, `SISMEMBER`, `SMISMEMBER`, `SCARD`,
+//! `SPOP`, `SSCAN`.
+//!
+//! A set is a session whose fields are its members, each under its name
+//! with a zero byte before it ([`SET_PREFIX`]) and an empty value. Fields
+//! merge one by one, so adds of different members on two nodes at once
+//! both survive, and a remove deletes the member with a tombstone stamped
+//! when it was removed: an add of that member that the remove did not see
+//! survives it only if it was stamped later. `SPOP` takes members away by
+//! consensus, so two pops never return the same member.
+
+use sessmesh::{Cas, Computation};
+
+use super::atomic::decide_failed;
+use super::*;
+
+/// The set commands, as the table names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Op {
+    Add,
+    Card,
+    IsMember,
+    Members,
+    MIsMember,
+    Pop,
+    Rem,
+    Scan,
+}
+
+/// A set command, its arguments parsed.
+#[derive(Debug, PartialEq)]
+pub(super) enum SetCommand {
+    /// `SADD key member [member ...]`.
+    Add { key: Bytes, members: Vec<Bytes> },
+    /// `SREM key member [member ...]`.
+    Rem { key: Bytes, members: Vec<Bytes> },
+    /// `SMEMBERS`, and `SSCAN key cursor ...` (every member at once, cursor 0).
+    Members {
+        key: Bytes,
+        scan: Option<Option<Bytes>>,
+    },
+    /// `SISMEMBER key member` (`one`), `SMISMEMBER key member [member ...]`.
+    IsMember {
+        key: Bytes,
+        members: Vec<Bytes>,
+        one: bool,
+    },
+    /// `SCARD key`.
+    Card { key: Bytes },
+    /// `SPOP key [count]`: `None` pops one and answers it alone.
+    Pop { key: Bytes, count: Option<usize> },
+}
+
+/// A member's field name.
+fn field_of(member: &[u8]) -> Bytes {
+    let mut name = Vec::with_capacity(1 + member.len());
+    name.extend_from_slice(SET_PREFIX);
+    name.extend_from_slice(member);
+    Bytes::from(name)
+}
+
+/// The members of a set's data, in field order.
+fn members(data: &SessionData) -> impl Iterator<Item = Bytes> + '_ {
+    data.fields()
+        .map(|(name, _)| Bytes::copy_from_slice(&name[SET_PREFIX.len()..]))
+}
+
+impl SetCommand {
+    pub(super) fn parse(op: Op, args: &[Bytes]) -> Result<Self, Reply> {
+        let key = args[0].clone();
+        Ok(match op {
+            Op::Add => SetCommand::Add {
+                key,
+                members: args[1..].to_vec(),
+            },
+            Op::Rem => SetCommand::Rem {
+                key,
+                members: args[1..].to_vec(),
+            },
+            Op::Members => SetCommand::Members { key, scan: None },
+            Op::Scan => {
+                if int(&args[1]).is_none_or(|c| c < 0) {
+                    return Err(err("ERR invalid cursor"));
+                }
+                let mut pattern = None;
+                for option in args[2..].chunks(2) {
+                    match option {
+                        [o, v] if eq(o, "MATCH") => pattern = Some(v.clone()),
+                        [o, v] if eq(o, "COUNT") => {
+                            if int(v).is_none_or(|n| n < 1) {
+                                return Err(syntax());
+                            }
+                        }
+                        _ => return Err(syntax()),
+                    }
+                }
+                SetCommand::Members {
+                    key,
+                    scan: Some(pattern),
+                }
+            }
+            Op::IsMember | Op::MIsMember => SetCommand::IsMember {
+                key,
+                members: args[1..].to_vec(),
+                one: op == Op::IsMember,
+            },
+            Op::Card => SetCommand::Card { key },
+            Op::Pop => SetCommand::Pop {
+                key,
+                count: match args.get(1) {
+                    None => None,
+                    Some(n) => Some(
+                        int(n)
+                            .and_then(|n| usize::try_from(n).ok())
+                            .ok_or_else(|| err("ERR value is out of range, must be positive"))?,
+                    ),
+                },
+            },
+        })
+    }
+
+    pub(super) async fn run(self, handler: &Handler) -> Reply {
+        let result = match self {
+            SetCommand::Add { key, members } => handler.sadd(key, members).await,
+            SetCommand::Rem { key, members } => handler.srem(key, members).await,
+            SetCommand::Members { key, scan } => handler.smembers(&key, scan).await,
+            SetCommand::IsMember { key, members, one } => {
+                handler.sismember(&key, &members, one).await
+            }
+            SetCommand::Card { key } => handler.read_set(&key).await.map(|d| {
+                Reply::Int(d.map_or(0, |d| i64::try_from(d.fields().count()).unwrap_or(i64::MAX)))
+            }),
+            SetCommand::Pop { key, count } => handler.spop(&key, count).await,
+        };
+        result.unwrap_or_else(|reply| reply)
+    }
+}
+
+impl Handler {
+    /// The set under `key`; `WRONGTYPE` for a string or a hash.
+    async fn read_set(&self, key: &Bytes) -> Result<Option<SessionData>, Reply> {
+        match self.read(key).await? {
+            None => Ok(None),
+            Some(Value::Set(data)) => Ok(Some(data)),
+            Some(Value::String { .. } | Value::Hash(_)) => Err(wrong_type()),
+        }
+    }
+
+    /// What one replica holds of a set, for a write that reads only to
+    /// count what it changes (as `HSET` does).
+    async fn glance_set(&self, key: &Bytes) -> Result<Option<SessionData>, Reply> {
+        match self.node.at(Level::One).get(key.clone()).await {
+            Ok(data) => match data.map(value_of) {
+                None => Ok(None),
+                Some(Value::Set(data)) => Ok(Some(data)),
+                Some(Value::String { .. } | Value::Hash(_)) => Err(wrong_type()),
+            },
+            Err(Error::TooFewAnswers { .. }) => Ok(None),
+            Err(e) => Err(failed(&e)),
+        }
+    }
+
+    async fn sadd(&self, key: Bytes, members: Vec<Bytes>) -> Result<Reply, Reply> {
+        let existing = self.glance_set(&key).await?;
+        let mut seen = std::collections::HashSet::new();
+        let added = members
+            .iter()
+            .filter(|m| seen.insert(*m))
+            .filter(|m| {
+                existing
+                    .as_ref()
+                    .and_then(|d| d.field(&field_of(m)))
+                    .is_none()
+            })
+            .count();
+        let writes = members.into_iter().map(|m| {
+            let write = Write::PutField {
+                name: field_of(&m),
+                value: Bytes::new(),
+            };
+            (key.clone(), write)
+        });
+        self.write_all(writes).await?;
+        Ok(Reply::Int(i64::try_from(added).unwrap_or(i64::MAX)))
+    }
+
+    async fn srem(&self, key: Bytes, members: Vec<Bytes>) -> Result<Reply, Reply> {
+        let existing = self.glance_set(&key).await?;
+        let mut seen = std::collections::HashSet::new();
+        let present: Vec<Bytes> = members
+            .into_iter()
+            .filter(|m| seen.insert(m.clone()))
+            .filter(|m| {
+                existing
+                    .as_ref()
+                    .is_some_and(|d| d.field(&field_of(m)).is_some())
+            })
+            .collect();
+        let removed = present.len();
+        let writes = present.into_iter().map(|m| {
+            let write = Write::DeleteField { name: field_of(&m) };
+            (key.clone(), write)
+        });
+        self.write_all(writes).await?;
+        Ok(Reply::Int(i64::try_from(removed).unwrap_or(i64::MAX)))
+    }
+
+    async fn smembers(&self, key: &Bytes, scan: Option<Option<Bytes>>) -> Result<Reply, Reply> {
+        let data = self.read_set(key).await?;
+        let all: Vec<Reply> = data
+            .as_ref()
+            .map(|d| {
+                members(d)
+                    .filter(|m| match &scan {
+                        Some(Some(pattern)) => glob::matches(pattern, m),
+                        _ => true,
+                    })
+                    .map(Reply::Bulk)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(match scan {
+            // SSCAN: all at once, and the scan is done.
+            Some(_) => Reply::Array(vec![Reply::bulk("0"), Reply::Array(all)]),
+            None => Reply::Array(all),
+        })
+    }
+
+    async fn sismember(&self, key: &Bytes, asked: &[Bytes], one: bool) -> Result<Reply, Reply> {
+        let data = self.read_set(key).await?;
+        let mut answers = asked.iter().map(|m| {
+            Reply::Int(i64::from(
+                data.as_ref()
+                    .is_some_and(|d| d.field(&field_of(m)).is_some()),
+            ))
+        });
+        Ok(if one {
+            answers.next().unwrap_or(Reply::Int(0))
+        } else {
+            Reply::Array(answers.collect())
+        })
+    }
+
+    /// `SPOP`: one consensus operation that writes the set without the
+    /// members it takes (chosen by the coordinator's clock), so that two
+    /// pops never take the same member.
+    async fn spop(&self, key: &Bytes, count: Option<usize>) -> Result<Reply, Reply> {
+        let take = count.unwrap_or(1);
+        let computation = Computation::new(move |current, now_ms| {
+            let Some(fields) = current.and_then(|s| s.visible_fields(now_ms)) else {
+                return Ok(None);
+            };
+            let mut names: Vec<Bytes> = fields.map(|(n, _)| n.clone()).collect();
+            if names.iter().any(|n| !n.starts_with(SET_PREFIX)) {
+                return Err(sessmesh::CasError::Refused(
+                    "WRONGTYPE Operation against a key holding the wrong kind of value".into(),
+                ));
+            }
+            if names.is_empty() || take == 0 {
+                return Ok(None);
+            }
+            // A rotation by the clock: which members go differs from call
+            // to call, and is the same for every attempt at one state.
+            let start = usize::try_from(now_ms).unwrap_or(0) % names.len();
+            names.rotate_left(start);
+            let keep: Vec<(Bytes, Bytes)> = names
+                .into_iter()
+                .skip(take)
+                .map(|n| (n, Bytes::new()))
+                .collect();
+            let expiry = current
+                .and_then(|s| s.deadline_ms())
+                .map_or(Expiry::NEVER, Expiry::at_ms);
+            Ok(Some(if keep.is_empty() {
+                Write::Delete
+            } else {
+                Write::Put {
+                    fields: keep,
+                    expiry,
+                }
+            }))
+        });
+        let decision = self
+            .node
+            .cas(key.clone(), Cas::Compute(computation))
+            .await
+            .map_err(|e| decide_failed(&e, "value"))?;
+        let now = u64::try_from(now_ms()).unwrap_or(0);
+        let before: Vec<Bytes> = decision
+            .before
+            .as_ref()
+            .and_then(|s| SessionData::new(key, s, now))
+            .map(|d| members(&d).collect())
+            .unwrap_or_default();
+        let kept: Vec<Bytes> = match &decision.written {
+            Some((Write::Put { fields, .. }, _)) => fields
+                .iter()
+                .map(|(n, _)| n.slice(SET_PREFIX.len()..))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let popped: Vec<Reply> = if decision.applied {
+            before
+                .into_iter()
+                .filter(|m| !kept.contains(m))
+                .map(Reply::Bulk)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(match count {
+            None => popped.into_iter().next().unwrap_or(Reply::Nil),
+            Some(_) => Reply::Array(popped),
+        })
+    }
+}
