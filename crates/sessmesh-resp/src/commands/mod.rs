@@ -28,8 +28,12 @@
 //! The families, each owning the parsing and the running of its commands:
 //! `connection.rs` (`AUTH`, `HELLO`, `CLIENT`, `PING`...), `strings.rs`,
 //! `ranges.rs` (`APPEND`, `GETRANGE`...), `keys.rs` (and expiry),
-//! `hashes.rs`, `locks.rs`, and `server.rs` (`COMMAND`, `CONFIG`, `INFO`,
-//! `DBSIZE`). This file holds what they share: the
+//! `moves.rs` (`RENAME`, `COPY`), `hashes.rs`, `sets.rs`, `locks.rs`,
+//! `transactions.rs` (`MULTI`, `EXEC`, `WATCH`...), and `server.rs`
+//! (`COMMAND`, `CONFIG`, `INFO`, `DBSIZE`). Beside them: `values.rs` (what
+//! a session holds, in Redis's types), `databases.rs` (`SELECT`'s
+//! keyspaces and each command's key spec) and `atomic.rs` (the consensus
+//! operations' shared parts). This file holds what they share: the
 //! handler and a connection's state, the dispatch, reads of a key, writes
 //! handed over together, and the error replies.
 //!
@@ -60,6 +64,7 @@ mod sets;
 mod strings;
 mod table;
 mod transactions;
+mod values;
 
 use connection::ConnectionCommand;
 use hashes::HashCommand;
@@ -73,9 +78,8 @@ use strings::StringCommand;
 pub use table::Command;
 use table::{Family, check_arity, unknown};
 use transactions::{Transaction, TransactionCommand};
+use values::{SET_PREFIX, STRING_FIELD, Value, value_of};
 
-/// The field a string value is stored under.
-const STRING_FIELD: &[u8] = b"";
 /// The Redis version reported to clients, for the features they probe.
 pub const REDIS_VERSION: &str = "7.2.0";
 
@@ -205,41 +209,6 @@ fn at_ms(ms: i64) -> SystemTime {
 
 fn eq(arg: &[u8], word: &str) -> bool {
     arg.eq_ignore_ascii_case(word.as_bytes())
-}
-
-/// What a session holds, in Redis's terms.
-enum Value {
-    String {
-        value: Bytes,
-        deadline_ms: Option<u64>,
-    },
-    Hash(SessionData),
-    /// Its members are the fields whose names begin with [`SET_PREFIX`].
-    Set(SessionData),
-}
-
-/// The first byte of a set member's field name; no hash field name begins
-/// with it.
-const SET_PREFIX: &[u8] = b"\0";
-
-fn value_of(data: SessionData) -> Value {
-    let string = {
-        let mut fields = data.fields();
-        match (fields.next(), fields.next()) {
-            (Some((name, value)), None) if name == STRING_FIELD => {
-                Some(Bytes::copy_from_slice(value))
-            }
-            _ => None,
-        }
-    };
-    match string {
-        Some(value) => Value::String {
-            value,
-            deadline_ms: data.deadline_ms(),
-        },
-        None if data.fields().all(|(name, _)| name.starts_with(SET_PREFIX)) => Value::Set(data),
-        None => Value::Hash(data),
-    }
 }
 
 /// How a command gives a deadline: `EX`, `PX`, `EXAT` and `PXAT`, or which
