@@ -6,11 +6,7 @@
 mod support;
 
 use sessmesh_resp::Reply;
-use support::{Cluster, is_error};
-
-fn bulk(text: &str) -> Reply {
-    Reply::Bulk(bytes::Bytes::from(text.to_owned()))
-}
+use support::{Cluster, bulk, is_error};
 
 #[tokio::test(start_paused = true)]
 async fn values_move_between_keys_as_redis_does() {

@@ -9,11 +9,7 @@ mod support;
 use std::collections::BTreeSet;
 
 use sessmesh_resp::Reply;
-use support::{Cluster, is_error};
-
-fn bulk(text: &str) -> Reply {
-    Reply::Bulk(bytes::Bytes::from(text.to_owned()))
-}
+use support::{Cluster, bulk, is_error};
 
 /// The members a reply lists, sorted.
 fn members(reply: &Reply) -> BTreeSet<String> {

@@ -6,11 +6,7 @@
 mod support;
 
 use sessmesh_resp::Reply;
-use support::{Cluster, is_error};
-
-fn bulk(text: &str) -> Reply {
-    Reply::Bulk(bytes::Bytes::from(text.to_owned()))
-}
+use support::{Cluster, bulk, is_error};
 
 const QUEUED: Reply = Reply::Simple("QUEUED");
 

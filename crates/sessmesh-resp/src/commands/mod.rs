@@ -467,12 +467,17 @@ impl Handler {
     /// answers, so the write goes ahead whatever the read does. Only a
     /// string under the key refuses the write.
     async fn glance_hash(&self, key: &Bytes) -> Result<Option<SessionData>, Reply> {
+        match self.glance(key).await? {
+            None => Ok(None),
+            Some(Value::Hash(data)) => Ok(Some(data)),
+            Some(Value::String { .. } | Value::Set(_)) => Err(wrong_type()),
+        }
+    }
+
+    /// What the nearest replica holds of `key`, nothing when none answers.
+    async fn glance(&self, key: &Bytes) -> Result<Option<Value>, Reply> {
         match self.node.at(Level::One).get(key.clone()).await {
-            Ok(data) => match data.map(value_of) {
-                None => Ok(None),
-                Some(Value::Hash(data)) => Ok(Some(data)),
-                Some(Value::String { .. } | Value::Set(_)) => Err(wrong_type()),
-            },
+            Ok(data) => Ok(data.map(value_of)),
             Err(Error::TooFewAnswers { .. }) => Ok(None),
             Err(e) => Err(failed(&e)),
         }

@@ -149,14 +149,10 @@ impl Handler {
     /// What one replica holds of a set, for a write that reads only to
     /// count what it changes (as `HSET` does).
     async fn glance_set(&self, key: &Bytes) -> Result<Option<SessionData>, Reply> {
-        match self.node.at(Level::One).get(key.clone()).await {
-            Ok(data) => match data.map(value_of) {
-                None => Ok(None),
-                Some(Value::Set(data)) => Ok(Some(data)),
-                Some(Value::String { .. } | Value::Hash(_)) => Err(wrong_type()),
-            },
-            Err(Error::TooFewAnswers { .. }) => Ok(None),
-            Err(e) => Err(failed(&e)),
+        match self.glance(key).await? {
+            None => Ok(None),
+            Some(Value::Set(data)) => Ok(Some(data)),
+            Some(Value::String { .. } | Value::Hash(_)) => Err(wrong_type()),
         }
     }
 

@@ -138,6 +138,11 @@ impl Cluster {
     }
 }
 
+/// A bulk string reply holding `text`.
+pub(crate) fn bulk(text: &str) -> Reply {
+    Reply::Bulk(Bytes::from(text.to_owned()))
+}
+
 pub(crate) fn is_error(reply: &Reply, code: &str) -> bool {
     matches!(reply, Reply::Error(text) if text.starts_with(code))
 }
