@@ -16,8 +16,7 @@ impl Node {
         view: u64,
         now_ms: u64,
     ) {
-        if let Err(e) = self.hlc.observe(ballot, now_ms) {
-            self.refuse_drift(from, &e);
+        if !self.observe_newest(from, [Some(ballot)], now_ms) {
             return;
         }
         if self.refuse_other_view(from, request, &key, view) {
@@ -50,9 +49,7 @@ impl Node {
         view: u64,
         now_ms: u64,
     ) {
-        let newest = proposal.ballot.max(proposal.stamp);
-        if let Err(e) = self.hlc.observe(newest, now_ms) {
-            self.refuse_drift(from, &e);
+        if !self.observe_newest(from, [Some(proposal.ballot), Some(proposal.stamp)], now_ms) {
             return;
         }
         if self.refuse_other_view(from, request, key, view) {
@@ -90,9 +87,7 @@ impl Node {
         proposal: &Proposal,
         now_ms: u64,
     ) {
-        let newest = proposal.ballot.max(proposal.stamp);
-        if let Err(e) = self.hlc.observe(newest, now_ms) {
-            self.refuse_drift(from, &e);
+        if !self.observe_newest(from, [Some(proposal.ballot), Some(proposal.stamp)], now_ms) {
             return;
         }
         self.commit_here(key, proposal, now_ms);

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use super::in_flight::PendingWrite;
 use super::{Effect, Node, NodeEvent, Timer, waiting_on};
 use crate::Error;
+use crate::clock::Stamp;
 use crate::peer_clocks::Episode;
 use crate::replication::{CallId, Hint, Outcome};
 use crate::wire::Message;
@@ -132,6 +133,27 @@ impl Node {
 
     /// Counts a stamp from `from` refused for running ahead, and reports
     /// the first of an episode.
+    /// Has the clock observe the newest of the stamps a peer sent, so that
+    /// whatever this node stamps next comes after them; `false`, with the
+    /// refusal reported, when that one is too far ahead to observe.
+    pub(super) fn observe_newest(
+        &mut self,
+        from: SocketAddr,
+        stamps: impl IntoIterator<Item = Option<Stamp>>,
+        now_ms: u64,
+    ) -> bool {
+        let Some(newest) = stamps.into_iter().flatten().max() else {
+            return true;
+        };
+        match self.hlc.observe(newest, now_ms) {
+            Ok(_) => true,
+            Err(e) => {
+                self.refuse_drift(from, &e);
+                false
+            }
+        }
+    }
+
     pub(super) fn refuse_drift(&mut self, from: SocketAddr, error: &Error) {
         self.stats.clock_drift_refused += 1;
         if self.refusing.insert(from) {

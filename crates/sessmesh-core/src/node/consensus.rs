@@ -147,18 +147,12 @@ impl Node {
     ) {
         // The clock observes every stamp the answer carries, so a proposal
         // decided on it is stamped after them.
-        let newest = [
+        let stamps = [
             promise.accepted.as_ref().map(|p| p.ballot.max(p.stamp)),
             session.as_ref().map(Session::newest_stamp),
             Some(promise.committed.max(promise.committed_stamp)),
-        ]
-        .into_iter()
-        .flatten()
-        .max();
-        if let Some(newest) = newest
-            && let Err(e) = self.hlc.observe(newest, now_ms)
-        {
-            self.refuse_drift(from, &e);
+        ];
+        if !self.observe_newest(from, stamps, now_ms) {
             return;
         }
         let Some(round) = self.in_flight.get_mut::<PendingRound>(request) else {

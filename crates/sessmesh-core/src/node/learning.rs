@@ -257,18 +257,12 @@ impl Node {
             return;
         };
         for (key, state, session) in states {
-            let newest = [
+            let stamps = [
                 Some(state.promised),
                 session.as_ref().map(Session::newest_stamp),
-            ]
-            .into_iter()
-            .flatten()
-            .max();
-            if let Some(newest) = newest
-                && let Err(e) = self.hlc.observe(newest, now_ms)
-            {
-                // Nothing from this answer counts.
-                self.refuse_drift(from, &e);
+            ];
+            if !self.observe_newest(from, stamps, now_ms) {
+                // Nothing more from this answer counts.
                 return;
             }
             if let Some(session) = session {
