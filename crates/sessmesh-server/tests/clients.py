@@ -176,6 +176,10 @@ def main():
     a.transaction(add_one, tx + ":b")
     assert b.get(tx + ":b") == "4"
 
+    # What Spring Session sets at start.
+    assert a.config_set("notify-keyspace-events", "Egx") is True
+    assert a.config_get("notify-keyspace-events") == {"notify-keyspace-events": "Egx"}
+
     # SCAN sees the keys (each node holds every key at rf=3 with 3 nodes).
     found = set(c.scan_iter(match=f"py{args.protocol}:{run}:p*", count=100))
     assert len(found) == 100, len(found)

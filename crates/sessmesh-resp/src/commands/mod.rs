@@ -109,6 +109,8 @@ pub struct Handler {
     node: Node,
     settings: Settings,
     next_client: AtomicU64,
+    /// `notify-keyspace-events`, as `CONFIG SET` left it on this node.
+    notify_keyspace_events: std::sync::Mutex<String>,
 }
 
 /// One connection's state.
@@ -311,6 +313,7 @@ impl Handler {
             node,
             settings,
             next_client: AtomicU64::new(1),
+            notify_keyspace_events: std::sync::Mutex::new(String::new()),
         }
     }
 
@@ -647,7 +650,11 @@ mod tests {
             ),
             (
                 "CONFIG SET a b",
-                "ERR unknown subcommand 'SET'. Try CONFIG HELP.",
+                "ERR Unknown option or number of arguments for CONFIG SET - 'a'",
+            ),
+            (
+                "CONFIG REWRITE",
+                "ERR unknown subcommand 'REWRITE'. Try CONFIG HELP.",
             ),
             (
                 "CONFIG GET",

@@ -25,6 +25,9 @@ pub(super) enum ServerCommand {
     CommandInfo { names: usize },
     /// `CONFIG GET pattern [pattern ...]`, the patterns lower-cased.
     ConfigGet { patterns: Vec<Vec<u8>> },
+    /// `CONFIG SET notify-keyspace-events flags`: the one setting a client
+    /// may change at run time here, kept on this node.
+    ConfigSet { notify_keyspace_events: String },
     /// `INFO [section ...]`: every section, whichever are asked for.
     Info,
     /// `DBSIZE`: the keys of the client's database this node stores.
@@ -47,6 +50,7 @@ impl ServerCommand {
                     String::from_utf8_lossy(sub)
                 ))),
             },
+            Op::Config if eq(&args[0], "SET") => parse_config_set(&args[1..]),
             Op::Config => {
                 if !eq(&args[0], "GET") {
                     return Err(Reply::Error(format!(
@@ -85,7 +89,14 @@ impl ServerCommand {
             ServerCommand::CommandDocs => Reply::Map(Vec::new()),
             ServerCommand::CommandInfo { names } => Reply::Array(vec![Reply::Nil; names]),
             ServerCommand::ConfigGet { patterns } => {
-                config_get(&patterns, handler.settings.databases)
+                let events = handler.notify_keyspace_events();
+                config_get(&patterns, handler.settings.databases, &events)
+            }
+            ServerCommand::ConfigSet {
+                notify_keyspace_events,
+            } => {
+                handler.set_notify_keyspace_events(notify_keyspace_events);
+                Reply::Ok
             }
             ServerCommand::Info => handler.info(),
             ServerCommand::DbSize { db } => {
@@ -100,13 +111,38 @@ impl ServerCommand {
     }
 }
 
+/// `CONFIG SET parameter value`: only `notify-keyspace-events`, with the
+/// flags Redis knows; any other parameter is refused as Redis refuses an
+/// unknown one.
+fn parse_config_set(args: &[Bytes]) -> Result<ServerCommand, Reply> {
+    let [name, value] = args else {
+        return Err(arity("config|set"));
+    };
+    if !eq(name, "notify-keyspace-events") {
+        return Err(Reply::Error(format!(
+            "ERR Unknown option or number of arguments for CONFIG SET - '{}'",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    let flags = String::from_utf8_lossy(value).into_owned();
+    if !flags.chars().all(|c| "KEg$lshzxeAtmdn".contains(c)) {
+        return Err(Reply::Error(format!(
+            "ERR CONFIG SET failed (possibly related to argument 'notify-keyspace-events') - Invalid event class character. Use 'Ag$lshzxeKEtmdn'. ('{flags}')"
+        )));
+    }
+    Ok(ServerCommand::ConfigSet {
+        notify_keyspace_events: flags,
+    })
+}
+
 /// The few settings clients ask for, with the values that tell them what
 /// this node does not do.
-fn config_get(patterns: &[Vec<u8>], databases: u32) -> Reply {
+fn config_get(patterns: &[Vec<u8>], databases: u32, events: &str) -> Reply {
     let known = [
         ("appendonly", "no".to_owned()),
         ("databases", databases.to_string()),
         ("maxmemory", "0".to_owned()),
+        ("notify-keyspace-events", events.to_owned()),
         ("save", String::new()),
     ];
     let pairs = known
@@ -118,6 +154,21 @@ fn config_get(patterns: &[Vec<u8>], databases: u32) -> Reply {
 }
 
 impl Handler {
+    /// `notify-keyspace-events` as `CONFIG SET` left it (empty at start).
+    pub fn notify_keyspace_events(&self) -> String {
+        self.notify_keyspace_events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_notify_keyspace_events(&self, flags: String) {
+        *self
+            .notify_keyspace_events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = flags;
+    }
+
     /// `INFO`'s keyspace lines: `db<n>:keys=<count>` for each database
     /// with keys this node stores (database 0 always).
     fn keyspace(&self) -> String {
@@ -166,11 +217,41 @@ mod tests {
             }))
         );
         assert_eq!(
-            config_get(&[b"max*".to_vec(), b"save".to_vec()], 16),
+            config_get(&[b"max*".to_vec(), b"save".to_vec()], 16, ""),
             Reply::Map(vec![
                 (Reply::bulk("maxmemory"), Reply::bulk("0")),
                 (Reply::bulk("save"), Reply::bulk("")),
             ])
+        );
+        assert_eq!(
+            config_get(&[b"notify*".to_vec()], 16, "Egx"),
+            Reply::Map(vec![(
+                Reply::bulk("notify-keyspace-events"),
+                Reply::bulk("Egx")
+            )])
+        );
+        // What Spring Session sends; flags Redis does not know are refused.
+        assert_eq!(
+            parse("CONFIG set notify-keyspace-events Egx"),
+            Ok(Call::Server(ServerCommand::ConfigSet {
+                notify_keyspace_events: "Egx".into(),
+            }))
+        );
+        assert_eq!(
+            parse("CONFIG SET notify-keyspace-events "),
+            Ok(Call::Server(ServerCommand::ConfigSet {
+                notify_keyspace_events: String::new(),
+            }))
+        );
+        assert!(matches!(
+            parse("CONFIG SET notify-keyspace-events Eq"),
+            Err(Reply::Error(e)) if e.contains("Invalid event class character")
+        ));
+        assert_eq!(
+            parse("CONFIG SET notify-keyspace-events"),
+            Err(err(
+                "ERR wrong number of arguments for 'config|set' command"
+            ))
         );
     }
 }
