@@ -1,5 +1,6 @@
 //! What clients ask about keys besides their values: `TOUCH`, `HSTRLEN`,
-//! `OBJECT ENCODING`, across three in-memory peers in paused time.
+//! `HRANDFIELD`, `OBJECT ENCODING`, across three in-memory peers in paused
+//! time.
 
 #![allow(clippy::unwrap_used, reason = "a test panics to fail")]
 
@@ -52,5 +53,58 @@ async fn touch_hstrlen_and_encodings_answer_as_redis_does() {
     assert!(is_error(
         &cluster.run(1, &["OBJECT", "FREQ", "n"]).await,
         "ERR unknown subcommand 'FREQ'"
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn hrandfield_picks_fields_as_redis_does() {
+    let cluster = Cluster::start().await;
+    cluster
+        .run(0, &["HSET", "h", "a", "1", "b", "2", "c", "3"])
+        .await;
+    let fields = [bulk("a"), bulk("b"), bulk("c")];
+    let one = cluster.run(1, &["HRANDFIELD", "h"]).await;
+    assert!(fields.contains(&one), "{one:?}");
+    // A positive count: distinct fields, at most all of them.
+    let Reply::Array(two) = cluster.run(1, &["HRANDFIELD", "h", "2"]).await else {
+        panic!("not an array");
+    };
+    assert_eq!(two.len(), 2);
+    assert_ne!(two[0], two[1]);
+    let Reply::Array(all) = cluster.run(2, &["HRANDFIELD", "h", "10"]).await else {
+        panic!("not an array");
+    };
+    let mut all = all;
+    all.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(all, fields);
+    // A negative count: that many picks, which may repeat.
+    let Reply::Array(picks) = cluster.run(0, &["HRANDFIELD", "h", "-7"]).await else {
+        panic!("not an array");
+    };
+    assert_eq!(picks.len(), 7);
+    assert!(picks.iter().all(|p| fields.contains(p)));
+    // With values: each field followed by its value.
+    let Reply::Array(pairs) = cluster
+        .run(0, &["HRANDFIELD", "h", "3", "WITHVALUES"])
+        .await
+    else {
+        panic!("not an array");
+    };
+    for pair in pairs.chunks(2) {
+        let expected = match &pair[0] {
+            Reply::Bulk(f) if f.as_ref() == b"a" => bulk("1"),
+            Reply::Bulk(f) if f.as_ref() == b"b" => bulk("2"),
+            _ => bulk("3"),
+        };
+        assert_eq!(pair[1], expected, "{pairs:?}");
+    }
+    assert_eq!(cluster.run(0, &["HRANDFIELD", "none"]).await, Reply::Nil);
+    assert_eq!(
+        cluster.run(0, &["HRANDFIELD", "none", "3"]).await,
+        Reply::Array(vec![])
+    );
+    assert!(is_error(
+        &cluster.run(0, &["HRANDFIELD", "h", "1", "NOPE"]).await,
+        "ERR syntax error"
     ));
 }

@@ -57,10 +57,11 @@ fn key_spec(name: &str) -> Option<KeySpec> {
         "APPEND" | "DECR" | "DECRBY" | "EXPIRE" | "EXPIREAT" | "GET" | "GETDEL" | "GETEX"
         | "GETRANGE" | "GETSET" | "HDEL" | "HEXISTS" | "HGET" | "HGETALL" | "HINCRBY"
         | "HINCRBYFLOAT" | "HKEYS" | "HLEN" | "HMGET" | "HMSET" | "HSET" | "HSETNX" | "HSTRLEN"
-        | "HVALS" | "INCR" | "INCRBY" | "INCRBYFLOAT" | "PERSIST" | "PEXPIRE" | "PEXPIREAT"
-        | "PSETEX" | "PTTL" | "SESSMESH.LOCK" | "SESSMESH.RENEW" | "SESSMESH.UNLOCK" | "SET"
-        | "SETEX" | "SETNX" | "SETRANGE" | "STRLEN" | "SUBSTR" | "TTL" | "TYPE" | "SADD"
-        | "SREM" | "SMEMBERS" | "SISMEMBER" | "SMISMEMBER" | "SCARD" | "SPOP" | "SSCAN" => one(1),
+        | "HRANDFIELD" | "HVALS" | "INCR" | "INCRBY" | "INCRBYFLOAT" | "PERSIST" | "PEXPIRE"
+        | "PEXPIREAT" | "PSETEX" | "PTTL" | "SESSMESH.LOCK" | "SESSMESH.RENEW"
+        | "SESSMESH.UNLOCK" | "SET" | "SETEX" | "SETNX" | "SETRANGE" | "STRLEN" | "SUBSTR"
+        | "TTL" | "TYPE" | "SADD" | "SREM" | "SMEMBERS" | "SISMEMBER" | "SMISMEMBER" | "SCARD"
+        | "SPOP" | "SSCAN" => one(1),
         _ => return None,
     })
 }

@@ -21,6 +21,7 @@ pub(super) enum Op {
     MGet,
     MSet,
     Set,
+    RandField,
     SetNx,
     StrLen,
     Vals,
@@ -47,6 +48,13 @@ pub(super) enum HashCommand {
     Get { key: Bytes, field: Bytes },
     /// `HSTRLEN key field`.
     StrLen { key: Bytes, field: Bytes },
+    /// `HRANDFIELD key [count [WITHVALUES]]`.
+    RandField {
+        key: Bytes,
+        /// `None`: one field, answered alone.
+        count: Option<i64>,
+        with_values: bool,
+    },
     /// `HMGET key field [field ...]`.
     MGet { key: Bytes, fields: Vec<Bytes> },
     /// `HGETALL`, `HKEYS`, `HVALS`, `HLEN`: `key`.
@@ -132,6 +140,22 @@ impl HashCommand {
                 key,
                 field: args[1].clone(),
             },
+            Op::RandField => {
+                let count = match args.get(1) {
+                    None => None,
+                    Some(n) => Some(int(n).ok_or_else(not_integer)?),
+                };
+                let with_values = match args.get(2) {
+                    None => false,
+                    Some(o) if eq(o, "WITHVALUES") && args.len() == 3 => true,
+                    Some(_) => return Err(syntax()),
+                };
+                HashCommand::RandField {
+                    key,
+                    count,
+                    with_values,
+                }
+            }
             Op::MGet => HashCommand::MGet {
                 key,
                 fields: args[1..].to_vec(),
@@ -189,6 +213,11 @@ impl HashCommand {
             HashCommand::SetNx { key, field, value } => handler.hsetnx(key, field, value).await,
             HashCommand::Get { key, field } => handler.hget(&key, &field).await,
             HashCommand::StrLen { key, field } => handler.hstrlen(&key, &field).await,
+            HashCommand::RandField {
+                key,
+                count,
+                with_values,
+            } => handler.hrandfield(&key, count, with_values).await,
             HashCommand::MGet { key, fields } => handler.hmget(&key, &fields).await,
             HashCommand::Whole { key, part } => handler.hread(&key, part).await,
             HashCommand::Del { key, fields } => handler.hdel(key, fields).await,
@@ -254,6 +283,55 @@ impl Handler {
             .await?
             .and_then(|d| d.field(field).map(Reply::bulk))
             .unwrap_or(Reply::Nil))
+    }
+
+    /// `HRANDFIELD`: a positive count gives that many distinct fields (at
+    /// most all), a negative one that many picks that may repeat.
+    async fn hrandfield(
+        &self,
+        key: &Bytes,
+        count: Option<i64>,
+        with_values: bool,
+    ) -> Result<Reply, Reply> {
+        let data = self.read_hash(key).await?;
+        let fields: Vec<(Bytes, Bytes)> = data
+            .as_ref()
+            .map(|d| {
+                d.fields()
+                    .map(|(n, v)| (Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut random = Random::new();
+        let Some(count) = count else {
+            return Ok(match fields.is_empty() {
+                true => Reply::Nil,
+                false => Reply::Bulk(fields[random.below(fields.len())].0.clone()),
+            });
+        };
+        let picks: Vec<&(Bytes, Bytes)> = if fields.is_empty() {
+            Vec::new()
+        } else if count >= 0 {
+            let mut order: Vec<&(Bytes, Bytes)> = fields.iter().collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, random.below(i + 1));
+            }
+            order.truncate(usize::try_from(count).unwrap_or(usize::MAX));
+            order
+        } else {
+            (0..count.unsigned_abs())
+                .map(|_| &fields[random.below(fields.len())])
+                .collect()
+        };
+        Ok(Reply::Array(
+            picks
+                .into_iter()
+                .flat_map(|(n, v)| {
+                    let value = with_values.then(|| Reply::Bulk(v.clone()));
+                    std::iter::once(Reply::Bulk(n.clone())).chain(value)
+                })
+                .collect(),
+        ))
     }
 
     async fn hstrlen(&self, key: &Bytes, field: &Bytes) -> Result<Reply, Reply> {
@@ -350,6 +428,29 @@ impl Handler {
             .cloned()
             .map(Reply::Bulk)
             .ok_or_else(|| err("ERR the increment wrote no number"))
+    }
+}
+
+/// Random numbers for `HRANDFIELD`, seeded by the process's hasher keys
+/// and a counter: no two calls draw the same sequence.
+struct Random(u64);
+
+impl Random {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        static CALLS: AtomicU64 = AtomicU64::new(0);
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
+        Random(hasher.finish() | 1)
+    }
+
+    /// A number below `n` (xorshift64*).
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        usize::try_from(x % u64::try_from(n.max(1)).unwrap_or(u64::MAX)).unwrap_or(0)
     }
 }
 
