@@ -89,6 +89,27 @@ async fn each_database_is_its_own_keyspace() {
     let mut keys = keys.to_vec();
     keys.sort_by_key(|k| format!("{k:?}"));
     assert_eq!(keys, [bulk("a"), bulk("h"), bulk("k")]);
+    let Reply::Array(mut listed) = cluster.run_as(0, &mut one, &["KEYS", "*"]).await else {
+        panic!("no keys");
+    };
+    listed.sort_by_key(|k| format!("{k:?}"));
+    assert_eq!(listed, [bulk("a"), bulk("h"), bulk("k")]);
+    assert_eq!(
+        cluster.run_as(0, &mut one, &["KEYS", "[ab]"]).await,
+        Reply::Array(vec![bulk("a")])
+    );
+    let random = cluster.run_as(1, &mut two, &["RANDOMKEY"]).await;
+    assert_eq!(random, bulk("k"));
+    let mut empty = cluster.handlers[2].client();
+    cluster.run_as(2, &mut empty, &["SELECT", "9"]).await;
+    assert_eq!(
+        cluster.run_as(2, &mut empty, &["RANDOMKEY"]).await,
+        Reply::Nil
+    );
+    assert_eq!(
+        cluster.run_as(2, &mut empty, &["KEYS", "*"]).await,
+        Reply::Array(vec![])
+    );
     // Out of range, or not a number.
     for bad in ["16", "-1", "99999999999"] {
         assert!(

@@ -139,8 +139,24 @@ mod tests {
         // A command whose first argument is a key and that the table knows
         // must be listed: the commands that take no key, or not first.
         let keyless = [
-            "AUTH", "CLIENT", "COMMAND", "CONFIG", "DBSIZE", "DISCARD", "ECHO", "EXEC", "HELLO",
-            "INFO", "MULTI", "PING", "QUIT", "SCAN", "SELECT", "UNWATCH",
+            "AUTH",
+            "CLIENT",
+            "COMMAND",
+            "CONFIG",
+            "DBSIZE",
+            "DISCARD",
+            "ECHO",
+            "EXEC",
+            "HELLO",
+            "INFO",
+            "KEYS",
+            "MULTI",
+            "PING",
+            "QUIT",
+            "RANDOMKEY",
+            "SCAN",
+            "SELECT",
+            "UNWATCH",
         ];
         for command in Command::all() {
             let name = command.name();

@@ -14,7 +14,9 @@ pub(super) enum Op {
     PExpireAt,
     Persist,
     PTtl,
+    Keys,
     Object,
+    RandomKey,
     Scan,
     Touch,
     Ttl,
@@ -47,6 +49,10 @@ pub(super) enum KeyCommand {
     Persist { key: Bytes },
     /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]`.
     Scan(Scan),
+    /// `KEYS pattern`, in the client's database.
+    Keys { pattern: Bytes, db: u32 },
+    /// `RANDOMKEY`, in the client's database.
+    RandomKey { db: u32 },
 }
 
 /// When an `EXPIRE` applies, from its options: with none, always.
@@ -114,6 +120,11 @@ impl KeyCommand {
                 key: args[0].clone(),
             },
             Op::Scan => KeyCommand::Scan(Scan::parse(args, db)?),
+            Op::Keys => KeyCommand::Keys {
+                pattern: args[0].clone(),
+                db,
+            },
+            Op::RandomKey => KeyCommand::RandomKey { db },
         })
     }
 
@@ -176,6 +187,20 @@ impl KeyCommand {
             KeyCommand::Ttl { key, in_ms } => handler.ttl(&key, in_ms).await,
             KeyCommand::Persist { key } => handler.persist(&key).await,
             KeyCommand::Scan(scan) => Ok(handler.scan(scan)),
+            KeyCommand::Keys { pattern, db } => Ok(Reply::Array(
+                handler
+                    .keys_in(db)
+                    .into_iter()
+                    .filter(|k| glob::matches(&pattern, k))
+                    .map(Reply::Bulk)
+                    .collect(),
+            )),
+            KeyCommand::RandomKey { db } => {
+                let keys = handler.keys_in(db);
+                // Any key will do: one picked by the clock.
+                let at = usize::try_from(now_ms()).unwrap_or(0) % keys.len().max(1);
+                Ok(keys.into_iter().nth(at).map_or(Reply::Nil, Reply::Bulk))
+            }
         };
         result.unwrap_or_else(|reply| reply)
     }
@@ -344,6 +369,14 @@ impl Handler {
     pub(super) fn local_keys(&self) -> Vec<Bytes> {
         (0..self.node.partition_count())
             .flat_map(|p| self.node.local_keys(p))
+            .collect()
+    }
+
+    /// The keys of database `db` this node stores, by their names there.
+    fn keys_in(&self, db: u32) -> Vec<Bytes> {
+        self.local_keys()
+            .iter()
+            .filter_map(|k| databases::in_db(db, k))
             .collect()
     }
 
