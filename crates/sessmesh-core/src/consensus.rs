@@ -458,6 +458,20 @@ pub struct AcceptorState {
     pub committed_stamp: Stamp,
 }
 
+impl AcceptorState {
+    /// Drops the accepted proposal once one at least as new was committed:
+    /// it is done with.
+    fn forget_settled(&mut self) {
+        if self
+            .accepted
+            .as_ref()
+            .is_some_and(|a| a.ballot <= self.committed)
+        {
+            self.accepted = None;
+        }
+    }
+}
+
 /// A node's standing in one partition's consensus, as it answers a
 /// replica learning the partition (`AcceptorStates`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -571,13 +585,7 @@ impl Acceptors {
             state.committed = proposal.ballot;
             state.committed_stamp = proposal.stamp;
         }
-        if state
-            .accepted
-            .as_ref()
-            .is_some_and(|a| a.ballot <= state.committed)
-        {
-            state.accepted = None;
-        }
+        state.forget_settled();
     }
 
     /// Takes in what another replica keeps of `key`: the newer promise,
@@ -598,13 +606,7 @@ impl Acceptors {
         if newer {
             state.accepted = other.accepted;
         }
-        if state
-            .accepted
-            .as_ref()
-            .is_some_and(|a| a.ballot <= state.committed)
-        {
-            state.accepted = None;
-        }
+        state.forget_settled();
     }
 
     /// Every key's state, for the keys `wanted` picks.

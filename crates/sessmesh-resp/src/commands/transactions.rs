@@ -166,9 +166,11 @@ impl Handler {
         if refused {
             return err("EXECABORT Transaction discarded because of previous errors.");
         }
-        for (key, stamp) in watched {
-            match self.newest_write(&key).await {
-                Ok(now) if now == stamp => {}
+        // The watched keys are read together.
+        let now = join_all(watched.iter().map(|(key, _)| self.newest_write(key))).await;
+        for ((_, stamp), now) in watched.iter().zip(now) {
+            match now {
+                Ok(now) if now == *stamp => {}
                 Ok(_) => return Reply::Nil,
                 Err(reply) => return reply,
             }
