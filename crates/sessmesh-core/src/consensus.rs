@@ -432,7 +432,7 @@ fn parse_float(v: &[u8]) -> Option<f64> {
 
 /// A float as Redis prints an `INCRBYFLOAT` result: plain decimal, no
 /// exponent, no trailing zeros.
-fn format_float(f: f64) -> String {
+pub fn format_float(f: f64) -> String {
     let s = format!("{f:.17}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
     // Shortest form that reads back the same, when that is shorter.

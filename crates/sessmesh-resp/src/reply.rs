@@ -21,6 +21,8 @@ pub enum Reply {
     Ok,
     /// A status line.
     Simple(&'static str),
+    /// A status line made at run time (a script's `redis.status_reply`).
+    Status(String),
     /// An error line, with its code first (`ERR ...`, `WRONGTYPE ...`).
     Error(String),
     /// An integer.
@@ -55,6 +57,7 @@ impl Reply {
         match self {
             Reply::Ok => Frame2::SimpleString(Bytes::from_static(b"OK")),
             Reply::Simple(s) => Frame2::SimpleString(Bytes::from_static(s.as_bytes())),
+            Reply::Status(s) => Frame2::SimpleString(Bytes::from(s)),
             Reply::Error(e) => Frame2::Error(e.into()),
             Reply::Int(i) => Frame2::Integer(i),
             Reply::Bulk(b) => Frame2::BulkString(b),
@@ -79,6 +82,10 @@ impl Reply {
             },
             Reply::Simple(s) => Frame3::SimpleString {
                 data: Bytes::from_static(s.as_bytes()),
+                attributes: None,
+            },
+            Reply::Status(s) => Frame3::SimpleString {
+                data: Bytes::from(s),
                 attributes: None,
             },
             Reply::Error(e) => Frame3::SimpleError {

@@ -176,6 +176,16 @@ def main():
     a.transaction(add_one, tx + ":b")
     assert b.get(tx + ":b") == "4"
 
+    # Scripts: redis-py's Script sends EVALSHA, then EVAL on NOSCRIPT; node
+    # 2 has not seen it when node 1 loaded it.
+    release = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+    lock = f"py{args.protocol}:{run}:lock"
+    assert a.set(lock, "token-1", nx=True, px=30000) is True
+    assert a.register_script(release)(keys=[lock], args=["token-2"]) == 0
+    assert b.register_script(release)(keys=[lock], args=["token-1"]) == 1
+    assert c.get(lock) is None
+    assert a.eval("return {KEYS[1], ARGV[1], 3.7, false}", 1, lock, "x") == [lock, "x", 3, None]
+
     # What Spring Session sets at start.
     assert a.config_set("notify-keyspace-events", "Egx") is True
     assert a.config_get("notify-keyspace-events") == {"notify-keyspace-events": "Egx"}

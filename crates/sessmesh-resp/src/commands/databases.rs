@@ -146,6 +146,12 @@ mod tests {
             "DBSIZE",
             "DISCARD",
             "ECHO",
+            // Scripts name their keys after a count, and put them in the
+            // client's database themselves.
+            "EVAL",
+            "EVALSHA",
+            "EVALSHA_RO",
+            "EVAL_RO",
             "EXEC",
             "HELLO",
             "INFO",
@@ -155,6 +161,7 @@ mod tests {
             "QUIT",
             "RANDOMKEY",
             "SCAN",
+            "SCRIPT",
             "SELECT",
             "UNWATCH",
         ];

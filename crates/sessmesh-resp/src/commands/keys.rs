@@ -208,7 +208,7 @@ impl KeyCommand {
 
 impl ExpireIf {
     /// Whether a key whose deadline is `current` takes the deadline `at`.
-    fn allows(self, current: Option<i64>, at: i64) -> bool {
+    pub(super) fn allows(self, current: Option<i64>, at: i64) -> bool {
         match current {
             None => !self.has_deadline && !self.later,
             Some(c) => !self.no_deadline && (!self.later || at > c) && (!self.sooner || at < c),

@@ -29,8 +29,10 @@
 //! `connection.rs` (`AUTH`, `HELLO`, `CLIENT`, `PING`...), `strings.rs`,
 //! `ranges.rs` (`APPEND`, `GETRANGE`...), `keys.rs` (and expiry),
 //! `moves.rs` (`RENAME`, `COPY`), `hashes.rs`, `sets.rs`, `locks.rs`,
-//! `transactions.rs` (`MULTI`, `EXEC`, `WATCH`...), and `server.rs`
-//! (`COMMAND`, `CONFIG`, `INFO`, `DBSIZE`). Beside them: `values.rs` (what
+//! `transactions.rs` (`MULTI`, `EXEC`, `WATCH`...), `scripts.rs` (`EVAL`,
+//! `SCRIPT`..., with the interpreter in `lua.rs` and the commands a script
+//! calls in `script_calls.rs`), and `server.rs` (`COMMAND`, `CONFIG`,
+//! `INFO`, `DBSIZE`). Beside them: `values.rs` (what
 //! a session holds, in Redis's types), `databases.rs` (`SELECT`'s
 //! keyspaces and each command's key spec) and `atomic.rs` (the consensus
 //! operations' shared parts). This file holds what they share: the
@@ -57,8 +59,11 @@ mod databases;
 mod hashes;
 mod keys;
 mod locks;
+mod lua;
 mod moves;
 mod ranges;
+mod script_calls;
+mod scripts;
 mod server;
 mod sets;
 mod strings;
@@ -72,6 +77,7 @@ use keys::KeyCommand;
 use locks::LockCommand;
 use moves::Move;
 use ranges::RangeCommand;
+use scripts::ScriptCommand;
 use server::ServerCommand;
 use sets::SetCommand;
 use strings::StringCommand;
@@ -111,6 +117,8 @@ pub struct Handler {
     next_client: AtomicU64,
     /// `notify-keyspace-events`, as `CONFIG SET` left it on this node.
     notify_keyspace_events: std::sync::Mutex<String>,
+    /// The scripts this node has seen, and `lua-time-limit`.
+    scripts: scripts::Scripts,
 }
 
 /// One connection's state.
@@ -277,6 +285,7 @@ enum Call {
     Locks(LockCommand),
     Moves(Move),
     Ranges(RangeCommand),
+    Scripts(ScriptCommand),
     Sets(SetCommand),
     Server(ServerCommand),
     Transactions(TransactionCommand),
@@ -299,6 +308,7 @@ impl Call {
             Family::Locks(op) => LockCommand::parse(op, args).map(Call::Locks),
             Family::Moves(op) => Move::parse(op, args).map(Call::Moves),
             Family::Sets(op) => SetCommand::parse(op, args).map(Call::Sets),
+            Family::Scripts(op) => ScriptCommand::parse(op, args, db).map(Call::Scripts),
             Family::Ranges(op) => RangeCommand::parse(op, args).map(Call::Ranges),
             Family::Transactions(op) => Ok(Call::Transactions(TransactionCommand::parse(op, args))),
             Family::Server(op) => ServerCommand::parse(op, args, db).map(Call::Server),
@@ -314,6 +324,7 @@ impl Handler {
             settings,
             next_client: AtomicU64::new(1),
             notify_keyspace_events: std::sync::Mutex::new(String::new()),
+            scripts: scripts::Scripts::default(),
         }
     }
 
@@ -453,6 +464,7 @@ impl Handler {
             Call::Ranges(command) => command.run(self).await,
             Call::Moves(command) => command.run(self).await,
             Call::Sets(command) => command.run(self).await,
+            Call::Scripts(command) => Box::pin(command.run(self)).await,
             Call::Server(command) => command.run(self),
             Call::Transactions(_) => err("ERR a transaction command cannot run here"),
         };

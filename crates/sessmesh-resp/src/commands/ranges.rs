@@ -87,7 +87,7 @@ impl RangeCommand {
 
 /// The bytes `GETRANGE start end` takes of a string of `len` bytes, as
 /// Redis counts: inclusive, negative indices from the end, clamped.
-fn range(len: usize, start: i64, end: i64) -> std::ops::Range<usize> {
+pub(super) fn range(len: usize, start: i64, end: i64) -> std::ops::Range<usize> {
     let len = i64::try_from(len).unwrap_or(i64::MAX);
     let at = |i: i64| if i < 0 { (len + i).max(0) } else { i };
     let (start, end) = (at(start), at(end).min(len - 1));

@@ -25,9 +25,9 @@ pub(super) enum ServerCommand {
     CommandInfo { names: usize },
     /// `CONFIG GET pattern [pattern ...]`, the patterns lower-cased.
     ConfigGet { patterns: Vec<Vec<u8>> },
-    /// `CONFIG SET notify-keyspace-events flags`: the one setting a client
-    /// may change at run time here, kept on this node.
-    ConfigSet { notify_keyspace_events: String },
+    /// `CONFIG SET parameter value`, for the settings a client may change
+    /// at run time here, kept on this node.
+    ConfigSet(Setting),
     /// `INFO [section ...]`: every section, whichever are asked for.
     Info,
     /// `DBSIZE`: the keys of the client's database this node stores.
@@ -88,14 +88,13 @@ impl ServerCommand {
             }
             ServerCommand::CommandDocs => Reply::Map(Vec::new()),
             ServerCommand::CommandInfo { names } => Reply::Array(vec![Reply::Nil; names]),
-            ServerCommand::ConfigGet { patterns } => {
-                let events = handler.notify_keyspace_events();
-                config_get(&patterns, handler.settings.databases, &events)
+            ServerCommand::ConfigGet { patterns } => config_get(&patterns, &handler.settings_now()),
+            ServerCommand::ConfigSet(Setting::NotifyKeyspaceEvents(flags)) => {
+                handler.set_notify_keyspace_events(flags);
+                Reply::Ok
             }
-            ServerCommand::ConfigSet {
-                notify_keyspace_events,
-            } => {
-                handler.set_notify_keyspace_events(notify_keyspace_events);
+            ServerCommand::ConfigSet(Setting::LuaTimeLimit(ms)) => {
+                handler.scripts.set_time_limit_ms(ms);
                 Reply::Ok
             }
             ServerCommand::Info => handler.info(),
@@ -111,13 +110,31 @@ impl ServerCommand {
     }
 }
 
-/// `CONFIG SET parameter value`: only `notify-keyspace-events`, with the
-/// flags Redis knows; any other parameter is refused as Redis refuses an
-/// unknown one.
+/// A setting `CONFIG SET` changes.
+#[derive(Debug, PartialEq)]
+pub(super) enum Setting {
+    /// `notify-keyspace-events`: the event classes, as given.
+    NotifyKeyspaceEvents(String),
+    /// `lua-time-limit`, ms: how long a script may run.
+    LuaTimeLimit(u64),
+}
+
+/// `CONFIG SET parameter value`: `notify-keyspace-events`, with the flags
+/// Redis knows, and `lua-time-limit`; any other parameter is refused as
+/// Redis refuses an unknown one.
 fn parse_config_set(args: &[Bytes]) -> Result<ServerCommand, Reply> {
     let [name, value] = args else {
         return Err(arity("config|set"));
     };
+    if eq(name, "lua-time-limit") {
+        return match int(value).and_then(|ms| u64::try_from(ms).ok()) {
+            Some(ms) if ms > 0 => Ok(ServerCommand::ConfigSet(Setting::LuaTimeLimit(ms))),
+            _ => Err(Reply::Error(format!(
+                "ERR CONFIG SET failed (possibly related to argument 'lua-time-limit') - argument must be a positive number of milliseconds ('{}')",
+                String::from_utf8_lossy(value)
+            ))),
+        };
+    }
     if !eq(name, "notify-keyspace-events") {
         return Err(Reply::Error(format!(
             "ERR Unknown option or number of arguments for CONFIG SET - '{}'",
@@ -130,21 +147,14 @@ fn parse_config_set(args: &[Bytes]) -> Result<ServerCommand, Reply> {
             "ERR CONFIG SET failed (possibly related to argument 'notify-keyspace-events') - Invalid event class character. Use 'Ag$lshzxeKEtmdn'. ('{flags}')"
         )));
     }
-    Ok(ServerCommand::ConfigSet {
-        notify_keyspace_events: flags,
-    })
+    Ok(ServerCommand::ConfigSet(Setting::NotifyKeyspaceEvents(
+        flags,
+    )))
 }
 
 /// The few settings clients ask for, with the values that tell them what
-/// this node does not do.
-fn config_get(patterns: &[Vec<u8>], databases: u32, events: &str) -> Reply {
-    let known = [
-        ("appendonly", "no".to_owned()),
-        ("databases", databases.to_string()),
-        ("maxmemory", "0".to_owned()),
-        ("notify-keyspace-events", events.to_owned()),
-        ("save", String::new()),
-    ];
+/// this node does not do, as `CONFIG GET` reports them.
+fn config_get(patterns: &[Vec<u8>], known: &[(&str, String)]) -> Reply {
     let pairs = known
         .iter()
         .filter(|(name, _)| patterns.iter().any(|p| glob::matches(p, name.as_bytes())))
@@ -154,6 +164,18 @@ fn config_get(patterns: &[Vec<u8>], databases: u32, events: &str) -> Reply {
 }
 
 impl Handler {
+    /// The settings `CONFIG GET` reports, with their values now.
+    fn settings_now(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("appendonly", "no".to_owned()),
+            ("databases", self.settings.databases.to_string()),
+            ("lua-time-limit", self.scripts.time_limit_ms().to_string()),
+            ("maxmemory", "0".to_owned()),
+            ("notify-keyspace-events", self.notify_keyspace_events()),
+            ("save", String::new()),
+        ]
+    }
+
     /// `notify-keyspace-events` as `CONFIG SET` left it (empty at start).
     pub fn notify_keyspace_events(&self) -> String {
         self.notify_keyspace_events
@@ -217,14 +239,24 @@ mod tests {
             }))
         );
         assert_eq!(
-            config_get(&[b"max*".to_vec(), b"save".to_vec()], 16, ""),
+            config_get(
+                &[b"max*".to_vec(), b"save".to_vec()],
+                &[
+                    ("databases", "16".into()),
+                    ("maxmemory", "0".into()),
+                    ("save", String::new())
+                ]
+            ),
             Reply::Map(vec![
                 (Reply::bulk("maxmemory"), Reply::bulk("0")),
                 (Reply::bulk("save"), Reply::bulk("")),
             ])
         );
         assert_eq!(
-            config_get(&[b"notify*".to_vec()], 16, "Egx"),
+            config_get(
+                &[b"notify*".to_vec()],
+                &[("notify-keyspace-events", "Egx".into())]
+            ),
             Reply::Map(vec![(
                 Reply::bulk("notify-keyspace-events"),
                 Reply::bulk("Egx")
@@ -233,19 +265,29 @@ mod tests {
         // What Spring Session sends; flags Redis does not know are refused.
         assert_eq!(
             parse("CONFIG set notify-keyspace-events Egx"),
-            Ok(Call::Server(ServerCommand::ConfigSet {
-                notify_keyspace_events: "Egx".into(),
-            }))
+            Ok(Call::Server(ServerCommand::ConfigSet(
+                Setting::NotifyKeyspaceEvents("Egx".into())
+            )))
         );
         assert_eq!(
             parse("CONFIG SET notify-keyspace-events "),
-            Ok(Call::Server(ServerCommand::ConfigSet {
-                notify_keyspace_events: String::new(),
-            }))
+            Ok(Call::Server(ServerCommand::ConfigSet(
+                Setting::NotifyKeyspaceEvents(String::new())
+            )))
         );
         assert!(matches!(
             parse("CONFIG SET notify-keyspace-events Eq"),
             Err(Reply::Error(e)) if e.contains("Invalid event class character")
+        ));
+        assert_eq!(
+            parse("CONFIG SET lua-time-limit 100"),
+            Ok(Call::Server(ServerCommand::ConfigSet(
+                Setting::LuaTimeLimit(100)
+            )))
+        );
+        assert!(matches!(
+            parse("CONFIG SET lua-time-limit -1"),
+            Err(Reply::Error(e)) if e.contains("'lua-time-limit'")
         ));
         assert_eq!(
             parse("CONFIG SET notify-keyspace-events"),

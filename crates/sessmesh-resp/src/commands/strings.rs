@@ -58,17 +58,17 @@ pub(super) enum StringCommand {
 /// `SET key value [NX|XX] [GET] [EX|PX|EXAT|PXAT n | KEEPTTL]`.
 #[derive(Debug, PartialEq)]
 pub(super) struct Set {
-    key: Bytes,
-    value: Bytes,
-    condition: Option<Condition>,
+    pub(super) key: Bytes,
+    pub(super) value: Bytes,
+    pub(super) condition: Option<Condition>,
     /// `GET`: reply with the value it replaces.
-    get: bool,
-    expiry: SetExpiry,
+    pub(super) get: bool,
+    pub(super) expiry: SetExpiry,
 }
 
 /// When a `SET` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Condition {
+pub(super) enum Condition {
     /// `NX`: only if the key holds nothing.
     Absent,
     /// `XX`: only if the key holds something.
@@ -77,7 +77,7 @@ enum Condition {
 
 /// The expiry a `SET` gives its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SetExpiry {
+pub(super) enum SetExpiry {
     /// None: the key does not expire.
     Never,
     /// `KEEPTTL`: the deadline the key had.

@@ -3,7 +3,9 @@
 //! name gets.
 
 use super::*;
-use Family::{Connection, Hashes, Keys, Locks, Moves, Ranges, Server, Sets, Strings, Transactions};
+use Family::{
+    Connection, Hashes, Keys, Locks, Moves, Ranges, Scripts, Server, Sets, Strings, Transactions,
+};
 
 /// The family a command belongs to, and which of its commands it is: the
 /// family's file parses the request into its typed command and runs that.
@@ -25,6 +27,8 @@ pub(super) enum Family {
     Moves(moves::Op),
     /// `sets.rs`: sets (`SADD`, `SMEMBERS`...).
     Sets(sets::Op),
+    /// `scripts.rs`: `EVAL`, `EVALSHA`, `SCRIPT`...
+    Scripts(scripts::Op),
     /// `server.rs`: the server and introspection.
     Server(server::Op),
     /// `transactions.rs`: `MULTI`, `EXEC`, `WATCH`...
@@ -47,6 +51,10 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("DEL", -2, false, Keys(keys::Op::Del)),
     ("DISCARD", 1, false, Transactions(transactions::Op::Discard)),
     ("ECHO", 2, false, Connection(connection::Op::Echo)),
+    ("EVAL", -3, false, Scripts(scripts::Op::Eval)),
+    ("EVALSHA", -3, false, Scripts(scripts::Op::EvalSha)),
+    ("EVALSHA_RO", -3, true, Scripts(scripts::Op::EvalShaRo)),
+    ("EVAL_RO", -3, true, Scripts(scripts::Op::EvalRo)),
     ("EXEC", 1, false, Transactions(transactions::Op::Exec)),
     ("EXISTS", -2, true, Keys(keys::Op::Exists)),
     ("EXPIRE", -3, false, Keys(keys::Op::Expire)),
@@ -94,6 +102,7 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("SADD", -3, false, Sets(sets::Op::Add)),
     ("SCAN", -2, false, Keys(keys::Op::Scan)),
     ("SCARD", 2, true, Sets(sets::Op::Card)),
+    ("SCRIPT", -2, false, Scripts(scripts::Op::Script)),
     ("SELECT", 2, false, Connection(connection::Op::Select)),
     ("SESSMESH.LOCK", 3, false, Locks(locks::Op::Lock)),
     ("SESSMESH.RENEW", 4, false, Locks(locks::Op::Renew)),
@@ -269,6 +278,8 @@ mod tests {
         assert_eq!(
             reads,
             [
+                "EVALSHA_RO",
+                "EVAL_RO",
                 "EXISTS",
                 "GET",
                 "GETRANGE",
