@@ -456,9 +456,27 @@ pub struct AcceptorState {
     /// That proposal's write stamp: a coordinator whose own proposal was
     /// pre-empted learns from it that another round finished it.
     pub committed_stamp: Stamp,
+    /// The write stamps of the last [`RECENT_COMMITS`] proposals it saw
+    /// committed, oldest first: a coordinator pre-empted after proposing,
+    /// whose proposal another round finished before committing its own,
+    /// learns from them that its write was chosen.
+    pub recent: Vec<Stamp>,
 }
 
+/// How many committed write stamps an acceptor keeps per key.
+pub const RECENT_COMMITS: usize = 8;
+
 impl AcceptorState {
+    /// Remembers that the proposal stamped `stamp` was committed.
+    fn remember(&mut self, stamp: Stamp) {
+        if let Err(at) = self.recent.binary_search(&stamp) {
+            self.recent.insert(at, stamp);
+            if self.recent.len() > RECENT_COMMITS {
+                self.recent.remove(0);
+            }
+        }
+    }
+
     /// Drops the accepted proposal once one at least as new was committed:
     /// it is done with.
     fn forget_settled(&mut self) {
@@ -535,6 +553,8 @@ pub struct Promise {
     pub committed: Ballot,
     /// That proposal's write stamp.
     pub committed_stamp: Stamp,
+    /// The write stamps of the last proposals it saw committed.
+    pub recent: Vec<Stamp>,
 }
 
 /// The consensus state of every key this replica took part in deciding.
@@ -559,6 +579,7 @@ impl Acceptors {
             accepted: state.accepted.clone(),
             committed: state.committed,
             committed_stamp: state.committed_stamp,
+            recent: state.recent.clone(),
         })
     }
 
@@ -585,6 +606,9 @@ impl Acceptors {
             state.committed = proposal.ballot;
             state.committed_stamp = proposal.stamp;
         }
+        // Only a chosen proposal is committed, whatever order commits
+        // arrive in.
+        state.remember(proposal.stamp);
         state.forget_settled();
     }
 
@@ -597,6 +621,9 @@ impl Acceptors {
         if other.committed > state.committed {
             state.committed = other.committed;
             state.committed_stamp = other.committed_stamp;
+        }
+        for stamp in other.recent {
+            state.remember(stamp);
         }
         let newer = match (&state.accepted, &other.accepted) {
             (_, None) => false,

@@ -62,6 +62,7 @@ use crate::{Config, Error};
 
 mod acceptor;
 mod anti_entropy;
+mod clears;
 mod clocks;
 mod consensus;
 mod handoff;
@@ -492,6 +493,12 @@ impl Node {
                 self.stats.keys_repaired += repaired;
             }
             Message::ClockProbe { sent_ms } => self.answer_probe(from, sent_ms, now_ms),
+            Message::Clear {
+                request,
+                range,
+                stamp,
+            } => self.serve_clear(from, request, &range, stamp, now_ms),
+            Message::Clears { clears } => self.merge_clears(from, clears, now_ms),
             Message::Prepare {
                 request,
                 key,
@@ -511,6 +518,7 @@ impl Node {
             }
             // Answers to this node's requests, each to its kind of request.
             Message::WriteAck { request } => self.acknowledge(request, from, now_ms),
+            Message::ClearAck { request } => self.clear_acknowledged(request, from),
             Message::StampRefused { request, clock_ms } => {
                 self.stamp_refused(request, from, clock_ms, now_ms);
             }
@@ -525,12 +533,14 @@ impl Node {
                 accepted,
                 committed,
                 committed_stamp,
+                recent,
                 session,
             } => {
                 let promise = Promise {
                     accepted,
                     committed,
                     committed_stamp,
+                    recent,
                 };
                 self.promised(request, from, promise, session, now_ms);
             }
@@ -600,6 +610,7 @@ impl Node {
             Some(Pending::Replay(hint)) => self.hints.push(hint),
             Some(Pending::Handoff(batch)) => self.handoff_expired(batch),
             Some(Pending::Round(round)) => self.round_expired(*round),
+            Some(Pending::Clear(pending)) => self.clear_expired(pending),
             None => {}
         }
     }

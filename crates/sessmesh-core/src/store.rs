@@ -13,7 +13,8 @@
 //! Layout: this file holds the store's operations (apply, merge from
 //! peers, digests, entries, sweeps); `locking.rs` the partitions and their
 //! locks; `merge.rs` the merge of an incoming state into a partition;
-//! `reader.rs` the [`StoreReader`] other threads use; `views.rs` the views
+//! `reader.rs` the [`StoreReader`] other threads use; `clears.rs` the
+//! stamped clears of key ranges; `views.rs` the views
 //! of a stored session ([`SessionRef`], [`SessionData`], [`StoredEntry`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -30,12 +31,16 @@ use crate::partition::{PartitionId, key_hash, partition_of};
 use crate::session::{Expiry, Session, Write};
 use crate::{Config, Error};
 
+mod clears;
 mod locking;
 mod merge;
 mod reader;
 mod views;
 
+use clears::Clears;
 use locking::{CacheLine, Partition, Shared, slot_hash};
+
+pub use clears::KeyRange;
 
 pub use reader::{NotReplicated, StoreReader};
 pub use views::{SessionData, SessionRef, StoredEntry};
@@ -111,6 +116,7 @@ impl Store {
                 len: AtomicUsize::new(0),
                 watching: AtomicBool::new(false),
                 changes: Mutex::new(Vec::new()),
+                clears: Clears::default(),
             }),
         }
     }

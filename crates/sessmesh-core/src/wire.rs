@@ -22,12 +22,12 @@ use crate::consensus::{AcceptorState, Ballot, Proposal, Standings};
 use crate::digest::KeyDigest;
 use crate::partition::PartitionId;
 use crate::session::{Session, Write};
-use crate::store::Entry;
+use crate::store::{Entry, KeyRange};
 
 /// The protocol version this build speaks. Version 2 added `ReadDigest`
 /// and `DigestReply`; version 3 added `ClockProbe`, `ClockReply` and
 /// `StampRefused`.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// Bytes of the length prefix in front of each framed envelope.
 pub const FRAME_PREFIX_LEN: usize = 4;
@@ -193,6 +193,8 @@ pub enum Message {
         committed: Ballot,
         /// That proposal's write stamp.
         committed_stamp: Stamp,
+        /// The write stamps of the last proposals it saw committed.
+        recent: Vec<Stamp>,
         /// Its state of the key, tombstones included.
         session: Option<Session>,
     },
@@ -274,6 +276,27 @@ pub enum Message {
         request: u64,
         /// The replica's wall clock when it refused, ms.
         clock_ms: u64,
+    },
+    /// Coordinator to every member: clear every key in `range` written
+    /// before `stamp` (a Redis `FLUSHDB`), and keep the clear.
+    Clear {
+        /// The request, for the acknowledgement.
+        request: u64,
+        /// The keys cleared.
+        range: KeyRange,
+        /// The clear's stamp.
+        stamp: Stamp,
+    },
+    /// Answers `Clear`: applied and kept.
+    ClearAck {
+        /// The request answered.
+        request: u64,
+    },
+    /// Anti-entropy: the clears the sender keeps, for a peer that may have
+    /// missed one.
+    Clears {
+        /// Each clear's range and stamp.
+        clears: Vec<(KeyRange, Stamp)>,
     },
 }
 
@@ -577,6 +600,24 @@ mod tests {
                 stamp: stamp(8, 3),
             },
             Message::HintAck { request: 5 },
+            Message::Clear {
+                request: 10,
+                range: KeyRange {
+                    prefix: Bytes::from_static(b"\0db1\0"),
+                    except: vec![Bytes::from_static(b"\0db")],
+                },
+                stamp: stamp(9, 2),
+            },
+            Message::ClearAck { request: 10 },
+            Message::Clears {
+                clears: vec![(
+                    KeyRange {
+                        prefix: Bytes::new(),
+                        except: Vec::new(),
+                    },
+                    stamp(9, 2),
+                )],
+            },
             Message::Prepare {
                 request: 6,
                 key: Bytes::from_static(b"lock"),
@@ -592,6 +633,7 @@ mod tests {
                 }),
                 committed: stamp(7, 1),
                 committed_stamp: stamp(7, 1),
+                recent: vec![stamp(6, 2), stamp(7, 1)],
                 session: Some(session()),
             },
             Message::Propose {

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sessmesh_core::{
-    CallId, Cas, Effect, KeyChange, Level, Member, MemberEvent, MemberState, Message, NodeEvent,
-    Outcome, PartitionId, Session, Timer, Write,
+    CallId, Cas, Effect, KeyChange, KeyRange, Level, Member, MemberEvent, MemberState, Message,
+    NodeEvent, Outcome, PartitionId, Session, Timer, Write,
 };
 use sessmesh_net::{Incoming, Transport};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -35,6 +35,7 @@ pub(crate) enum Command {
     Write(Bytes, Write, Level, oneshot::Sender<Outcome>, Queued),
     Read(Bytes, Level, oneshot::Sender<Outcome>),
     Consensus(Bytes, Cas, oneshot::Sender<Outcome>),
+    Clear(KeyRange, oneshot::Sender<Outcome>),
     Local(Bytes, oneshot::Sender<Option<Session>>),
     Roots(oneshot::Sender<Vec<u64>>),
     Replicas(Bytes, oneshot::Sender<Vec<String>>),
@@ -419,6 +420,10 @@ impl<T: Transport> Driver<T> {
             Command::Consensus(key, op, reply) => {
                 let call = self.call(reply, None);
                 self.node.consensus(call, key, op, now_ms());
+            }
+            Command::Clear(range, reply) => {
+                let call = self.call(reply, None);
+                self.node.clear(call, range, now_ms());
             }
             Command::Replicas(key, reply) => {
                 let partition = self.node.store().partition_of(&key);

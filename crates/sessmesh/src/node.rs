@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sessmesh_core::{
-    Expiry, KeyChange, Level, MAX_KEY_LEN, Member, NodeEvent, Outcome, Session, SessionData, Write,
+    Expiry, KeyChange, KeyRange, Level, MAX_KEY_LEN, Member, NodeEvent, Outcome, Session,
+    SessionData, Write,
 };
 #[cfg(feature = "test-support")]
 use sessmesh_net::LinkFaults;
@@ -273,6 +274,24 @@ impl Node {
     /// and spreads as any write does.
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<bool, Error> {
         self.at(self.inner.write_level).delete(key).await
+    }
+
+    /// Deletes every session whose key is in `range` (a Redis `FLUSHDB`),
+    /// on every peer: one stamped clear, kept for the tombstone grace
+    /// period, that hides every session in the range written before it,
+    /// wherever that session comes from later (a peer that missed the
+    /// clear, a hint, anti-entropy after a partition heals). Sessions
+    /// written after it stay. Answers once every active member holds it.
+    ///
+    /// # Errors
+    /// [`Error::TooFewAcks`] when some members did not acknowledge it
+    /// within the request timeout: it is kept and reaches them with the
+    /// next anti-entropy rounds. [`Error::ClockAhead`] as for writes.
+    pub async fn clear(&self, range: KeyRange) -> Result<(), Error> {
+        match self.ask(|reply| Command::Clear(range, reply)).await? {
+            Outcome::Written { .. } => Ok(()),
+            other => Err(failure(other)),
+        }
     }
 
     /// Marks activity on the session under `key`, restarting its sliding

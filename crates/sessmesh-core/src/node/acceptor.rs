@@ -32,6 +32,7 @@ impl Node {
                 accepted: promise.accepted,
                 committed: promise.committed,
                 committed_stamp: promise.committed_stamp,
+                recent: promise.recent,
                 session: self.store.session(&key),
             },
             Err(promised) => Message::Rejected { request, promised },

@@ -52,6 +52,7 @@ impl Node {
                     to,
                     message: Message::DigestRoots { roots },
                 });
+                self.send_clears(to);
             }
         }
     }

@@ -274,8 +274,15 @@ impl Node {
             .max_by_key(|p| p.ballot)
             .cloned();
         if let Some(mine) = round.mine.take() {
-            if newest_commit_stamp == mine.proposal.stamp {
-                // Another round finished it.
+            let stamp = mine.proposal.stamp;
+            if newest_commit_stamp == stamp
+                || round
+                    .promises
+                    .iter()
+                    .any(|(_, p, _)| p.recent.contains(&stamp))
+            {
+                // Another round finished it (and may have committed
+                // others since).
                 self.applied(round.call, mine);
                 return;
             }

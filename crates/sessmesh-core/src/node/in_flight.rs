@@ -13,6 +13,8 @@ use crate::partition::PartitionId;
 use crate::replication::{CallId, Hint, ReplicaSet};
 use crate::session::{Session, Write};
 
+use super::clears::PendingClear;
+
 /// A request this node sent and waits on.
 #[derive(Debug)]
 pub(crate) enum Pending {
@@ -30,6 +32,9 @@ pub(crate) enum Pending {
     /// A consensus round it coordinates (`Prepare`, answered by `Promise`
     /// or `Rejected`; `Propose`, answered by `Accepted` or `Rejected`).
     Round(Box<PendingRound>),
+    /// A clear of a key range it coordinates (`Clear`, answered by
+    /// `ClearAck`).
+    Clear(PendingClear),
 }
 
 /// A consensus operation being decided, in one of its attempts.
@@ -187,6 +192,7 @@ kind!(Write, PendingWrite);
 kind!(Read, PendingRead);
 kind!(Replay, Hint);
 kind!(Handoff, HandoffBatch);
+kind!(Clear, PendingClear);
 
 impl Kind for PendingRound {
     fn is(pending: &Pending) -> bool {

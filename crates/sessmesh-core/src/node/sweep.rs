@@ -1,5 +1,5 @@
 //! Sweeping: expired sessions and old tombstones leave the store a few
-//! partitions at a time.
+//! partitions at a time, and clears older than the tombstone grace go.
 
 use super::*;
 
@@ -12,5 +12,6 @@ impl Node {
             self.store.sweep(PartitionId(self.sweep_cursor), now_ms);
             self.sweep_cursor = (self.sweep_cursor + 1) % self.store.partition_count();
         }
+        self.store.forget_clears(now_ms);
     }
 }

@@ -55,6 +55,8 @@ pub(super) struct Shared {
     /// Whether someone watches the changes, which are then recorded.
     pub(super) watching: AtomicBool,
     pub(super) changes: Mutex<Vec<KeyChange>>,
+    /// The clears of key ranges kept (see `clears.rs`).
+    pub(super) clears: Clears,
 }
 
 impl Shared {

@@ -17,6 +17,7 @@ impl Shared {
         incoming: Session,
         now_ms: u64,
     ) -> bool {
+        let incoming = self.cleared(key, incoming);
         let Partition { table, digest } = partition;
         let mut found = table.find_entry(slot_hash(hash), |packed| packed::key_of(packed) == key);
         let due_by = now_ms.max(incoming.newest_stamp().wall_ms());

@@ -34,6 +34,9 @@ pub(super) fn kind(message: &Message) -> &'static str {
         Message::Commit { .. } => "Commit",
         Message::SyncAcceptors { .. } => "SyncAcceptors",
         Message::AcceptorStates { .. } => "AcceptorStates",
+        Message::Clear { .. } => "Clear",
+        Message::ClearAck { .. } => "ClearAck",
+        Message::Clears { .. } => "Clears",
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use super::*;
 
 /// The prefix of every stored key of a database other than 0.
-const RESERVED: &[u8] = b"\0db";
+pub(super) const RESERVED: &[u8] = b"\0db";
 
 /// Where a command keeps its keys among the request's arguments (the name
 /// being argument 0): the first, the last (`None`: to the end) and the
@@ -153,6 +153,8 @@ mod tests {
             "EVALSHA_RO",
             "EVAL_RO",
             "EXEC",
+            "FLUSHALL",
+            "FLUSHDB",
             "HELLO",
             "INFO",
             "KEYS",

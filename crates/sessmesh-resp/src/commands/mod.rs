@@ -465,7 +465,7 @@ impl Handler {
             Call::Moves(command) => command.run(self).await,
             Call::Sets(command) => command.run(self).await,
             Call::Scripts(command) => Box::pin(command.run(self)).await,
-            Call::Server(command) => command.run(self),
+            Call::Server(command) => command.run(self).await,
             Call::Transactions(_) => err("ERR a transaction command cannot run here"),
         };
         (reply, Flow::Continue)

@@ -1,4 +1,6 @@
-//! The server and introspection: `COMMAND`, `CONFIG`, `INFO`, `DBSIZE`.
+//! The server and introspection: `COMMAND`, `CONFIG`, `INFO`, `DBSIZE`,
+//! and `FLUSHDB` and `FLUSHALL`, each one stamped clear the cluster keeps
+//! (see `sessmesh::Node::clear`).
 
 use super::table::COMMANDS;
 use super::*;
@@ -9,6 +11,8 @@ pub(super) enum Op {
     Command,
     Config,
     DbSize,
+    FlushAll,
+    FlushDb,
     Info,
 }
 
@@ -32,6 +36,9 @@ pub(super) enum ServerCommand {
     Info,
     /// `DBSIZE`: the keys of the client's database this node stores.
     DbSize { db: u32 },
+    /// `FLUSHDB` (`Some`: the client's database) and `FLUSHALL` (`None`),
+    /// with `ASYNC` or `SYNC`, which are the same here.
+    Flush { db: Option<u32> },
 }
 
 impl ServerCommand {
@@ -66,12 +73,24 @@ impl ServerCommand {
                 })
             }
             Op::Info => Ok(ServerCommand::Info),
+            Op::FlushAll | Op::FlushDb => match args {
+                [] => Ok(()),
+                [mode] if eq(mode, "ASYNC") || eq(mode, "SYNC") => Ok(()),
+                _ => Err(syntax()),
+            }
+            .map(|()| ServerCommand::Flush {
+                db: (op == Op::FlushDb).then_some(db),
+            }),
             Op::DbSize => Ok(ServerCommand::DbSize { db }),
         }
     }
 
-    pub(super) fn run(self, handler: &Handler) -> Reply {
+    pub(super) async fn run(self, handler: &Handler) -> Reply {
         match self {
+            ServerCommand::Flush { db } => match handler.node.clear(flushed(db)).await {
+                Ok(()) => Reply::Ok,
+                Err(e) => failed(&e),
+            },
             ServerCommand::ListCommands => Reply::Array(
                 COMMANDS
                     .iter()
@@ -107,6 +126,25 @@ impl ServerCommand {
                 Reply::Int(i64::try_from(count).unwrap_or(i64::MAX))
             }
         }
+    }
+}
+
+/// The keys `FLUSHDB` in database `db` clears (`None`: `FLUSHALL`, every
+/// key).
+fn flushed(db: Option<u32>) -> sessmesh::KeyRange {
+    match db {
+        None => sessmesh::KeyRange {
+            prefix: Bytes::new(),
+            except: Vec::new(),
+        },
+        Some(0) => sessmesh::KeyRange {
+            prefix: Bytes::new(),
+            except: vec![Bytes::from_static(databases::RESERVED)],
+        },
+        Some(db) => sessmesh::KeyRange {
+            prefix: Bytes::from(databases::prefix(db)),
+            except: Vec::new(),
+        },
     }
 }
 

@@ -59,6 +59,8 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("EXISTS", -2, true, Keys(keys::Op::Exists)),
     ("EXPIRE", -3, false, Keys(keys::Op::Expire)),
     ("EXPIREAT", -3, false, Keys(keys::Op::ExpireAt)),
+    ("FLUSHALL", -1, false, Server(server::Op::FlushAll)),
+    ("FLUSHDB", -1, false, Server(server::Op::FlushDb)),
     ("GET", 2, true, Strings(strings::Op::Get)),
     ("GETDEL", 2, false, Strings(strings::Op::GetDel)),
     ("GETEX", -2, false, Strings(strings::Op::GetEx)),
