@@ -49,6 +49,12 @@ pub struct Proposal {
     /// The write's stamp, fixed when it was first proposed: a proposal
     /// finished by another coordinator keeps it.
     pub stamp: Stamp,
+    /// The write stamps of the last [`RECENT_COMMITS`] proposals committed
+    /// before it, as its coordinator's prepare majority knew them (and the
+    /// ones the coordinator finished itself): the acceptors that accept or
+    /// see it committed keep them too, so every majority that accepted a
+    /// later commit knows of an earlier chosen proposal.
+    pub recent: Vec<Stamp>,
 }
 
 /// What a consensus operation does with a key's current state.
@@ -466,15 +472,27 @@ pub struct AcceptorState {
 /// How many committed write stamps an acceptor keeps per key.
 pub const RECENT_COMMITS: usize = 8;
 
+/// Adds `stamp` to `recent`, a sorted list of the newest
+/// [`RECENT_COMMITS`] committed stamps, dropping the oldest past that.
+pub fn remember(recent: &mut Vec<Stamp>, stamp: Stamp) {
+    if let Err(at) = recent.binary_search(&stamp) {
+        recent.insert(at, stamp);
+        if recent.len() > RECENT_COMMITS {
+            recent.remove(0);
+        }
+    }
+}
+
+/// Whether `recent`, a list [`remember`] kept, would still hold `stamp`
+/// had it been added: it is not full, or holds an older stamp.
+pub fn would_hold(recent: &[Stamp], stamp: Stamp) -> bool {
+    recent.len() < RECENT_COMMITS || recent.first().is_some_and(|oldest| *oldest < stamp)
+}
+
 impl AcceptorState {
     /// Remembers that the proposal stamped `stamp` was committed.
     fn remember(&mut self, stamp: Stamp) {
-        if let Err(at) = self.recent.binary_search(&stamp) {
-            self.recent.insert(at, stamp);
-            if self.recent.len() > RECENT_COMMITS {
-                self.recent.remove(0);
-            }
-        }
+        remember(&mut self.recent, stamp);
     }
 
     /// Drops the accepted proposal once one at least as new was committed:
@@ -594,6 +612,9 @@ impl Acceptors {
             return Err(state.promised);
         }
         state.promised = proposal.ballot;
+        for stamp in &proposal.recent {
+            state.remember(*stamp);
+        }
         state.accepted = Some(proposal);
         Ok(())
     }
@@ -607,8 +628,11 @@ impl Acceptors {
             state.committed_stamp = proposal.stamp;
         }
         // Only a chosen proposal is committed, whatever order commits
-        // arrive in.
+        // arrive in; those it knows of were committed before it.
         state.remember(proposal.stamp);
+        for stamp in &proposal.recent {
+            state.remember(*stamp);
+        }
         state.forget_settled();
     }
 

@@ -542,7 +542,7 @@ impl Node {
                     committed_stamp,
                     recent,
                 };
-                self.promised(request, from, promise, session, now_ms);
+                self.promised(request, from, promise, session.map(|s| *s), now_ms);
             }
             Message::Accepted { request } => self.accepted(request, from, now_ms),
             Message::Rejected { request, promised } => {

@@ -195,8 +195,9 @@ pub enum Message {
         committed_stamp: Stamp,
         /// The write stamps of the last proposals it saw committed.
         recent: Vec<Stamp>,
-        /// Its state of the key, tombstones included.
-        session: Option<Session>,
+        /// Its state of the key, tombstones included (boxed: the message
+        /// stays small).
+        session: Option<Box<Session>>,
     },
     /// Consensus phase 2, coordinator to replica: accept this proposal.
     Propose {
@@ -630,11 +631,12 @@ mod tests {
                     ballot: stamp(8, 2),
                     write: Write::Delete,
                     stamp: stamp(8, 2),
+                    recent: Vec::new(),
                 }),
                 committed: stamp(7, 1),
                 committed_stamp: stamp(7, 1),
                 recent: vec![stamp(6, 2), stamp(7, 1)],
-                session: Some(session()),
+                session: Some(Box::new(session())),
             },
             Message::Propose {
                 request: 7,
@@ -643,6 +645,7 @@ mod tests {
                     ballot: stamp(9, 3),
                     write: Write::Touch,
                     stamp: stamp(10, 3),
+                    recent: Vec::new(),
                 },
                 view: 0xfeed,
             },
@@ -678,6 +681,7 @@ mod tests {
                     ballot: stamp(9, 3),
                     write: Write::Touch,
                     stamp: stamp(10, 3),
+                    recent: Vec::new(),
                 },
             },
             Message::DigestRoots {

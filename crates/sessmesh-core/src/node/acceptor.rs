@@ -33,7 +33,7 @@ impl Node {
                 committed: promise.committed,
                 committed_stamp: promise.committed_stamp,
                 recent: promise.recent,
-                session: self.store.session(&key),
+                session: self.store.session(&key).map(Box::new),
             },
             Err(promised) => Message::Rejected { request, promised },
         };

@@ -14,6 +14,7 @@
 
 use super::in_flight::Mine;
 use super::*;
+use crate::consensus;
 use crate::replication::Decision;
 
 /// The longest pause before an attempt pre-empted by another
@@ -68,6 +69,7 @@ impl Node {
             started_ms: now_ms,
             attempts: 0,
             mine: None,
+            finished: Vec::new(),
         };
         self.prepare(round, now_ms);
     }
@@ -309,6 +311,22 @@ impl Node {
                         .any(|s| s.holds_stamp(mine.proposal.stamp));
                     if held {
                         self.applied(round.call, mine);
+                        return;
+                    }
+                    // Had it been chosen, its commit would come before
+                    // the newest one, whose proposal carried its stamp to
+                    // the majority that accepted it, one of which is in
+                    // this majority. A commit newer than its ballot means
+                    // it can no longer be chosen either. So when every
+                    // answer would still hold its stamp, it was never
+                    // chosen: decide the operation afresh.
+                    let never = newest_commit > mine.proposal.ballot
+                        && round
+                            .promises
+                            .iter()
+                            .all(|(_, p, _)| consensus::would_hold(&p.recent, stamp));
+                    if never {
+                        self.decide(id, round, newest_commit, now_ms);
                     } else {
                         self.undecided(
                             round.call,
@@ -360,6 +378,7 @@ impl Node {
             ballot: round.ballot,
             write: unfinished.write,
             stamp: unfinished.stamp,
+            recent: unfinished.recent,
         };
         self.propose(id, round, proposal, true, None, now_ms);
     }
@@ -410,6 +429,7 @@ impl Node {
             ballot: round.ballot,
             write,
             stamp,
+            recent: Vec::new(),
         };
         round.mine = Some(Mine {
             proposal: proposal.clone(),
@@ -424,11 +444,17 @@ impl Node {
         &mut self,
         id: u64,
         mut round: PendingRound,
-        proposal: Proposal,
+        mut proposal: Proposal,
         finishing: bool,
         before: Option<Session>,
         now_ms: u64,
     ) {
+        // It carries every commit its majority knows of, and those this
+        // operation finished.
+        let known = round.promises.iter().flat_map(|(_, p, _)| &p.recent);
+        for stamp in known.chain(&round.finished).copied().collect::<Vec<_>>() {
+            consensus::remember(&mut proposal.recent, stamp);
+        }
         round.waiting = all_of(&round.replicas);
         round.accepts = 0;
         let replicas = Arc::clone(&round.replicas);
@@ -492,10 +518,11 @@ impl Node {
             }
         }
         if finishing {
-            let round = PendingRound {
+            let mut round = PendingRound {
                 phase: Phase::Backoff,
                 ..round
             };
+            consensus::remember(&mut round.finished, proposal.stamp);
             self.prepare(round, now_ms);
             return;
         }

@@ -71,6 +71,10 @@ pub(crate) struct PendingRound {
     /// finds out whether it was chosen, or proposes it again while nothing
     /// else was committed since.
     pub(crate) mine: Option<Mine>,
+    /// The write stamps of the proposals this operation finished for
+    /// other rounds: its own proposals carry them (see
+    /// [`Proposal::recent`]).
+    pub(crate) finished: Vec<Stamp>,
 }
 
 /// An operation's own proposal, kept across attempts.
