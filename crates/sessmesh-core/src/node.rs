@@ -511,7 +511,11 @@ impl Node {
                 proposal,
                 view,
             } => self.serve_propose(from, request, &key, proposal, view, now_ms),
-            Message::Commit { key, proposal } => self.serve_commit(from, &key, &proposal, now_ms),
+            Message::Commit {
+                request,
+                key,
+                proposal,
+            } => self.serve_commit(from, request, &key, &proposal, now_ms),
             Message::SyncAcceptors { partitions } => self.serve_sync(from, &partitions),
             Message::AcceptorStates { standings, states } => {
                 self.learned(from, standings, states, now_ms);
@@ -545,6 +549,7 @@ impl Node {
                 self.promised(request, from, promise, session.map(|s| *s), now_ms);
             }
             Message::Accepted { request } => self.accepted(request, from, now_ms),
+            Message::Committed { request } => self.committed(request, from),
             Message::Rejected { request, promised } => {
                 self.round_rejected(request, from, promised, now_ms)
             }

@@ -251,10 +251,18 @@ pub enum Message {
     /// Coordinator to replicas: the proposal is chosen; apply its write and
     /// record it committed.
     Commit {
+        /// The request to acknowledge with `Committed`, when the
+        /// coordinator waits for it (its own operation's commit).
+        request: Option<u64>,
         /// The key.
         key: Bytes,
         /// The chosen proposal.
         proposal: Proposal,
+    },
+    /// Answers a `Commit` that asked: its write is applied here.
+    Committed {
+        /// The request answered.
+        request: u64,
     },
     /// Asks a peer for its wall clock, to measure the offset between the
     /// two (see [`crate::peer_clocks`]).
@@ -675,7 +683,9 @@ mod tests {
                 request: 7,
                 promised: stamp(11, 4),
             },
+            Message::Committed { request: 7 },
             Message::Commit {
+                request: Some(7),
                 key: Bytes::from_static(b"lock"),
                 proposal: Proposal {
                     ballot: stamp(9, 3),

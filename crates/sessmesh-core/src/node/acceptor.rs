@@ -84,6 +84,7 @@ impl Node {
     pub(super) fn serve_commit(
         &mut self,
         from: SocketAddr,
+        request: Option<u64>,
         key: &[u8],
         proposal: &Proposal,
         now_ms: u64,
@@ -92,6 +93,12 @@ impl Node {
             return;
         }
         self.commit_here(key, proposal, now_ms);
+        if let Some(request) = request {
+            self.effects.push(Effect::Send {
+                to: from,
+                message: Message::Committed { request },
+            });
+        }
     }
 
     /// Applies a chosen proposal's write here and records it committed.

@@ -225,7 +225,7 @@ impl Node {
         let answered = match round.phase {
             Phase::Prepare => round.promises.len(),
             Phase::Propose { .. } => round.accepts,
-            Phase::Backoff => return,
+            Phase::Backoff | Phase::Commit { .. } => return,
         };
         let may_answer = round.waiting.count_ones() as usize;
         if answered + may_answer >= round.needed {
@@ -243,7 +243,7 @@ impl Node {
         };
         let ready = match round.phase {
             Phase::Prepare => round.promises.len() >= round.needed,
-            Phase::Propose { .. } => round.accepts >= round.needed,
+            Phase::Propose { .. } | Phase::Commit { .. } => round.accepts >= round.needed,
             Phase::Backoff => false,
         };
         if !ready {
@@ -254,7 +254,8 @@ impl Node {
         };
         match round.phase {
             Phase::Prepare => self.promised_by_majority(id, round, now_ms),
-            Phase::Propose { .. } => self.chosen(round, now_ms),
+            Phase::Propose { .. } => self.chosen(id, round, now_ms),
+            Phase::Commit { .. } => self.answer_chosen(round),
             Phase::Backoff => {}
         }
     }
@@ -495,9 +496,9 @@ impl Node {
     }
 
     /// A majority accepted: the proposal is chosen. Every replica hears so;
-    /// the operation is answered, or, if the proposal was another round's,
-    /// starts again.
-    fn chosen(&mut self, round: PendingRound, now_ms: u64) {
+    /// the operation is answered once a majority applied it, or, if the
+    /// proposal was another round's, starts again.
+    fn chosen(&mut self, id: u64, mut round: PendingRound, now_ms: u64) {
         let Phase::Propose {
             proposal,
             finishing,
@@ -506,11 +507,16 @@ impl Node {
         else {
             return;
         };
-        for replica in round.replicas.iter() {
+        round.waiting = all_of(&round.replicas);
+        round.accepts = 0;
+        for (i, replica) in round.replicas.iter().enumerate() {
             if replica.local {
                 self.commit_here(&round.key, &proposal, now_ms);
+                round.waiting &= !(1 << i);
+                round.accepts += 1;
             } else if let Some(to) = replica.addr {
                 let message = Message::Commit {
+                    request: (!finishing).then_some(id),
                     key: round.key.clone(),
                     proposal: proposal.clone(),
                 };
@@ -526,7 +532,38 @@ impl Node {
             self.prepare(round, now_ms);
             return;
         }
-        let before = before.or_else(|| round.mine.and_then(|m| m.before));
+        let before = before.or_else(|| round.mine.take().and_then(|m| m.before));
+        round.phase = Phase::Commit { proposal, before };
+        self.in_flight.insert(id, Pending::Round(Box::new(round)));
+        self.advance(id, now_ms);
+    }
+
+    /// A replica applied the operation's chosen proposal.
+    pub(super) fn committed(&mut self, request: u64, from: SocketAddr) {
+        let Some(round) = self.in_flight.get_mut::<PendingRound>(request) else {
+            return;
+        };
+        if !matches!(round.phase, Phase::Commit { .. }) {
+            return;
+        }
+        let Some(bit) = waiting_on(&round.replicas, round.waiting, from) else {
+            return;
+        };
+        round.waiting &= !bit;
+        round.accepts += 1;
+        if round.accepts >= round.needed
+            && let Some(round) = self.in_flight.take::<PendingRound>(request)
+        {
+            self.answer_chosen(round);
+        }
+    }
+
+    /// Answers an operation whose own proposal is chosen and applied by a
+    /// majority (or whose time for that ran out: it is chosen all the same).
+    fn answer_chosen(&mut self, round: PendingRound) {
+        let Phase::Commit { proposal, before } = round.phase else {
+            return;
+        };
         self.effects.push(Effect::Done {
             call: round.call,
             outcome: Outcome::Decided(Box::new(Decision {
@@ -578,6 +615,11 @@ impl Node {
             Phase::Propose { .. } => (round.accepts, maybe_applied),
             // A pausing round has no deadline of its own.
             Phase::Backoff => return,
+            // Chosen: the replicas that did not apply it yet will.
+            Phase::Commit { .. } => {
+                self.answer_chosen(round);
+                return;
+            }
         };
         let mut reason = format!(
             "timed out: {answers} of the {} replicas a majority needs answered",
@@ -611,7 +653,8 @@ impl Node {
 /// for its answer to the current phase.
 fn waiting_on_round(in_flight: &mut InFlight, request: u64, from: SocketAddr) -> Option<u64> {
     let round = in_flight.get_mut::<PendingRound>(request)?;
-    if matches!(round.phase, Phase::Backoff) {
+    // A refusal that comes once the proposal is chosen changes nothing.
+    if matches!(round.phase, Phase::Backoff | Phase::Commit { .. }) {
         return None;
     }
     waiting_on(&round.replicas, round.waiting, from)

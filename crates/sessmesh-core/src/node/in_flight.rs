@@ -105,6 +105,13 @@ pub(crate) enum Phase {
         finishing: bool,
         before: Option<Session>,
     },
+    /// The operation's own proposal is chosen: waiting for a majority to
+    /// apply it (`Committed`), so that a read at quorum right after the
+    /// answer sees it. `accepts` counts the replicas that applied it.
+    Commit {
+        proposal: Proposal,
+        before: Option<Session>,
+    },
 }
 
 /// A write waiting for acknowledgements.

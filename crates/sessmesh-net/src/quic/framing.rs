@@ -32,6 +32,7 @@ pub(super) fn kind(message: &Message) -> &'static str {
         Message::Rejected { .. } => "Rejected",
         Message::Moving { .. } => "Moving",
         Message::Commit { .. } => "Commit",
+        Message::Committed { .. } => "Committed",
         Message::SyncAcceptors { .. } => "SyncAcceptors",
         Message::AcceptorStates { .. } => "AcceptorStates",
         Message::Clear { .. } => "Clear",
