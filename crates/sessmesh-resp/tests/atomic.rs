@@ -167,3 +167,47 @@ async fn a_fenced_lock_for_redis_clients() {
         "ERR"
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn msetnx_sets_every_key_or_none() {
+    let cluster = Cluster::start().await;
+    assert_eq!(
+        cluster.run(0, &["MSETNX", "m:a", "1", "m:b", "2"]).await,
+        Reply::Int(1)
+    );
+    assert_eq!(cluster.run(1, &["GET", "m:b"]).await, bulk("2"));
+    // One key taken: none of the others is left set.
+    assert_eq!(
+        cluster
+            .run(1, &["MSETNX", "m:c", "3", "m:d", "4", "m:a", "9"])
+            .await,
+        Reply::Int(0)
+    );
+    for key in ["m:c", "m:d"] {
+        assert_eq!(cluster.run(2, &["EXISTS", key]).await, Reply::Int(0));
+    }
+    assert_eq!(cluster.run(2, &["GET", "m:a"]).await, bulk("1"));
+    // Raced from every node over the same keys: exactly one wins, whole.
+    let requests = ["x", "y", "z"].map(|v| ["MSETNX", "r:1", v, "r:2", v, "r:3", v]);
+    let (a, b, c) = tokio::join!(
+        cluster.run(0, &requests[0]),
+        cluster.run(1, &requests[1]),
+        cluster.run(2, &requests[2]),
+    );
+    let winners: Vec<&str> = [a, b, c]
+        .iter()
+        .zip(["x", "y", "z"])
+        .filter(|(reply, _)| **reply == Reply::Int(1))
+        .map(|(_, v)| v)
+        .collect();
+    assert!(winners.len() <= 1, "{winners:?}");
+    if let [winner] = winners.as_slice() {
+        for key in ["r:1", "r:2", "r:3"] {
+            assert_eq!(cluster.run(0, &["GET", key]).await, bulk(winner));
+        }
+    }
+    assert!(is_error(
+        &cluster.run(0, &["MSETNX", "m:e", "1", "m:f"]).await,
+        "ERR wrong number of arguments for 'msetnx'"
+    ));
+}

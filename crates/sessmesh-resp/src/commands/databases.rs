@@ -48,7 +48,7 @@ fn key_spec(name: &str) -> Option<KeySpec> {
     };
     Some(match name {
         "DEL" | "UNLINK" | "EXISTS" | "TOUCH" | "MGET" | "WATCH" => all,
-        "MSET" => KeySpec { step: 2, ..all },
+        "MSET" | "MSETNX" => KeySpec { step: 2, ..all },
         "COPY" | "RENAME" | "RENAMENX" => KeySpec {
             last: Some(2),
             ..all

@@ -290,6 +290,19 @@ fn strings(state: &mut KeyState, command: StringCommand, now_ms: i64) -> Result<
             }
             Reply::Array(values)
         }
+        StringCommand::MSetNx { pairs } => {
+            for (key, _) in &pairs {
+                mine(state, key)?;
+            }
+            match pairs.into_iter().last() {
+                Some((_, value)) if state.fields.is_empty() => {
+                    state.set_string(value);
+                    state.set_deadline(None);
+                    Reply::Int(1)
+                }
+                _ => Reply::Int(0),
+            }
+        }
         StringCommand::MSet { pairs } => {
             for (key, value) in pairs {
                 mine(state, &key)?;

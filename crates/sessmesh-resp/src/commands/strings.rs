@@ -3,7 +3,7 @@
 //! `SET` with `NX`, `XX` or `GET`, `SETNX`, `GETSET`, `GETDEL` and the
 //! `INCR` family are atomic across the cluster (see `atomic.rs`).
 
-use sessmesh::Cas;
+use sessmesh::{Cas, Computation};
 
 use super::atomic::string_or_absent;
 use super::*;
@@ -22,6 +22,7 @@ pub(super) enum Op {
     IncrByFloat,
     MGet,
     MSet,
+    MSetNx,
     PSetEx,
     Set,
     SetEx,
@@ -47,6 +48,8 @@ pub(super) enum StringCommand {
     MGet { keys: Vec<Bytes> },
     /// `MSET key value [key value ...]`.
     MSet { pairs: Vec<(Bytes, Bytes)> },
+    /// `MSETNX key value [key value ...]`.
+    MSetNx { pairs: Vec<(Bytes, Bytes)> },
     /// `SETNX key value`.
     SetNx { key: Bytes, value: Bytes },
     /// `INCR`, `DECR`, `INCRBY`, `DECRBY`: add `by`.
@@ -173,15 +176,18 @@ impl StringCommand {
                 key: args[0].clone(),
                 by: float(&args[1]).ok_or_else(|| err("ERR value is not a valid float"))?,
             },
-            Op::MSet => {
+            Op::MSet | Op::MSetNx => {
                 if !args.len().is_multiple_of(2) {
-                    return Err(arity("mset"));
+                    return Err(arity(if op == Op::MSet { "mset" } else { "msetnx" }));
                 }
-                StringCommand::MSet {
-                    pairs: args
-                        .chunks(2)
-                        .map(|pair| (pair[0].clone(), pair[1].clone()))
-                        .collect(),
+                let pairs = args
+                    .chunks(2)
+                    .map(|pair| (pair[0].clone(), pair[1].clone()))
+                    .collect();
+                if op == Op::MSet {
+                    StringCommand::MSet { pairs }
+                } else {
+                    StringCommand::MSetNx { pairs }
                 }
             }
         })
@@ -195,6 +201,7 @@ impl StringCommand {
             StringCommand::GetEx { key, change } => handler.getex(&key, change).await,
             StringCommand::MGet { keys } => handler.mget(&keys).await,
             StringCommand::MSet { pairs } => handler.mset(pairs).await,
+            StringCommand::MSetNx { pairs } => handler.msetnx(pairs).await,
             StringCommand::SetNx { key, value } => handler.setnx(key, value).await,
             StringCommand::IncrBy { key, by } => handler.incrby(&key, by).await,
             StringCommand::IncrByFloat { key, by } => handler.incrbyfloat(&key, by).await,
@@ -434,6 +441,56 @@ impl Handler {
         });
         self.write_all(writes).await?;
         Ok(Reply::Ok)
+    }
+
+    /// `MSETNX`: every key is created, each by consensus (`SET NX`), in
+    /// order; if one is taken, those it created are deleted again (each
+    /// only while it still holds what this wrote) and nothing is left.
+    /// All or nothing in the end, but not isolated: a reader may see the
+    /// first keys in the moment before they are taken back.
+    async fn msetnx(&self, pairs: Vec<(Bytes, Bytes)>) -> Result<Reply, Reply> {
+        // A key named twice holds its last value.
+        let mut last: Vec<(Bytes, Bytes)> = Vec::new();
+        for (key, value) in pairs {
+            last.retain(|(k, _)| *k != key);
+            last.push((key, value));
+        }
+        let mut created = Vec::new();
+        let mut outcome = Ok(Reply::Int(1));
+        for (key, value) in last {
+            let op = Cas::Write {
+                when: sessmesh::Condition::Absent,
+                write: Write::Put {
+                    fields: vec![(Bytes::from_static(STRING_FIELD), value)],
+                    expiry: Expiry::NEVER,
+                },
+            };
+            match self.decide(&key, op, "value").await {
+                Ok(decision) => match decision.written {
+                    Some((_, stamp)) if decision.applied => created.push((key, stamp)),
+                    _ => {
+                        outcome = Ok(Reply::Int(0));
+                        break;
+                    }
+                },
+                Err(reply) => {
+                    outcome = Err(reply);
+                    break;
+                }
+            }
+        }
+        if outcome != Ok(Reply::Int(1)) {
+            for (key, stamp) in created {
+                let undo = Computation::new(move |session, _| {
+                    let unchanged = session.is_some_and(|s| s.newest_stamp() == stamp);
+                    Ok(unchanged.then_some(Write::Delete))
+                });
+                if let Err(reply) = self.decide(&key, Cas::Compute(undo), "value").await {
+                    outcome = outcome.and(Err(reply));
+                }
+            }
+        }
+        outcome
     }
 }
 

@@ -89,6 +89,7 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("KEYS", 2, false, Keys(keys::Op::Keys)),
     ("MGET", -2, true, Strings(strings::Op::MGet)),
     ("MSET", -3, false, Strings(strings::Op::MSet)),
+    ("MSETNX", -3, false, Strings(strings::Op::MSetNx)),
     ("MULTI", 1, false, Transactions(transactions::Op::Multi)),
     ("OBJECT", -2, true, Keys(keys::Op::Object)),
     ("PERSIST", 2, false, Keys(keys::Op::Persist)),
