@@ -69,6 +69,7 @@ mod handoff;
 mod hints;
 mod in_flight;
 mod learning;
+mod listing;
 mod placement;
 mod reads;
 mod replica;
@@ -499,6 +500,10 @@ impl Node {
                 stamp,
             } => self.serve_clear(from, request, &range, stamp, now_ms),
             Message::Clears { clears } => self.merge_clears(from, clears, now_ms),
+            Message::ListKeys { request, partition } => {
+                self.serve_list(from, request, partition, now_ms);
+            }
+            Message::Keys { request, keys } => self.listed(request, keys),
             Message::Prepare {
                 request,
                 key,
@@ -616,6 +621,7 @@ impl Node {
             Some(Pending::Handoff(batch)) => self.handoff_expired(batch),
             Some(Pending::Round(round)) => self.round_expired(*round),
             Some(Pending::Clear(pending)) => self.clear_expired(pending),
+            Some(Pending::List(pending)) => self.list_expired(pending),
             None => {}
         }
     }

@@ -75,6 +75,8 @@ pub enum Outcome {
     /// The newest state the required replicas hold (tombstones included;
     /// judge visibility at the caller's time).
     Read(Option<Session>),
+    /// The keys of a partition a replica stores (`Node::partition_keys`).
+    Keys(Vec<Bytes>),
     /// Fewer copies than the level needs answered a read: some replicas
     /// did not answer in time, or fewer replicas are up than it counts.
     TooFewAnswers {

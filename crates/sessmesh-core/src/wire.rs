@@ -264,6 +264,21 @@ pub enum Message {
         /// The request answered.
         request: u64,
     },
+    /// Asks a replica for the keys it stores in a partition (a Redis
+    /// layer's `SCAN`, `KEYS`, `DBSIZE`).
+    ListKeys {
+        /// The request, for the answer.
+        request: u64,
+        /// The partition.
+        partition: PartitionId,
+    },
+    /// Answers `ListKeys`: the keys a reader sees there now.
+    Keys {
+        /// The request answered.
+        request: u64,
+        /// The keys.
+        keys: Vec<Bytes>,
+    },
     /// Asks a peer for its wall clock, to measure the offset between the
     /// two (see [`crate::peer_clocks`]).
     ClockProbe {
@@ -684,6 +699,14 @@ mod tests {
                 promised: stamp(11, 4),
             },
             Message::Committed { request: 7 },
+            Message::ListKeys {
+                request: 11,
+                partition: PartitionId(3),
+            },
+            Message::Keys {
+                request: 11,
+                keys: vec![Bytes::from_static(b"k")],
+            },
             Message::Commit {
                 request: Some(7),
                 key: Bytes::from_static(b"lock"),

@@ -1,6 +1,6 @@
 //! What clients ask about keys besides their values: `TOUCH`, `HSTRLEN`,
-//! `HRANDFIELD`, `OBJECT ENCODING`, across three in-memory peers in paused
-//! time.
+//! `HRANDFIELD`, `OBJECT ENCODING`, and the keyspace (`SCAN`, `KEYS`,
+//! `RANDOMKEY`, `DBSIZE`), across three in-memory peers in paused time.
 
 #![allow(clippy::unwrap_used, reason = "a test panics to fail")]
 
@@ -107,4 +107,64 @@ async fn hrandfield_picks_fields_as_redis_does() {
         &cluster.run(0, &["HRANDFIELD", "h", "1", "NOPE"]).await,
         "ERR syntax error"
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn scan_keys_randomkey_and_dbsize_cover_the_whole_cluster() {
+    // One copy per key: each node stores about a third of them.
+    let cluster = Cluster::start_with_copies(1).await;
+    for i in 0..120 {
+        assert_eq!(
+            cluster.run(0, &["SET", &format!("w:{i}"), "v"]).await,
+            Reply::Ok
+        );
+    }
+    let peer = cluster.peer(2);
+    let local: usize = (0..peer.partition_count())
+        .map(|p| peer.local_keys(p).len())
+        .sum();
+    assert!(
+        local < 120,
+        "node-2 stores all {local} keys: the test shows nothing"
+    );
+    for node in 0..3 {
+        assert_eq!(cluster.run(node, &["DBSIZE"]).await, Reply::Int(120));
+        let Reply::Array(keys) = cluster.run(node, &["KEYS", "w:*"]).await else {
+            panic!("KEYS answers an array");
+        };
+        assert_eq!(keys.len(), 120);
+        // A whole SCAN, a few keys at a time.
+        let mut cursor = "0".to_owned();
+        let mut seen = std::collections::BTreeSet::new();
+        loop {
+            let Reply::Array(page) = cluster
+                .run(node, &["SCAN", &cursor, "MATCH", "w:*", "COUNT", "7"])
+                .await
+            else {
+                panic!("SCAN answers an array");
+            };
+            let [Reply::Bulk(next), Reply::Array(found)] = page.as_slice() else {
+                panic!("SCAN answers a cursor and keys: {page:?}");
+            };
+            seen.extend(found.iter().map(|k| format!("{k:?}")));
+            cursor = String::from_utf8(next.to_vec()).unwrap();
+            if cursor == "0" {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 120, "SCAN through node-{node}");
+        assert!(matches!(
+            cluster.run(node, &["RANDOMKEY"]).await,
+            Reply::Bulk(_)
+        ));
+    }
+    // TYPE keeps only the keys of that type.
+    cluster.run(1, &["HSET", "w:hash", "f", "v"]).await;
+    let Reply::Array(page) = cluster
+        .run(1, &["SCAN", "0", "TYPE", "hash", "COUNT", "1000"])
+        .await
+    else {
+        panic!("SCAN answers an array");
+    };
+    assert_eq!(page[1], Reply::Array(vec![bulk("w:hash")]));
 }

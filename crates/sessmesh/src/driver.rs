@@ -36,6 +36,7 @@ pub(crate) enum Command {
     Read(Bytes, Level, oneshot::Sender<Outcome>),
     Consensus(Bytes, Cas, oneshot::Sender<Outcome>),
     Clear(KeyRange, oneshot::Sender<Outcome>),
+    PartitionKeys(PartitionId, oneshot::Sender<Outcome>),
     Local(Bytes, oneshot::Sender<Option<Session>>),
     Roots(oneshot::Sender<Vec<u64>>),
     Replicas(Bytes, oneshot::Sender<Vec<String>>),
@@ -424,6 +425,10 @@ impl<T: Transport> Driver<T> {
             Command::Clear(range, reply) => {
                 let call = self.call(reply, None);
                 self.node.clear(call, range, now_ms());
+            }
+            Command::PartitionKeys(partition, reply) => {
+                let call = self.call(reply, None);
+                self.node.partition_keys(call, partition, now_ms());
             }
             Command::Replicas(key, reply) => {
                 let partition = self.node.store().partition_of(&key);

@@ -413,6 +413,23 @@ impl Node {
             .visible_keys(sessmesh_core::PartitionId(partition), now_ms())
     }
 
+    /// The keys of the sessions stored in `partition` that a reader sees
+    /// now, wherever the partition is: from this peer's store when it
+    /// replicates the partition, otherwise from one of its replicas.
+    ///
+    /// # Errors
+    /// [`Error::TooFewAnswers`] when no replica of it answers in time.
+    pub async fn partition_keys(&self, partition: u32) -> Result<Vec<Bytes>, Error> {
+        let partition = sessmesh_core::PartitionId(partition);
+        match self
+            .ask(|reply| Command::PartitionKeys(partition, reply))
+            .await?
+        {
+            Outcome::Keys(keys) => Ok(keys),
+            other => Err(failure(other)),
+        }
+    }
+
     /// The transport's fault controls, when this peer runs on QUIC: for
     /// tests and demos that cut the network. Only with the `test-support`
     /// feature; production builds carry no fault injection.
@@ -536,7 +553,7 @@ fn failure(outcome: Outcome) -> Error {
             reason,
             maybe_applied,
         },
-        Outcome::Written { .. } | Outcome::Read(_) | Outcome::Decided(_) => {
+        Outcome::Written { .. } | Outcome::Read(_) | Outcome::Decided(_) | Outcome::Keys(_) => {
             Error::Refused(format!("unexpected answer {outcome:?}"))
         }
     }

@@ -14,6 +14,7 @@ use crate::replication::{CallId, Hint, ReplicaSet};
 use crate::session::{Session, Write};
 
 use super::clears::PendingClear;
+use super::listing::PendingList;
 
 /// A request this node sent and waits on.
 #[derive(Debug)]
@@ -35,6 +36,8 @@ pub(crate) enum Pending {
     /// A clear of a key range it coordinates (`Clear`, answered by
     /// `ClearAck`).
     Clear(PendingClear),
+    /// A listing of a partition's keys (`ListKeys`, answered by `Keys`).
+    List(PendingList),
 }
 
 /// A consensus operation being decided, in one of its attempts.
@@ -204,6 +207,7 @@ kind!(Read, PendingRead);
 kind!(Replay, Hint);
 kind!(Handoff, HandoffBatch);
 kind!(Clear, PendingClear);
+kind!(List, PendingList);
 
 impl Kind for PendingRound {
     fn is(pending: &Pending) -> bool {

@@ -33,6 +33,8 @@ pub(super) fn kind(message: &Message) -> &'static str {
         Message::Moving { .. } => "Moving",
         Message::Commit { .. } => "Commit",
         Message::Committed { .. } => "Committed",
+        Message::ListKeys { .. } => "ListKeys",
+        Message::Keys { .. } => "Keys",
         Message::SyncAcceptors { .. } => "SyncAcceptors",
         Message::AcceptorStates { .. } => "AcceptorStates",
         Message::Clear { .. } => "Clear",

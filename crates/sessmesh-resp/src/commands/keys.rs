@@ -72,15 +72,15 @@ pub(super) struct ExpireIf {
 #[derive(Debug, PartialEq)]
 pub(super) struct Scan {
     /// The first partition to list.
-    cursor: u64,
+    pub(super) cursor: u64,
     /// `MATCH`: a glob keys must match.
-    pattern: Option<Bytes>,
+    pub(super) pattern: Option<Bytes>,
     /// `COUNT`: list partitions until at least this many keys.
-    count: usize,
+    pub(super) count: usize,
     /// `TYPE`, lower-cased.
-    kind: Option<Vec<u8>>,
+    pub(super) kind: Option<Vec<u8>>,
     /// The client's database: only its keys are listed.
-    db: u32,
+    pub(super) db: u32,
 }
 
 impl KeyCommand {
@@ -186,21 +186,9 @@ impl KeyCommand {
             } => handler.expire(&key, at_ms, only_if).await,
             KeyCommand::Ttl { key, in_ms } => handler.ttl(&key, in_ms).await,
             KeyCommand::Persist { key } => handler.persist(&key).await,
-            KeyCommand::Scan(scan) => Ok(handler.scan(scan)),
-            KeyCommand::Keys { pattern, db } => Ok(Reply::Array(
-                handler
-                    .keys_in(db)
-                    .into_iter()
-                    .filter(|k| glob::matches(&pattern, k))
-                    .map(Reply::Bulk)
-                    .collect(),
-            )),
-            KeyCommand::RandomKey { db } => {
-                let keys = handler.keys_in(db);
-                // Any key will do: one picked by the clock.
-                let at = usize::try_from(now_ms()).unwrap_or(0) % keys.len().max(1);
-                Ok(keys.into_iter().nth(at).map_or(Reply::Nil, Reply::Bulk))
-            }
+            KeyCommand::Scan(scan) => handler.scan(scan).await,
+            KeyCommand::Keys { pattern, db } => handler.keys(&pattern, db).await,
+            KeyCommand::RandomKey { db } => handler.random_key(db).await,
         };
         result.unwrap_or_else(|reply| reply)
     }
@@ -363,59 +351,6 @@ impl Handler {
         }
         self.clear_expiry(key).await?;
         Ok(Reply::Int(1))
-    }
-
-    /// Every key this node stores that a reader sees now.
-    pub(super) fn local_keys(&self) -> Vec<Bytes> {
-        (0..self.node.partition_count())
-            .flat_map(|p| self.node.local_keys(p))
-            .collect()
-    }
-
-    /// The keys of database `db` this node stores, by their names there.
-    fn keys_in(&self, db: u32) -> Vec<Bytes> {
-        self.local_keys()
-            .iter()
-            .filter_map(|k| databases::in_db(db, k))
-            .collect()
-    }
-
-    /// The cursor is the next partition to list; each call lists whole
-    /// partitions until it has `COUNT` keys, so a key present for the whole
-    /// scan is returned.
-    fn scan(&self, scan: Scan) -> Reply {
-        let Scan {
-            cursor,
-            pattern,
-            count,
-            kind,
-            db,
-        } = scan;
-        let partitions = u64::from(self.node.partition_count());
-        let mut keys = Vec::new();
-        let mut next = cursor;
-        while next < partitions && keys.len() < count {
-            let partition = u32::try_from(next).unwrap_or(u32::MAX);
-            keys.extend(
-                self.node
-                    .local_keys(partition)
-                    .iter()
-                    .filter_map(|k| databases::in_db(db, k))
-                    .filter(|k| pattern.as_ref().is_none_or(|p| glob::matches(p, k))),
-            );
-            next += 1;
-        }
-        if let Some(kind) = kind {
-            // TYPE filters by what each key holds; only strings, hashes and sets exist.
-            if kind != b"string" && kind != b"hash" && kind != b"set" {
-                keys.clear();
-            }
-        }
-        let next = if next >= partitions { 0 } else { next };
-        Reply::Array(vec![
-            Reply::bulk(next.to_string()),
-            Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
-        ])
     }
 }
 

@@ -28,7 +28,8 @@
 //! The families, each owning the parsing and the running of its commands:
 //! `connection.rs` (`AUTH`, `HELLO`, `CLIENT`, `PING`...), `strings.rs`,
 //! `ranges.rs` (`APPEND`, `GETRANGE`...), `keys.rs` (and expiry),
-//! `moves.rs` (`RENAME`, `COPY`), `hashes.rs`, `sets.rs`, `locks.rs`,
+//! `keyspace.rs` (`SCAN`, `KEYS`, `RANDOMKEY`, `DBSIZE` over the whole
+//! cluster), `moves.rs` (`RENAME`, `COPY`), `hashes.rs`, `sets.rs`, `locks.rs`,
 //! `transactions.rs` (`MULTI`, `EXEC`, `WATCH`...), `scripts.rs` (`EVAL`,
 //! `SCRIPT`..., with the interpreter in `lua.rs` and the commands a script
 //! calls in `script_calls.rs`), and `server.rs` (`COMMAND`, `CONFIG`,
@@ -58,6 +59,7 @@ mod connection;
 mod databases;
 mod hashes;
 mod keys;
+mod keyspace;
 mod locks;
 mod lua;
 mod moves;

@@ -34,7 +34,7 @@ pub(super) enum ServerCommand {
     ConfigSet(Setting),
     /// `INFO [section ...]`: every section, whichever are asked for.
     Info,
-    /// `DBSIZE`: the keys of the client's database this node stores.
+    /// `DBSIZE`: the keys of the client's database, in the whole cluster.
     DbSize { db: u32 },
     /// `FLUSHDB` (`Some`: the client's database) and `FLUSHALL` (`None`),
     /// with `ASYNC` or `SYNC`, which are the same here.
@@ -117,14 +117,7 @@ impl ServerCommand {
                 Reply::Ok
             }
             ServerCommand::Info => handler.info(),
-            ServerCommand::DbSize { db } => {
-                let keys = handler.local_keys();
-                let count = keys
-                    .iter()
-                    .filter(|k| databases::in_db(db, k).is_some())
-                    .count();
-                Reply::Int(i64::try_from(count).unwrap_or(i64::MAX))
-            }
+            ServerCommand::DbSize { db } => handler.dbsize(db).await.unwrap_or_else(|e| e),
         }
     }
 }
@@ -232,7 +225,9 @@ impl Handler {
     /// `INFO`'s keyspace lines: `db<n>:keys=<count>` for each database
     /// with keys this node stores (database 0 always).
     fn keyspace(&self) -> String {
-        let keys = self.local_keys();
+        let keys: Vec<Bytes> = (0..self.node.partition_count())
+            .flat_map(|p| self.node.local_keys(p))
+            .collect();
         let mut counts = std::collections::BTreeMap::from([(0, 0usize)]);
         for key in &keys {
             if let Some(db) = databases::db_of(key) {

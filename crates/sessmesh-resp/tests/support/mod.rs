@@ -21,8 +21,11 @@ pub(crate) struct Cluster {
     pub(crate) handlers: Vec<Handler>,
 }
 
-fn core(name: &str, addr: SocketAddr, seed: u64) -> Node {
-    let config = Config::default();
+fn core(name: &str, addr: SocketAddr, seed: u64, replication_factor: usize) -> Node {
+    let config = Config {
+        replication_factor,
+        ..Config::default()
+    };
     let me = Member {
         name: name.into(),
         addr,
@@ -35,8 +38,13 @@ fn core(name: &str, addr: SocketAddr, seed: u64) -> Node {
 }
 
 impl Cluster {
-    /// Three peers that see each other.
+    /// Three peers that see each other, each key on all three.
     pub(crate) async fn start() -> Cluster {
+        Cluster::start_with_copies(3).await
+    }
+
+    /// Three peers that see each other, each key on `copies` of them.
+    pub(crate) async fn start_with_copies(copies: usize) -> Cluster {
         // Leases and expiries go by the peers' wall clock: have it follow
         // virtual time.
         sessmesh::simulate_on_this_thread(1_700_000_000_000);
@@ -50,7 +58,7 @@ impl Cluster {
             let addr = sessmesh_net::Transport::local_addr(&transport);
             let seeds = addrs.first().copied().into_iter().collect();
             peers.push(sessmesh::spawn(
-                core(&name, addr, i),
+                core(&name, addr, i, copies),
                 transport,
                 incoming,
                 seeds,
