@@ -152,3 +152,82 @@ async fn exec_answers_nil_when_a_watched_key_changed() {
         Reply::Array(vec![Reply::Int(1)])
     );
 }
+
+/// One transaction of three `INCR k` then `GET k` through `node`: the
+/// replies, or the error EXEC answered.
+async fn incr_then_get(cluster: &Cluster, node: usize) -> Reply {
+    let mut client = cluster.handlers[node].client();
+    let incr = &["INCR", "tx:k"][..];
+    for request in [&["MULTI"][..], incr, incr, incr, &["GET", "tx:k"]] {
+        cluster.run_as(node, &mut client, request).await;
+    }
+    cluster.run_as(node, &mut client, &["EXEC"]).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transaction_over_one_key_is_all_or_nothing_across_nodes() {
+    let cluster = Cluster::start().await;
+    let mut counts = Vec::new();
+    for _ in 0..8 {
+        let (a, b, c) = tokio::join!(
+            incr_then_get(&cluster, 0),
+            incr_then_get(&cluster, 1),
+            incr_then_get(&cluster, 2),
+        );
+        for reply in [a, b, c] {
+            match reply {
+                // Nothing ran between the INCRs and the GET.
+                Reply::Array(replies) => {
+                    let [
+                        Reply::Int(a),
+                        Reply::Int(b),
+                        Reply::Int(c),
+                        Reply::Bulk(read),
+                    ] = replies.as_slice()
+                    else {
+                        panic!("{replies:?}");
+                    };
+                    assert_eq!((*b, *c), (a + 1, a + 2), "{replies:?}");
+                    assert_eq!(read.as_ref(), c.to_string().as_bytes(), "{replies:?}");
+                    counts.push(*a);
+                }
+                Reply::Error(e) if e.starts_with("UNCERTAIN") || e.starts_with("TRYAGAIN") => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    let decided = counts.len();
+    counts.sort_unstable();
+    counts.dedup();
+    assert_eq!(counts.len(), decided, "two transactions saw one count");
+    assert!(
+        decided >= 16,
+        "only {decided} of 24 transactions were decided"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reader_never_sees_a_transaction_over_one_key_half_done() {
+    let cluster = Cluster::start().await;
+    let writer = async {
+        for _ in 0..6 {
+            assert!(matches!(incr_then_get(&cluster, 0).await, Reply::Array(_)));
+        }
+    };
+    let reader = async {
+        let mut seen = Vec::new();
+        for _ in 0..300 {
+            if let Reply::Bulk(value) = cluster.run(1, &["GET", "tx:k"]).await {
+                seen.push(std::str::from_utf8(&value).unwrap().parse::<i64>().unwrap());
+            }
+            tokio::task::yield_now().await;
+        }
+        seen
+    };
+    let ((), seen) = tokio::join!(writer, reader);
+    assert!(
+        seen.iter().all(|n| n % 3 == 0),
+        "a reader saw a transaction of three INCRs part-way: {seen:?}"
+    );
+    assert!(seen.iter().any(|n| *n > 0 && *n < 18), "{seen:?}");
+}

@@ -16,7 +16,7 @@ pub(super) enum Op {
 }
 
 /// A connection command, its arguments parsed.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) enum ConnectionCommand {
     /// `AUTH [user] password`.
     Auth {
@@ -43,7 +43,7 @@ pub(super) enum ConnectionCommand {
 
 /// An option of `HELLO`, in the order given: they take effect in that
 /// order, and the first that fails is the reply.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) enum HelloOption {
     /// `AUTH user password`, checked when reached: one that passes
     /// authenticates the connection even if a later option fails.
@@ -57,7 +57,7 @@ pub(super) enum HelloOption {
 }
 
 /// `CLIENT`'s subcommands.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) enum ClientCommand {
     /// `CLIENT ID`.
     Id,

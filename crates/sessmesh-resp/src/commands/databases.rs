@@ -66,6 +66,23 @@ fn key_spec(name: &str) -> Option<KeySpec> {
     })
 }
 
+/// The keys a request names, by its command's key spec (in the request's
+/// own form: rewrite the request first for the stored keys); `None` for a
+/// command that names none.
+pub(super) fn keys_of(command: Command, args: &[Bytes]) -> Option<Vec<Bytes>> {
+    let spec = key_specs()[command.index()]?;
+    let last = spec
+        .last
+        .unwrap_or(usize::MAX)
+        .min(args.len().saturating_sub(1));
+    Some(
+        (spec.first..=last)
+            .step_by(spec.step)
+            .map(|i| args[i].clone())
+            .collect(),
+    )
+}
+
 /// A database's prefix: empty for database 0.
 pub(super) fn prefix(db: u32) -> Vec<u8> {
     if db == 0 {

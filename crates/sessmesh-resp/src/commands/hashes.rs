@@ -29,7 +29,7 @@ pub(super) enum Op {
 
 /// A hash command, its arguments parsed. No field name is empty: that
 /// name holds a string.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) enum HashCommand {
     /// `HSET key field value [field value ...]`, and `HMSET` (`replies_ok`).
     Set {

@@ -25,7 +25,7 @@ pub(super) enum Op {
 }
 
 /// A key command, its arguments parsed.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) enum KeyCommand {
     /// `DEL key [key ...]`, and `UNLINK`, which is the same here.
     Del { keys: Vec<Bytes> },
@@ -69,7 +69,7 @@ pub(super) struct ExpireIf {
 }
 
 /// `SCAN`'s arguments.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) struct Scan {
     /// The first partition to list.
     pub(super) cursor: u64,

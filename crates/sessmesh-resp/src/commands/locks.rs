@@ -29,7 +29,7 @@ pub(super) enum Op {
 }
 
 /// A lock command, its arguments parsed.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum LockCommand {
     Lock { key: Bytes, ttl_ms: u64 },
     Renew { key: Bytes, token: u64, ttl_ms: u64 },

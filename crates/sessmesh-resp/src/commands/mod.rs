@@ -278,7 +278,7 @@ fn deadline(unit: DeadlineUnit, arg: &[u8], command: &str, now_ms: i64) -> Resul
 }
 
 /// A request parsed: a known command, its arguments typed by its family.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 enum Call {
     Connection(ConnectionCommand),
     Strings(StringCommand),
@@ -399,17 +399,22 @@ impl Handler {
     ) -> (Reply, Flow) {
         let Some(command) = command else {
             if client.transaction.queuing() {
-                return (client.transaction.queue(Err(unknown(args))), Flow::Continue);
+                return (
+                    client.transaction.queue(Err(unknown(args)), None),
+                    Flow::Continue,
+                );
             }
             return (unknown(args), Flow::Continue);
         };
+        let mut keys = None;
         let call = databases::in_database(client.db, command, args).and_then(|args| {
+            keys = databases::keys_of(command, &args);
             check_arity(command, &args)
                 .and_then(|()| client.may_run(command))
                 .and_then(|()| Call::parse(command, &args, now_ms(), client.db))
         });
         if client.transaction.queues(command) {
-            return (client.transaction.queue(call), Flow::Continue);
+            return (client.transaction.queue(call, keys), Flow::Continue);
         }
         match call {
             Ok(call) => self.run(Some(client), call).await,

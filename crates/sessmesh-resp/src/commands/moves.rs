@@ -22,7 +22,7 @@ pub(super) enum Op {
 }
 
 /// A move, its arguments parsed.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) struct Move {
     from: Bytes,
     to: Bytes,

@@ -21,7 +21,7 @@ pub(super) enum Op {
 }
 
 /// A range command, its arguments parsed.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) enum RangeCommand {
     /// `APPEND key value`.
     Append { key: Bytes, value: Bytes },

@@ -183,6 +183,30 @@ impl KeyState {
     }
 }
 
+/// Whether `call` is one [`run`] runs: a transaction of such calls on one
+/// key runs all-or-nothing.
+pub(super) fn supports(call: &Call) -> bool {
+    match call {
+        Call::Strings(_) => true,
+        Call::Keys(command) => matches!(
+            command,
+            KeyCommand::Del { .. }
+                | KeyCommand::Exists { .. }
+                | KeyCommand::Type { .. }
+                | KeyCommand::Expire { .. }
+                | KeyCommand::Ttl { .. }
+                | KeyCommand::Persist { .. }
+        ),
+        Call::Hashes(command) => !matches!(command, HashCommand::RandField { .. }),
+        Call::Sets(command) => !matches!(
+            command,
+            SetCommand::Pop { .. } | SetCommand::Members { scan: Some(_), .. }
+        ),
+        Call::Ranges(command) => !matches!(command, RangeCommand::SetRange { .. }),
+        _ => false,
+    }
+}
+
 /// Runs a parsed call on `state`, the one key the script may touch.
 pub(super) fn run(state: &mut KeyState, call: Call, now_ms: i64) -> Result<Reply, Reply> {
     match call {

@@ -55,7 +55,7 @@ pub(super) enum Op {
 }
 
 /// A script command, its arguments parsed.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) enum ScriptCommand {
     /// `EVAL`, `EVALSHA` and their `_RO` forms.
     Eval(Eval),
@@ -70,7 +70,7 @@ pub(super) enum ScriptCommand {
 }
 
 /// A script to run.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) struct Eval {
     body: Body,
     /// `KEYS`, as the client named them.
@@ -83,7 +83,7 @@ pub(super) struct Eval {
     db: u32,
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 enum Body {
     Source(Bytes),
     Sha(String),
@@ -181,6 +181,14 @@ impl ScriptCommand {
     }
 }
 
+/// How a run on one key ends ([`Handler::on_one_key`]).
+pub(super) enum Step<R> {
+    /// With this answer, writing nothing.
+    Done(R),
+    /// With this answer and the key's state as the run left it, to write.
+    Write(R, KeyState),
+}
+
 /// What scripts share on one node: the scripts seen, by SHA-1, and
 /// `lua-time-limit`.
 #[derive(Debug)]
@@ -258,27 +266,57 @@ impl Handler {
 
     /// Runs a script on `key`, again each time the key changed under it.
     async fn eval_on(&self, eval: Arc<(Eval, Bytes)>, key: Bytes) -> Reply {
+        let ran = self
+            .on_one_key(&key, |state, _| {
+                let eval = Arc::clone(&eval);
+                async move {
+                    match self.run_script(&eval, Some(state)).await {
+                        (reply, Some(state)) => Step::Write(reply, state),
+                        (reply, None) => Step::Done(reply),
+                    }
+                }
+            })
+            .await;
+        ran.unwrap_or_else(|reply| reply)
+    }
+
+    /// Runs `run` on the state of `key` read by consensus (with the stamp
+    /// of its newest write), and decides the one write that takes the key
+    /// to the state `run` left, on the condition that the key is still as
+    /// read; if another write came first, `run` runs again on the new
+    /// state. The answer is `run`'s.
+    pub(super) async fn on_one_key<R, Fut>(
+        &self,
+        key: &Bytes,
+        mut run: impl FnMut(KeyState, Option<Stamp>) -> Fut,
+    ) -> Result<R, Reply>
+    where
+        Fut: Future<Output = Step<R>>,
+    {
         for _ in 0..ATTEMPTS {
             let read = match self.node.cas(key.clone(), Cas::Read).await {
                 Ok(decision) => decision,
-                Err(e) => return atomic::decide_failed(&e, "value"),
+                Err(e) => return Err(atomic::decide_failed(&e, "value")),
             };
             let stamp = read.before.as_ref().map(sessmesh::Session::newest_stamp);
             let now = u64::try_from(now_ms()).unwrap_or(0);
             let state = KeyState::of(key.clone(), read.before.as_ref(), now);
-            let (reply, state) = self.run_script(&eval, Some(state)).await;
-            let Some(write) = state.and_then(|s| s.write()) else {
-                return reply;
+            let (answer, state) = match run(state, stamp).await {
+                Step::Done(answer) => return Ok(answer),
+                Step::Write(answer, state) => (answer, state),
             };
-            match self.commit(&key, stamp, write).await {
-                Ok(()) => return reply,
+            let Some(write) = state.write() else {
+                return Ok(answer);
+            };
+            match self.commit(key, stamp, write).await {
+                Ok(()) => return Ok(answer),
                 Err(Error::Refused(why)) if why == CHANGED => {}
-                Err(e) => return atomic::decide_failed(&e, "value"),
+                Err(e) => return Err(atomic::decide_failed(&e, "value")),
             }
         }
-        Reply::Error(format!(
-            "TRYAGAIN the key changed under the script {ATTEMPTS} times in a row; nothing was written"
-        ))
+        Err(Reply::Error(format!(
+            "TRYAGAIN the key changed under the script or transaction {ATTEMPTS} times in a row; nothing was written"
+        )))
     }
 
     /// Decides `write` on `key` if its newest write is still `stamp`.

@@ -17,7 +17,7 @@ pub(super) enum Op {
 }
 
 /// A server command, its arguments parsed.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) enum ServerCommand {
     /// `COMMAND`: every command's name and arity.
     ListCommands,
@@ -142,7 +142,7 @@ fn flushed(db: Option<u32>) -> sessmesh::KeyRange {
 }
 
 /// A setting `CONFIG SET` changes.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) enum Setting {
     /// `notify-keyspace-events`: the event classes, as given.
     NotifyKeyspaceEvents(String),

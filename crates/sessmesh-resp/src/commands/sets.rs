@@ -28,7 +28,7 @@ pub(super) enum Op {
 }
 
 /// A set command, its arguments parsed.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) enum SetCommand {
     /// `SADD key member [member ...]`.
     Add { key: Bytes, members: Vec<Bytes> },

@@ -30,7 +30,7 @@ pub(super) enum Op {
 }
 
 /// A string command, its arguments parsed.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) enum StringCommand {
     /// `GET key`.
     Get { key: Bytes },
@@ -59,7 +59,7 @@ pub(super) enum StringCommand {
 }
 
 /// `SET key value [NX|XX] [GET] [EX|PX|EXAT|PXAT n | KEEPTTL]`.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) struct Set {
     pub(super) key: Bytes,
     pub(super) value: Bytes,

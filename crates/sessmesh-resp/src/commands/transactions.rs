@@ -14,13 +14,20 @@
 //! write; `EXEC` reads them again the same way and answers nil, running
 //! nothing, when any changed (a write of the same value counts). Those
 //! reads are linearizable, so a change decided or acknowledged before
-//! `EXEC` began aborts it. The queued commands are not yet all-or-nothing
-//! with each other or with that check: a write that lands between the
-//! check and a queued command is not detected (docs/protocol.md).
+//! `EXEC` began aborts it.
+//!
+//! A transaction whose commands (and watched keys) name one key runs
+//! all-or-nothing, as a script does: on the key's state read by consensus,
+//! in memory, with one conditional consensus write. Over several keys, the
+//! queued commands are not all-or-nothing with each other or with the
+//! check: a write that lands between the check and a queued command is not
+//! detected (docs/protocol.md).
 
 use sessmesh::Cas;
 use sessmesh_core::Stamp;
 
+use super::script_calls;
+use super::scripts::Step;
 use super::*;
 
 /// The transaction commands, as the table names them.
@@ -34,7 +41,7 @@ pub(super) enum Op {
 }
 
 /// A transaction command, its arguments parsed.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) enum TransactionCommand {
     Multi,
     Exec,
@@ -53,6 +60,10 @@ pub(super) struct Transaction {
     refused: bool,
     /// Each watched key, with the stamp of its newest write when watched.
     watched: Vec<(Bytes, Option<Stamp>)>,
+    /// The keys the queued commands name (stored form), and whether one
+    /// named none: a transaction over one key runs all-or-nothing.
+    keys: std::collections::BTreeSet<Bytes>,
+    keyless: bool,
 }
 
 impl Transaction {
@@ -63,10 +74,14 @@ impl Transaction {
 
     /// Queues a parsed command, or notes that one was refused: the reply
     /// is `QUEUED`, or the refusal.
-    pub(super) fn queue(&mut self, call: Result<Call, Reply>) -> Reply {
+    pub(super) fn queue(&mut self, call: Result<Call, Reply>, keys: Option<Vec<Bytes>>) -> Reply {
         match (call, &mut self.queued) {
             (Ok(call), Some(queued)) => {
                 queued.push(call);
+                match keys {
+                    Some(keys) => self.keys.extend(keys),
+                    None => self.keyless = true,
+                }
                 Reply::Simple("QUEUED")
             }
             (Ok(_), None) => err("ERR no transaction to queue in"),
@@ -112,6 +127,8 @@ impl TransactionCommand {
             TransactionCommand::Multi => {
                 transaction.queued = Some(Vec::new());
                 transaction.refused = false;
+                transaction.keys.clear();
+                transaction.keyless = false;
                 Reply::Ok
             }
             TransactionCommand::Discard => match transaction.queued.take() {
@@ -154,6 +171,35 @@ impl Handler {
             .map(sessmesh::Session::newest_stamp))
     }
 
+    /// `EXEC` of a transaction over one key: as a script is run (see
+    /// `scripts.rs`), the queued commands run in memory on the key's state
+    /// read by consensus, and the one write they make is decided by
+    /// consensus if the key is still as read; otherwise they run again on
+    /// the new state. A watched key changed since `WATCH` answers nil.
+    async fn exec_on_one_key(
+        &self,
+        key: &Bytes,
+        queued: &[Call],
+        watched: &[(Bytes, Option<Stamp>)],
+    ) -> Reply {
+        let ran = self
+            .on_one_key(key, |mut state, newest| async move {
+                if watched.iter().any(|(_, stamp)| *stamp != newest) {
+                    return Step::Done(Reply::Nil);
+                }
+                let now = now_ms();
+                let replies = queued
+                    .iter()
+                    .map(|call| {
+                        script_calls::run(&mut state, call.clone(), now).unwrap_or_else(|e| e)
+                    })
+                    .collect();
+                Step::Write(Reply::Array(replies), state)
+            })
+            .await;
+        ran.unwrap_or_else(|reply| reply)
+    }
+
     /// `EXEC`: the queued commands' replies, nil when a watched key
     /// changed, `EXECABORT` when one was refused while queuing.
     async fn exec(&self, client: &mut Client) -> Reply {
@@ -163,8 +209,17 @@ impl Handler {
         };
         let refused = std::mem::take(&mut transaction.refused);
         let watched = std::mem::take(&mut transaction.watched);
+        let keys = std::mem::take(&mut transaction.keys);
+        let keyless = std::mem::take(&mut transaction.keyless);
         if refused {
             return err("EXECABORT Transaction discarded because of previous errors.");
+        }
+        // Over one key, with commands a script may call: all-or-nothing.
+        if let (false, [key]) = (keyless, Vec::from_iter(keys).as_slice())
+            && watched.iter().all(|(k, _)| k == key)
+            && queued.iter().all(script_calls::supports)
+        {
+            return self.exec_on_one_key(key, &queued, &watched).await;
         }
         // The watched keys are read together.
         let now = join_all(watched.iter().map(|(key, _)| self.newest_write(key))).await;
