@@ -178,3 +178,31 @@ async fn types_keep_to_their_commands() {
         set_of(&["x"])
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_remove_removes_the_adds_it_saw_and_an_add_it_did_not_see_survives() {
+    let cluster = Cluster::start().await;
+    assert_eq!(
+        cluster.run(0, &["SADD", "tags", "keep", "drop"]).await,
+        Reply::Int(2)
+    );
+    cluster.cut_off(2);
+    // On the cut-off node, `keep` is added again (the cut-off side cannot
+    // reach a quorum: the add is kept all the same)...
+    let again = cluster.run(2, &["SADD", "tags", "keep"]).await;
+    assert!(is_error(&again, "NOREPLICAS"), "{again:?}");
+    // ...and later, on the other side, both members are removed. That
+    // remove never saw the add on node-2.
+    assert_eq!(
+        cluster.run(0, &["SREM", "tags", "keep", "drop"]).await,
+        Reply::Int(2)
+    );
+    cluster.net.heal_all();
+    cluster.wait_for_members(&[3, 3, 3]).await;
+    // The add the remove did not see survives, though it was made before
+    // the remove; what the remove saw stays removed.
+    cluster
+        .wait_everywhere(&["SMEMBERS", "tags"], &Reply::Array(vec![bulk("keep")]))
+        .await;
+    assert_eq!(cluster.run(1, &["SCARD", "tags"]).await, Reply::Int(1));
+}

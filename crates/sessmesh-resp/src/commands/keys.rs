@@ -295,8 +295,8 @@ impl Handler {
                 },
             ),
             Some(Value::Set(data)) => {
-                let small =
-                    data.fields().count() <= 128 && data.fields().all(|(n, _)| n.len() <= 65);
+                let members = members_of(data.fields().map(|(n, _)| n));
+                let small = members.len() <= 128 && members.iter().all(|m| m.len() <= 64);
                 Reply::bulk(if small { "listpack" } else { "hashtable" })
             }
             Some(Value::Hash(data)) => {

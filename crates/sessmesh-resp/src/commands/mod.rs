@@ -86,7 +86,7 @@ use strings::StringCommand;
 pub use table::Command;
 use table::{Family, check_arity, unknown};
 use transactions::{Transaction, TransactionCommand};
-use values::{SET_PREFIX, STRING_FIELD, Value, value_of};
+use values::{SET_PREFIX, STRING_FIELD, Value, member_field, members_of, value_of};
 
 /// The Redis version reported to clients, for the features they probe.
 pub const REDIS_VERSION: &str = "7.2.0";
@@ -121,6 +121,8 @@ pub struct Handler {
     notify_keyspace_events: std::sync::Mutex<String>,
     /// The scripts this node has seen, and `lua-time-limit`.
     scripts: scripts::Scripts,
+    /// Tags for the adds of set members.
+    tags: values::Tags,
 }
 
 /// One connection's state.
@@ -321,7 +323,9 @@ impl Call {
 impl Handler {
     /// A command set served by `node`.
     pub fn new(node: Node, settings: Settings) -> Self {
+        let tags = values::Tags::new(&node.me().name);
         Handler {
+            tags,
             node,
             settings,
             next_client: AtomicU64::new(1),

@@ -16,6 +16,7 @@ use sessmesh_core::consensus::format_float;
 
 use super::hashes::Part;
 use super::strings::{Condition as SetCondition, NewExpiry, Set, SetExpiry};
+use super::values;
 use super::*;
 
 /// One key's state as a script sees and changes it.
@@ -33,6 +34,8 @@ pub(super) struct KeyState {
     deadline: Option<u64>,
     /// Whether a call changed it.
     changed: bool,
+    /// The last tag given to a set add.
+    tag: u64,
 }
 
 /// The kind of value a key holds.
@@ -46,7 +49,8 @@ enum Kind {
 
 impl KeyState {
     /// The state of `key` as `session` holds it for a reader at `now_ms`.
-    pub(super) fn of(key: Bytes, session: Option<&Session>, now_ms: u64) -> Self {
+    /// `tag` starts the tags of its set adds.
+    pub(super) fn of(key: Bytes, session: Option<&Session>, now_ms: u64, tag: u64) -> Self {
         let mut state = KeyState {
             key,
             fields: BTreeMap::new(),
@@ -54,6 +58,7 @@ impl KeyState {
             max_idle: None,
             deadline: None,
             changed: false,
+            tag,
         };
         let Some(session) = session else {
             return state;
@@ -158,15 +163,39 @@ impl KeyState {
         Ok(self.fields.insert(name, value).is_none())
     }
 
-    fn member(name: &[u8]) -> Bytes {
-        let mut field = Vec::with_capacity(SET_PREFIX.len() + name.len());
-        field.extend_from_slice(SET_PREFIX);
-        field.extend_from_slice(name);
-        Bytes::from(field)
+    /// Whether the set holds `member`.
+    fn holds(&self, member: &[u8]) -> bool {
+        self.fields
+            .keys()
+            .any(|n| values::member_of(n) == Some(member))
     }
 
-    fn members(&self) -> impl Iterator<Item = Bytes> + '_ {
-        self.fields.keys().map(|n| n.slice(SET_PREFIX.len()..))
+    /// Adds `member` to the set unless it is there; whether it was not.
+    fn add(&mut self, member: &[u8]) -> bool {
+        if self.holds(member) {
+            return false;
+        }
+        // A tag of its own: the set is written whole, so one unique among
+        // this run's adds and unlikely elsewhere will do.
+        self.tag = self.tag.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        self.fields
+            .insert(member_field(member, self.tag), Bytes::new());
+        self.changed = true;
+        true
+    }
+
+    /// Removes every add of `member`; whether there was one.
+    fn remove(&mut self, member: &[u8]) -> bool {
+        let before = self.fields.len();
+        self.fields
+            .retain(|n, _| values::member_of(n) != Some(member));
+        let removed = self.fields.len() != before;
+        self.changed |= removed;
+        removed
+    }
+
+    fn members(&self) -> Vec<Bytes> {
+        members_of(self.fields.keys().map(|n| n.as_ref()))
     }
 
     fn ttl(&self, now_ms: i64, in_ms: bool) -> Reply {
@@ -556,42 +585,26 @@ fn sets(state: &mut KeyState, command: SetCommand) -> Result<Reply, Reply> {
         SetCommand::Add { key, members } => {
             mine(state, &key)?;
             state.expect(&[Kind::Set])?;
-            let mut added = 0;
-            for member in members {
-                if state
-                    .fields
-                    .insert(KeyState::member(&member), Bytes::new())
-                    .is_none()
-                {
-                    added += 1;
-                    state.changed = true;
-                }
-            }
-            Reply::Int(added)
+            let added = members.iter().filter(|m| state.add(m)).count();
+            Reply::Int(i64::try_from(added).unwrap_or(i64::MAX))
         }
         SetCommand::Rem { key, members } => {
             mine(state, &key)?;
             state.expect(&[Kind::Set])?;
-            let mut removed = 0;
-            for member in members {
-                if state.fields.remove(&KeyState::member(&member)).is_some() {
-                    removed += 1;
-                    state.changed = true;
-                }
-            }
-            Reply::Int(removed)
+            let removed = members.iter().filter(|m| state.remove(m)).count();
+            Reply::Int(i64::try_from(removed).unwrap_or(i64::MAX))
         }
         SetCommand::Members { key, scan: None } => {
             mine(state, &key)?;
             state.expect(&[Kind::Set])?;
-            Reply::Array(state.members().map(Reply::Bulk).collect())
+            Reply::Array(state.members().into_iter().map(Reply::Bulk).collect())
         }
         SetCommand::IsMember { key, members, one } => {
             mine(state, &key)?;
             state.expect(&[Kind::Set])?;
             let found: Vec<Reply> = members
                 .iter()
-                .map(|m| Reply::Int(i64::from(state.fields.contains_key(&KeyState::member(m)))))
+                .map(|m| Reply::Int(i64::from(state.holds(m))))
                 .collect();
             match (one, found.first()) {
                 (true, Some(reply)) => reply.clone(),
@@ -601,7 +614,7 @@ fn sets(state: &mut KeyState, command: SetCommand) -> Result<Reply, Reply> {
         SetCommand::Card { key } => {
             mine(state, &key)?;
             state.expect(&[Kind::Set])?;
-            Reply::Int(i64::try_from(state.fields.len()).unwrap_or(i64::MAX))
+            Reply::Int(i64::try_from(state.members().len()).unwrap_or(i64::MAX))
         }
         SetCommand::Members { .. } | SetCommand::Pop { .. } => {
             return Err(err(

@@ -300,7 +300,7 @@ impl Handler {
             };
             let stamp = read.before.as_ref().map(sessmesh::Session::newest_stamp);
             let now = u64::try_from(now_ms()).unwrap_or(0);
-            let state = KeyState::of(key.clone(), read.before.as_ref(), now);
+            let state = KeyState::of(key.clone(), read.before.as_ref(), now, self.tags.next());
             let (answer, state) = match run(state, stamp).await {
                 Step::Done(answer) => return Ok(answer),
                 Step::Write(answer, state) => (answer, state),

@@ -1,13 +1,14 @@
 //! Sets: `SADD`, `SREM`, `SMEMBERS`, `SISMEMBER`, `SMISMEMBER`, `SCARD`,
 //! `SPOP`, `SSCAN`.
 //!
-//! A set is a session whose fields are its members, each under its name
-//! with a zero byte before it ([`SET_PREFIX`]) and an empty value. Fields
-//! merge one by one, so adds of different members on two nodes at once
-//! both survive, and a remove deletes the member with a tombstone stamped
-//! when it was removed: an add of that member that the remove did not see
-//! survives it only if it was stamped later. `SPOP` takes members away by
-//! consensus, so two pops never return the same member.
+//! A set is an observed-remove set (see `values.rs`): each add of a member
+//! is a field of its own, named by a zero byte ([`SET_PREFIX`]), the
+//! member and the add's tag, with an empty value. Fields merge one by one,
+//! so adds on two nodes at once both survive; `SADD` writes a new add and
+//! deletes the adds of the member it read; `SREM` deletes the adds it read
+//! (at quorum), so an add it did not see, made at the same time elsewhere,
+//! survives it. `SPOP` takes members away by consensus, so two pops never
+//! return the same member.
 
 use sessmesh::{Cas, Computation};
 
@@ -51,18 +52,22 @@ pub(super) enum SetCommand {
     Pop { key: Bytes, count: Option<usize> },
 }
 
-/// A member's field name.
-fn field_of(member: &[u8]) -> Bytes {
-    let mut name = Vec::with_capacity(1 + member.len());
-    name.extend_from_slice(SET_PREFIX);
-    name.extend_from_slice(member);
-    Bytes::from(name)
+/// The members of a set's data, in order.
+fn members(data: &SessionData) -> Vec<Bytes> {
+    members_of(data.fields().map(|(name, _)| name))
 }
 
-/// The members of a set's data, in field order.
-fn members(data: &SessionData) -> impl Iterator<Item = Bytes> + '_ {
+/// The field names of the adds of `member` in a set's data.
+fn adds_of<'a>(data: &'a SessionData, member: &'a [u8]) -> impl Iterator<Item = Bytes> + 'a {
     data.fields()
-        .map(|(name, _)| Bytes::copy_from_slice(&name[SET_PREFIX.len()..]))
+        .map(|(name, _)| name)
+        .filter(move |name| values::member_of(name) == Some(member))
+        .map(Bytes::copy_from_slice)
+}
+
+/// Whether `member` is in a set's data.
+fn holds(data: &SessionData, member: &[u8]) -> bool {
+    adds_of(data, member).next().is_some()
 }
 
 impl SetCommand {
@@ -128,7 +133,7 @@ impl SetCommand {
                 handler.sismember(&key, &members, one).await
             }
             SetCommand::Card { key } => handler.read_set(&key).await.map(|d| {
-                Reply::Int(d.map_or(0, |d| i64::try_from(d.fields().count()).unwrap_or(i64::MAX)))
+                Reply::Int(d.map_or(0, |d| i64::try_from(members(&d).len()).unwrap_or(i64::MAX)))
             }),
             SetCommand::Pop { key, count } => handler.spop(&key, count).await,
         };
@@ -156,48 +161,46 @@ impl Handler {
         }
     }
 
+    /// `SADD`: a new add of each member, and the adds of it that the
+    /// nearest replica holds deleted (the new one stands for them).
     async fn sadd(&self, key: Bytes, members: Vec<Bytes>) -> Result<Reply, Reply> {
         let existing = self.glance_set(&key).await?;
         let mut seen = std::collections::HashSet::new();
-        let added = members
-            .iter()
-            .filter(|m| seen.insert(*m))
-            .filter(|m| {
-                existing
-                    .as_ref()
-                    .and_then(|d| d.field(&field_of(m)))
-                    .is_none()
-            })
-            .count();
-        let writes = members.into_iter().map(|m| {
-            let write = Write::PutField {
-                name: field_of(&m),
+        let mut added = 0;
+        let mut writes = Vec::new();
+        for member in members.iter().filter(|m| seen.insert(*m)) {
+            let old: Vec<Bytes> = existing
+                .as_ref()
+                .map(|d| adds_of(d, member).collect())
+                .unwrap_or_default();
+            added += usize::from(old.is_empty());
+            writes.push(Write::PutField {
+                name: member_field(member, self.tags.next()),
                 value: Bytes::new(),
-            };
-            (key.clone(), write)
-        });
-        self.write_all(writes).await?;
+            });
+            writes.extend(old.into_iter().map(|name| Write::DeleteField { name }));
+        }
+        self.write_all(writes.into_iter().map(|w| (key.clone(), w)))
+            .await?;
         Ok(Reply::Int(i64::try_from(added).unwrap_or(i64::MAX)))
     }
 
+    /// `SREM`: the adds of each member that a quorum read sees, deleted.
     async fn srem(&self, key: Bytes, members: Vec<Bytes>) -> Result<Reply, Reply> {
-        let existing = self.glance_set(&key).await?;
+        let existing = self.read_set(&key).await?;
         let mut seen = std::collections::HashSet::new();
-        let present: Vec<Bytes> = members
-            .into_iter()
-            .filter(|m| seen.insert(m.clone()))
-            .filter(|m| {
-                existing
-                    .as_ref()
-                    .is_some_and(|d| d.field(&field_of(m)).is_some())
-            })
-            .collect();
-        let removed = present.len();
-        let writes = present.into_iter().map(|m| {
-            let write = Write::DeleteField { name: field_of(&m) };
-            (key.clone(), write)
-        });
-        self.write_all(writes).await?;
+        let mut removed = 0;
+        let mut writes = Vec::new();
+        for member in members.iter().filter(|m| seen.insert(*m)) {
+            let adds: Vec<Bytes> = existing
+                .as_ref()
+                .map(|d| adds_of(d, member).collect())
+                .unwrap_or_default();
+            removed += usize::from(!adds.is_empty());
+            writes.extend(adds.into_iter().map(|name| Write::DeleteField { name }));
+        }
+        self.write_all(writes.into_iter().map(|w| (key.clone(), w)))
+            .await?;
         Ok(Reply::Int(i64::try_from(removed).unwrap_or(i64::MAX)))
     }
 
@@ -207,6 +210,7 @@ impl Handler {
             .as_ref()
             .map(|d| {
                 members(d)
+                    .into_iter()
                     .filter(|m| match &scan {
                         Some(Some(pattern)) => glob::matches(pattern, m),
                         _ => true,
@@ -224,12 +228,9 @@ impl Handler {
 
     async fn sismember(&self, key: &Bytes, asked: &[Bytes], one: bool) -> Result<Reply, Reply> {
         let data = self.read_set(key).await?;
-        let mut answers = asked.iter().map(|m| {
-            Reply::Int(i64::from(
-                data.as_ref()
-                    .is_some_and(|d| d.field(&field_of(m)).is_some()),
-            ))
-        });
+        let mut answers = asked
+            .iter()
+            .map(|m| Reply::Int(i64::from(data.as_ref().is_some_and(|d| holds(d, m)))));
         Ok(if one {
             answers.next().unwrap_or(Reply::Int(0))
         } else {
@@ -257,13 +258,12 @@ impl Handler {
             }
             // A rotation by the clock: which members go differs from call
             // to call, and is the same for every attempt at one state.
-            let start = usize::try_from(now_ms).unwrap_or(0) % names.len();
-            names.rotate_left(start);
-            let keep: Vec<(Bytes, Bytes)> = names
-                .into_iter()
-                .skip(take)
-                .map(|n| (n, Bytes::new()))
-                .collect();
+            let mut all = members_of(names.iter().map(|n| n.as_ref()));
+            let start = usize::try_from(now_ms).unwrap_or(0) % all.len();
+            all.rotate_left(start);
+            let popped: Vec<Bytes> = all.into_iter().take(take).collect();
+            names.retain(|n| values::member_of(n).is_none_or(|m| !popped.iter().any(|p| p == m)));
+            let keep: Vec<(Bytes, Bytes)> = names.into_iter().map(|n| (n, Bytes::new())).collect();
             let expiry = current
                 .and_then(|s| s.deadline_ms())
                 .map_or(Expiry::NEVER, Expiry::at_ms);
@@ -286,13 +286,12 @@ impl Handler {
             .before
             .as_ref()
             .and_then(|s| SessionData::new(key, s, now))
-            .map(|d| members(&d).collect())
+            .map(|d| members(&d))
             .unwrap_or_default();
         let kept: Vec<Bytes> = match &decision.written {
-            Some((Write::Put { fields, .. }, _)) => fields
-                .iter()
-                .map(|(n, _)| n.slice(SET_PREFIX.len()..))
-                .collect(),
+            Some((Write::Put { fields, .. }, _)) => {
+                members_of(fields.iter().map(|(n, _)| n.as_ref()))
+            }
             _ => Vec::new(),
         };
         let popped: Vec<Reply> = if decision.applied {
