@@ -28,13 +28,8 @@ impl Node {
     /// every active member holds it, `TooFewAcks` at the request timeout
     /// while some do not (it is kept, and spreads to them later).
     pub fn clear(&mut self, call: CallId, range: KeyRange, now_ms: u64) {
-        let stamp = match self.hlc.try_stamp(now_ms) {
-            Ok(stamp) => stamp,
-            Err(Error::ClockAhead { ahead_ms, .. }) => {
-                self.refuse_ahead(call, ahead_ms);
-                return;
-            }
-            Err(_) => unreachable!("stamping fails only for a clock ahead"),
+        let Some(stamp) = self.stamp_or_refuse(call, now_ms) else {
+            return;
         };
         self.store.clear(&range, stamp, now_ms);
         let me = self.membership.me().name.clone();

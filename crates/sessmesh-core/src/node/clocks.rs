@@ -120,6 +120,19 @@ impl Node {
     }
 
     /// Answers `call`: this node's clock runs `ahead_ms` ahead of its peers.
+    /// A stamp for `call`'s write, or `None` when this node's clock runs
+    /// too far ahead of its peers' (the call is then answered so).
+    pub(super) fn stamp_or_refuse(&mut self, call: CallId, now_ms: u64) -> Option<Stamp> {
+        match self.hlc.try_stamp(now_ms) {
+            Ok(stamp) => Some(stamp),
+            Err(Error::ClockAhead { ahead_ms, .. }) => {
+                self.refuse_ahead(call, ahead_ms);
+                None
+            }
+            Err(_) => unreachable!("stamping fails only for a clock ahead"),
+        }
+    }
+
     pub(super) fn refuse_ahead(&mut self, call: CallId, ahead_ms: u64) {
         self.stats.writes_refused_clock_ahead += 1;
         self.effects.push(Effect::Done {

@@ -88,13 +88,8 @@ impl Node {
             self.retry_later(round, now_ms);
             return;
         }
-        let ballot = match self.hlc.try_stamp(now_ms) {
-            Ok(ballot) => ballot,
-            Err(Error::ClockAhead { ahead_ms, .. }) => {
-                self.refuse_ahead(round.call, ahead_ms);
-                return;
-            }
-            Err(_) => unreachable!("stamping fails only for a clock ahead"),
+        let Some(ballot) = self.stamp_or_refuse(round.call, now_ms) else {
+            return;
         };
         round.attempts += 1;
         round.ballot = ballot;
@@ -418,13 +413,8 @@ impl Node {
             return;
         };
         // Newer than every value the majority reported: the clock observed them.
-        let stamp = match self.hlc.try_stamp(now_ms) {
-            Ok(stamp) => stamp,
-            Err(Error::ClockAhead { ahead_ms, .. }) => {
-                self.refuse_ahead(round.call, ahead_ms);
-                return;
-            }
-            Err(_) => unreachable!("stamping fails only for a clock ahead"),
+        let Some(stamp) = self.stamp_or_refuse(round.call, now_ms) else {
+            return;
         };
         let proposal = Proposal {
             ballot: round.ballot,

@@ -66,13 +66,8 @@ impl Node {
         let Some(replicas) = self.replicas_of(&key, call) else {
             return;
         };
-        let stamp = match self.hlc.try_stamp(now_ms) {
-            Ok(stamp) => stamp,
-            Err(Error::ClockAhead { ahead_ms, .. }) => {
-                self.refuse_ahead(call, ahead_ms);
-                return;
-            }
-            Err(_) => unreachable!("stamping fails only for a clock ahead"),
+        let Some(stamp) = self.stamp_or_refuse(call, now_ms) else {
+            return;
         };
         // Until this node's clock is measured, its own copy waits for
         // another replica to accept the stamp.
