@@ -33,7 +33,7 @@
 //! `transactions.rs` (`MULTI`, `EXEC`, `WATCH`...), `scripts.rs` (`EVAL`,
 //! `SCRIPT`..., with the interpreter in `lua.rs` and the commands a script
 //! calls in `script_calls.rs`), and `server.rs` (`COMMAND`, `CONFIG`,
-//! `INFO`, `DBSIZE`). Beside them: `values.rs` (what
+//! `INFO`, `DBSIZE`). `deadlines.rs` reads deadlines (`EX`, `EXPIRE`...). Beside them: `values.rs` (what
 //! a session holds, in Redis's types), `databases.rs` (`SELECT`'s
 //! keyspaces and each command's key spec) and `atomic.rs` (the consensus
 //! operations' shared parts). This file holds what they share: the
@@ -57,6 +57,7 @@ use crate::reply::{Protocol, Reply};
 mod atomic;
 mod connection;
 mod databases;
+mod deadlines;
 mod hashes;
 mod keys;
 mod keyspace;
@@ -74,6 +75,7 @@ mod transactions;
 mod values;
 
 use connection::ConnectionCommand;
+use deadlines::{DeadlineUnit, deadline, invalid_expire};
 use hashes::HashCommand;
 use keys::KeyCommand;
 use locks::LockCommand;
@@ -223,60 +225,6 @@ fn at_ms(ms: i64) -> SystemTime {
 
 fn eq(arg: &[u8], word: &str) -> bool {
     arg.eq_ignore_ascii_case(word.as_bytes())
-}
-
-/// How a command gives a deadline: `EX`, `PX`, `EXAT` and `PXAT`, or which
-/// of `EXPIRE`, `PEXPIRE`, `EXPIREAT` and `PEXPIREAT` it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DeadlineUnit {
-    /// Seconds from now (`EX`).
-    Seconds,
-    /// Milliseconds from now (`PX`).
-    Millis,
-    /// A Unix time in seconds (`EXAT`).
-    UnixSeconds,
-    /// A Unix time in milliseconds (`PXAT`).
-    UnixMillis,
-}
-
-impl DeadlineUnit {
-    /// The unit an option names: `EX`, `PX`, `EXAT` or `PXAT`, in any case.
-    fn parse(option: &[u8]) -> Option<Self> {
-        [
-            ("EX", DeadlineUnit::Seconds),
-            ("PX", DeadlineUnit::Millis),
-            ("EXAT", DeadlineUnit::UnixSeconds),
-            ("PXAT", DeadlineUnit::UnixMillis),
-        ]
-        .into_iter()
-        .find_map(|(word, unit)| eq(option, word).then_some(unit))
-    }
-
-    /// The deadline `n` of this unit gives, in Unix milliseconds, counting
-    /// from `now_ms`; `None` when it overflows.
-    fn deadline_ms(self, n: i64, now_ms: i64) -> Option<i64> {
-        match self {
-            DeadlineUnit::Seconds => n.checked_mul(1000).and_then(|ms| ms.checked_add(now_ms)),
-            DeadlineUnit::Millis => n.checked_add(now_ms),
-            DeadlineUnit::UnixSeconds => n.checked_mul(1000),
-            DeadlineUnit::UnixMillis => Some(n),
-        }
-    }
-}
-
-fn invalid_expire(command: &str) -> Reply {
-    Reply::Error(format!("ERR invalid expire time in '{command}' command"))
-}
-
-/// The deadline an `EX`-style option gives with its argument, which must be
-/// a positive integer; `command` names the command in the errors.
-fn deadline(unit: DeadlineUnit, arg: &[u8], command: &str, now_ms: i64) -> Result<i64, Reply> {
-    let n = int(arg).ok_or_else(not_integer)?;
-    if n <= 0 {
-        return Err(invalid_expire(command));
-    }
-    unit.deadline_ms(n, now_ms)
-        .ok_or_else(|| invalid_expire(command))
 }
 
 /// A request parsed: a known command, its arguments typed by its family.
