@@ -583,7 +583,14 @@ impl Node {
         // A pause that grows with the attempts and differs between nodes,
         // so that two coordinators pre-empting each other fall apart.
         let spread = self.hlc.node().0 % MAX_BACKOFF_MS;
-        let pause = (u64::from(round.attempts) * 7 + spread) % MAX_BACKOFF_MS + 1;
+        let pause = if round.mine.is_some() {
+            // Its own proposal is out: look again soon, while the commits
+            // that may have finished it are still among the recent ones
+            // the replicas keep.
+            spread % 3 + 1
+        } else {
+            (u64::from(round.attempts) * 7 + spread) % MAX_BACKOFF_MS + 1
+        };
         round.phase = Phase::Backoff;
         let id = self.in_flight.next_id();
         self.in_flight.insert(id, Pending::Round(Box::new(round)));
