@@ -5,8 +5,9 @@
 //! the keys. The scripts are in tests/middlewares/; each prints its checks
 //! (`ok ...` or `FAILED ...` with the node's reply) and exits 1 if any failed.
 //!
-//! - Django's Redis cache and cache sessions, in databases 0 and 1
-//!   (Python packages `django` and `redis`);
+//! - Django's Redis cache and cache sessions, in databases 0 and 1, with
+//!   Django's own `RedisCache` and with django-redis (its scripts, SCAN,
+//!   locks); Python packages `django`, `django-redis` and `redis`;
 //! - phpredis's session handler with locking, behind two PHP built-in web
 //!   servers (Debian's `php-cli` and `php-redis`, and redis-py);
 //! - ioredis transactions (`node`, `npm`; `npm ci` into tests/middlewares/node
@@ -122,8 +123,8 @@ fn finish_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
 fn django_cache_and_sessions_from_two_instances_on_two_nodes() {
     if !tools(
         "Django",
-        python_has("django, redis"),
-        "the django and redis Python packages (pip install django redis)",
+        python_has("django, django_redis, redis"),
+        "the django, django-redis and redis Python packages (pip install django django-redis redis)",
     ) {
         return;
     }
