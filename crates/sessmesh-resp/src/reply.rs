@@ -57,8 +57,8 @@ impl Reply {
         match self {
             Reply::Ok => Frame2::SimpleString(Bytes::from_static(b"OK")),
             Reply::Simple(s) => Frame2::SimpleString(Bytes::from_static(s.as_bytes())),
-            Reply::Status(s) => Frame2::SimpleString(Bytes::from(s)),
-            Reply::Error(e) => Frame2::Error(e.into()),
+            Reply::Status(s) => Frame2::SimpleString(Bytes::from(one_line(s))),
+            Reply::Error(e) => Frame2::Error(one_line(e).into()),
             Reply::Int(i) => Frame2::Integer(i),
             Reply::Bulk(b) => Frame2::BulkString(b),
             Reply::Nil => Frame2::Null,
@@ -85,11 +85,11 @@ impl Reply {
                 attributes: None,
             },
             Reply::Status(s) => Frame3::SimpleString {
-                data: Bytes::from(s),
+                data: Bytes::from(one_line(s)),
                 attributes: None,
             },
             Reply::Error(e) => Frame3::SimpleError {
-                data: e.into(),
+                data: one_line(e).into(),
                 attributes: None,
             },
             Reply::Int(i) => Frame3::Number {
@@ -135,6 +135,16 @@ impl Reply {
     }
 }
 
+/// A status or error line as Redis sends one: carriage returns and line
+/// feeds (from a client's arguments, or a script's reply) become spaces,
+/// so the line cannot break the framing of the replies after it.
+fn one_line(mut text: String) -> String {
+    if text.contains(['\r', '\n']) {
+        text = text.replace(['\r', '\n'], " ");
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +164,15 @@ mod tests {
         assert_eq!(
             encoded(Reply::error("ERR syntax error"), Protocol::Resp2),
             "-ERR syntax error\r\n"
+        );
+        // A line break in an error or a status would end the line early.
+        assert_eq!(
+            encoded(Reply::error("ERR a\r\nb\nc"), Protocol::Resp2),
+            "-ERR a  b c\r\n"
+        );
+        assert_eq!(
+            encoded(Reply::Status("x\ny".into()), Protocol::Resp3),
+            "+x y\r\n"
         );
         let map = || Reply::Map(vec![(Reply::bulk("f"), Reply::bulk("v"))]);
         assert_eq!(
