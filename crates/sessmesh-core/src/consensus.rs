@@ -26,27 +26,38 @@
 //! Without contention or faults that is two round trips; the commit needs
 //! no answer. The safety argument is in docs/consistency.md.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Stamp;
-use crate::partition::PartitionId;
 use crate::session::{Expiry, Session, Write};
+
+mod acceptors;
+mod group;
+mod locks;
+
+pub use acceptors::{
+    AcceptorStanding, AcceptorState, Acceptors, Promise, RECENT_COMMITS, Standings, remember,
+    view_of, would_hold,
+};
+pub use group::{GroupCas, GroupComputation, GroupComputeFn, MAX_GROUP_KEYS};
+pub use locks::{Lease, lock_fields};
+use locks::{lease_write, lock_state};
 
 /// A Paxos ballot: a stamp from the coordinator's clock, so ballots are
 /// unique per node and ordered across nodes.
 pub type Ballot = Stamp;
 
-/// A write proposed for a key under a ballot.
+/// The writes proposed for the keys of one consensus instance under a
+/// ballot (one key's write, or several keys' of one hash tag).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     /// The ballot it is proposed under.
     pub ballot: Ballot,
-    /// The write, applied as an ordinary write once chosen.
-    pub write: Write,
-    /// The write's stamp, fixed when it was first proposed: a proposal
+    /// Each key's write, applied as an ordinary write once chosen; every
+    /// key is of the instance ([`instance_of`]).
+    pub writes: Vec<(Bytes, Write)>,
+    /// The writes' stamp, fixed when it was first proposed: a proposal
     /// finished by another coordinator keeps it.
     pub stamp: Stamp,
     /// The write stamps of the last [`RECENT_COMMITS`] proposals committed
@@ -125,6 +136,25 @@ pub enum Cas {
     Compute(Computation),
 }
 
+/// The consensus instance `key`'s operations run in: the key itself, or,
+/// for a key with a hash tag, `{tag}`, shared by every key of the tag.
+/// Operations on keys of one hash tag are therefore ordered with each other
+/// (and may span several of its keys, [`GroupCas`]); they all lie in one
+/// partition, so the instance has the keys' replicas.
+#[must_use]
+pub fn instance_of(key: &[u8]) -> Bytes {
+    match crate::partition::hash_tag(key) {
+        Some(tag) => {
+            let mut instance = Vec::with_capacity(tag.len() + 2);
+            instance.push(b'{');
+            instance.extend_from_slice(tag);
+            instance.push(b'}');
+            Bytes::from(instance)
+        }
+        None => Bytes::copy_from_slice(key),
+    }
+}
+
 /// What a [`Computation`] runs: the key's state (tombstones included) and
 /// the coordinator's clock, ms, to the write it decides, if any.
 pub type ComputeFn = dyn Fn(Option<&Session>, u64) -> Result<Option<Write>, CasError> + Send + Sync;
@@ -155,50 +185,6 @@ impl PartialEq for Computation {
     /// The same function, not an equal one.
     fn eq(&self, other: &Self) -> bool {
         std::sync::Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-/// The fields a lock keeps in its key's session.
-pub mod lock_fields {
-    /// Who holds the lock (absent when free).
-    pub const HOLDER: &[u8] = b"holder";
-    /// The fencing token of the last lease given.
-    pub const TOKEN: &[u8] = b"token";
-    /// When the current lease runs out, wall-clock ms.
-    pub const UNTIL: &[u8] = b"until";
-}
-
-/// A lock held: what [`Cas::Lock`] gave, read from the write it decided.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lease {
-    /// The holder.
-    pub holder: Bytes,
-    /// The fencing token: greater than every token the key gave before,
-    /// across unlocks, expiries and coordinators.
-    pub token: u64,
-    /// When the lease runs out, by the coordinator's clock, wall-clock ms.
-    pub until_ms: u64,
-}
-
-impl Lease {
-    /// The lease a lock operation's write gives, if it gave one.
-    pub fn from_write(write: &Write) -> Option<Lease> {
-        let Write::Put { fields, .. } = write else {
-            return None;
-        };
-        let get = |name: &[u8]| {
-            fields
-                .iter()
-                .find(|(n, _)| n.as_ref() == name)
-                .map(|(_, v)| v)
-        };
-        let number =
-            |name: &[u8]| get(name).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
-        Some(Lease {
-            holder: get(lock_fields::HOLDER)?.clone(),
-            token: number(lock_fields::TOKEN)?,
-            until_ms: number(lock_fields::UNTIL)?,
-        })
     }
 }
 
@@ -277,7 +263,11 @@ impl Condition {
 }
 
 /// The value of field `name` of a visible session.
-fn field<'s>(session: Option<&'s Session>, name: &[u8], now_ms: u64) -> Option<&'s Bytes> {
+pub(super) fn field<'s>(
+    session: Option<&'s Session>,
+    name: &[u8],
+    now_ms: u64,
+) -> Option<&'s Bytes> {
     session?
         .visible_fields(now_ms)?
         .find(|(n, _)| n.as_ref() == name)
@@ -372,47 +362,6 @@ impl Cas {
     }
 }
 
-/// A lock's state as its session holds it.
-struct LockState<'s> {
-    holder: Option<&'s Bytes>,
-    token: u64,
-    /// Whether a lease is held and has not run out.
-    live: bool,
-}
-
-fn lock_state(session: Option<&Session>, now_ms: u64) -> LockState<'_> {
-    let number = |name: &[u8]| {
-        field(session, name, now_ms)
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let holder = field(session, lock_fields::HOLDER, now_ms);
-    LockState {
-        holder,
-        token: number(lock_fields::TOKEN),
-        live: holder.is_some() && number(lock_fields::UNTIL) > now_ms,
-    }
-}
-
-/// The whole lock session for a lease (the session never expires, so its
-/// token outlives every lease).
-fn lease_write(holder: &Bytes, token: u64, until_ms: u64) -> Write {
-    Write::Put {
-        fields: vec![
-            (Bytes::from_static(lock_fields::HOLDER), holder.clone()),
-            (
-                Bytes::from_static(lock_fields::TOKEN),
-                Bytes::from(token.to_string()),
-            ),
-            (
-                Bytes::from_static(lock_fields::UNTIL),
-                Bytes::from(until_ms.to_string()),
-            ),
-        ],
-        expiry: Expiry::NEVER,
-    }
-}
-
 /// A Redis-style integer: optional minus sign, digits, no spaces or plus
 /// sign, no leading zeros but "0", fitting an `i64`.
 fn parse_int(v: &[u8]) -> Option<i64> {
@@ -447,244 +396,5 @@ pub fn format_float(f: f64) -> String {
         short
     } else {
         s.to_owned()
-    }
-}
-
-/// What one replica keeps of one key's consensus.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AcceptorState {
-    /// The newest ballot it promised.
-    pub promised: Ballot,
-    /// The newest proposal it accepted, until one at least as new is committed.
-    pub accepted: Option<Proposal>,
-    /// The ballot of the newest proposal it saw committed.
-    pub committed: Ballot,
-    /// That proposal's write stamp: a coordinator whose own proposal was
-    /// pre-empted learns from it that another round finished it.
-    pub committed_stamp: Stamp,
-    /// The write stamps of the last [`RECENT_COMMITS`] proposals it saw
-    /// committed, oldest first: a coordinator pre-empted after proposing,
-    /// whose proposal another round finished before committing its own,
-    /// learns from them that its write was chosen.
-    pub recent: Vec<Stamp>,
-}
-
-/// How many committed write stamps an acceptor keeps per key.
-pub const RECENT_COMMITS: usize = 8;
-
-/// Adds `stamp` to `recent`, a sorted list of the newest
-/// [`RECENT_COMMITS`] committed stamps, dropping the oldest past that.
-pub fn remember(recent: &mut Vec<Stamp>, stamp: Stamp) {
-    if let Err(at) = recent.binary_search(&stamp) {
-        recent.insert(at, stamp);
-        if recent.len() > RECENT_COMMITS {
-            recent.remove(0);
-        }
-    }
-}
-
-/// Whether `recent`, a list [`remember`] kept, would still hold `stamp`
-/// had it been added: it is not full, or holds an older stamp.
-pub fn would_hold(recent: &[Stamp], stamp: Stamp) -> bool {
-    recent.len() < RECENT_COMMITS || recent.first().is_some_and(|oldest| *oldest < stamp)
-}
-
-impl AcceptorState {
-    /// Remembers that the proposal stamped `stamp` was committed.
-    fn remember(&mut self, stamp: Stamp) {
-        remember(&mut self.recent, stamp);
-    }
-
-    /// Drops the accepted proposal once one at least as new was committed:
-    /// it is done with.
-    fn forget_settled(&mut self) {
-        if self
-            .accepted
-            .as_ref()
-            .is_some_and(|a| a.ballot <= self.committed)
-        {
-            self.accepted = None;
-        }
-    }
-}
-
-/// A node's standing in one partition's consensus, as it answers a
-/// replica learning the partition (`AcceptorStates`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AcceptorStanding {
-    /// The partition.
-    pub partition: PartitionId,
-    /// The view of its replica set the answer was given under
-    /// ([`view_of`]).
-    pub view: u64,
-    /// Whether the node's consensus memory of the partition is whole: it
-    /// acts, or last acted, as its acceptor since it started.
-    pub ready: bool,
-    /// The partition's replica sets before the present one, as it saw
-    /// them, as indices into [`Standings::sets`]: a learner hears from
-    /// enough of each set's members too.
-    pub previous: Vec<u32>,
-}
-
-/// A node's standing in the consensus of the partitions a learner asked
-/// about (`AcceptorStates`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Standings {
-    /// The replica sets the partitions had before, each once.
-    pub sets: Vec<Vec<String>>,
-    /// Members of those sets that the node no longer counts: they left on
-    /// purpose, or were down so long that the membership forgot them. A
-    /// learner does not wait for them.
-    pub gone: Vec<String>,
-    /// Each partition answered for.
-    pub partitions: Vec<AcceptorStanding>,
-}
-
-/// A fingerprint of a view of a partition's replica set: the replicas'
-/// names in rank order and the copies majorities count against. Consensus
-/// messages carry it, and a replica that sees another set takes no part
-/// (see docs/consistency.md, "Membership changes").
-#[must_use]
-pub fn view_of(replicas: &[String], copies: usize) -> u64 {
-    // FNV-1a: the same on every node and release.
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            hash = (hash ^ u64::from(b)).wrapping_mul(PRIME);
-        }
-    };
-    eat(&(copies as u64).to_le_bytes());
-    for name in replicas {
-        eat(&(name.len() as u64).to_le_bytes());
-        eat(name.as_bytes());
-    }
-    hash
-}
-
-/// A replica's answer to a prepare it promised.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Promise {
-    /// The proposal it accepted and has not seen committed.
-    pub accepted: Option<Proposal>,
-    /// The ballot of the newest proposal it saw committed.
-    pub committed: Ballot,
-    /// That proposal's write stamp.
-    pub committed_stamp: Stamp,
-    /// The write stamps of the last proposals it saw committed.
-    pub recent: Vec<Stamp>,
-}
-
-/// The consensus state of every key this replica took part in deciding.
-#[derive(Debug, Default)]
-pub struct Acceptors {
-    keys: HashMap<Bytes, AcceptorState>,
-}
-
-impl Acceptors {
-    /// Promises `ballot` for `key` if it is newer than every ballot promised
-    /// before; otherwise `Err` with the newest promised.
-    ///
-    /// # Errors
-    /// The ballot this replica promised, which `ballot` does not pass.
-    pub fn prepare(&mut self, key: &[u8], ballot: Ballot) -> Result<Promise, Ballot> {
-        let state = self.state(key);
-        if ballot <= state.promised {
-            return Err(state.promised);
-        }
-        state.promised = ballot;
-        Ok(Promise {
-            accepted: state.accepted.clone(),
-            committed: state.committed,
-            committed_stamp: state.committed_stamp,
-            recent: state.recent.clone(),
-        })
-    }
-
-    /// Accepts `proposal` for `key` if its ballot is at least the newest
-    /// promised; otherwise `Err` with that.
-    ///
-    /// # Errors
-    /// The ballot this replica promised, newer than the proposal's.
-    pub fn accept(&mut self, key: &[u8], proposal: Proposal) -> Result<(), Ballot> {
-        let state = self.state(key);
-        if proposal.ballot < state.promised {
-            return Err(state.promised);
-        }
-        state.promised = proposal.ballot;
-        for stamp in &proposal.recent {
-            state.remember(*stamp);
-        }
-        state.accepted = Some(proposal);
-        Ok(())
-    }
-
-    /// Records that `proposal` was committed: an accepted proposal no
-    /// newer is done with.
-    pub fn commit(&mut self, key: &[u8], proposal: &Proposal) {
-        let state = self.state(key);
-        if proposal.ballot > state.committed {
-            state.committed = proposal.ballot;
-            state.committed_stamp = proposal.stamp;
-        }
-        // Only a chosen proposal is committed, whatever order commits
-        // arrive in; those it knows of were committed before it.
-        state.remember(proposal.stamp);
-        for stamp in &proposal.recent {
-            state.remember(*stamp);
-        }
-        state.forget_settled();
-    }
-
-    /// Takes in what another replica keeps of `key`: the newer promise,
-    /// the newer accepted proposal, the newer commit. A replica that lost
-    /// its memory learns this way what it may have promised or accepted.
-    pub fn learn(&mut self, key: &[u8], other: AcceptorState) {
-        let state = self.state(key);
-        state.promised = state.promised.max(other.promised);
-        if other.committed > state.committed {
-            state.committed = other.committed;
-            state.committed_stamp = other.committed_stamp;
-        }
-        for stamp in other.recent {
-            state.remember(stamp);
-        }
-        let newer = match (&state.accepted, &other.accepted) {
-            (_, None) => false,
-            (None, Some(_)) => true,
-            (Some(mine), Some(theirs)) => theirs.ballot > mine.ballot,
-        };
-        if newer {
-            state.accepted = other.accepted;
-        }
-        state.forget_settled();
-    }
-
-    /// Every key's state, for the keys `wanted` picks.
-    pub fn states(&self, mut wanted: impl FnMut(&[u8]) -> bool) -> Vec<(Bytes, AcceptorState)> {
-        self.keys
-            .iter()
-            .filter(|(key, _)| wanted(key))
-            .map(|(key, state)| (key.clone(), state.clone()))
-            .collect()
-    }
-
-    /// What this replica keeps of `key`, if anything.
-    pub fn get(&self, key: &[u8]) -> Option<&AcceptorState> {
-        self.keys.get(key)
-    }
-
-    /// How many keys it keeps state for.
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    /// Whether it keeps state for no key.
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    fn state(&mut self, key: &[u8]) -> &mut AcceptorState {
-        self.keys.entry(Bytes::copy_from_slice(key)).or_default()
     }
 }

@@ -71,8 +71,8 @@ pub mod wire;
 pub use clock::{Hlc, HlcTime, NodeId, Stamp};
 pub use config::Config;
 pub use consensus::{
-    AcceptorStanding, Ballot, Cas, CasError, Computation, ComputeFn, Condition, Proposal,
-    Standings, view_of,
+    AcceptorStanding, Ballot, Cas, CasError, Computation, ComputeFn, Condition, GroupCas,
+    GroupComputation, GroupComputeFn, MAX_GROUP_KEYS, Proposal, Standings, instance_of, view_of,
 };
 pub use digest::{KeyDigest, PartitionDigest};
 pub use error::Error;
@@ -82,7 +82,7 @@ pub use membership::{
 };
 pub use node::{Effect, Node, NodeEvent, NodeStats, Timer};
 pub use partition::{PartitionId, Partitioner, key_hash};
-pub use replication::{CallId, Decision, Hint, Hints, Level, Outcome};
+pub use replication::{CallId, Decision, GroupDecision, Hint, Hints, Level, Outcome};
 pub use session::{Expiry, Session, Write};
 pub use store::{
     ChangeKind, Entry, KeyChange, KeyRange, MAX_KEY_LEN, NotReplicated, SessionData, SessionRef,

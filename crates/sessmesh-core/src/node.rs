@@ -44,7 +44,7 @@ use bytes::Bytes;
 
 use crate::clock::Stamp;
 use crate::clock::{Hlc, NodeId};
-use crate::consensus::{Acceptors, Ballot, Cas, Promise, Proposal};
+use crate::consensus::{Acceptors, Ballot, Cas, GroupCas, Promise, Proposal};
 use crate::digest::{KeyDigest, differing_keys};
 use crate::membership::{
     Member, MemberEvent, MemberState, Membership, MembershipConfig, MembershipEffect,
@@ -65,6 +65,7 @@ mod anti_entropy;
 mod clears;
 mod clocks;
 mod consensus;
+mod deciding;
 mod handoff;
 mod hints;
 mod in_flight;
@@ -77,7 +78,9 @@ mod sweep;
 mod writes;
 
 use anti_entropy::Metering;
-use in_flight::{HandoffBatch, InFlight, Pending, PendingRead, PendingRound, PendingWrite, Phase};
+use in_flight::{
+    HandoffBatch, InFlight, Pending, PendingRead, PendingRound, PendingWrite, Phase, RoundOp,
+};
 use learning::{Answers, Standing};
 
 /// A timer a node asked for; hand it back through [`Node::handle_timer`].
@@ -506,24 +509,29 @@ impl Node {
             Message::Keys { request, keys } => self.listed(request, keys),
             Message::Prepare {
                 request,
-                key,
+                instance,
+                keys,
                 ballot,
                 view,
-            } => self.serve_prepare(from, request, key, ballot, view, now_ms),
+            } => self.serve_prepare(from, request, &instance, &keys, ballot, view, now_ms),
             Message::Propose {
                 request,
-                key,
+                instance,
                 proposal,
                 view,
-            } => self.serve_propose(from, request, &key, proposal, view, now_ms),
+            } => self.serve_propose(from, request, &instance, proposal, view, now_ms),
             Message::Commit {
                 request,
-                key,
+                instance,
                 proposal,
-            } => self.serve_commit(from, request, &key, &proposal, now_ms),
+            } => self.serve_commit(from, request, &instance, &proposal, now_ms),
             Message::SyncAcceptors { partitions } => self.serve_sync(from, &partitions),
-            Message::AcceptorStates { standings, states } => {
-                self.learned(from, standings, states, now_ms);
+            Message::AcceptorStates {
+                standings,
+                states,
+                sessions,
+            } => {
+                self.learned(from, standings, states, sessions, now_ms);
             }
             // Answers to this node's requests, each to its kind of request.
             Message::WriteAck { request } => self.acknowledge(request, from, now_ms),
@@ -543,7 +551,7 @@ impl Node {
                 committed,
                 committed_stamp,
                 recent,
-                session,
+                sessions,
             } => {
                 let promise = Promise {
                     accepted,
@@ -551,7 +559,7 @@ impl Node {
                     committed_stamp,
                     recent,
                 };
-                self.promised(request, from, promise, session.map(|s| *s), now_ms);
+                self.promised(request, from, promise, sessions, now_ms);
             }
             Message::Accepted { request } => self.accepted(request, from, now_ms),
             Message::Committed { request } => self.committed(request, from),

@@ -97,6 +97,9 @@ pub enum Outcome {
     /// A consensus operation ([`crate::Cas`]) was decided: linearizable
     /// with every other consensus operation on the key.
     Decided(Box<Decision>),
+    /// A consensus operation on several keys of one hash tag
+    /// ([`crate::GroupCas`]) was decided.
+    DecidedGroup(Box<GroupDecision>),
     /// A consensus operation could not be decided; it may be retried.
     Undecided {
         /// Why: too few replicas answered, or other coordinators' rounds
@@ -122,6 +125,20 @@ pub struct Decision {
     pub before: Option<Session>,
     /// What it wrote, with the write's stamp.
     pub written: Option<(Write, Stamp)>,
+}
+
+/// How a consensus operation on several keys of one hash tag was decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupDecision {
+    /// Whether it wrote.
+    pub applied: bool,
+    /// Each key's state it was decided on, in the order the operation named
+    /// the keys (tombstones included).
+    pub before: Vec<Option<Session>>,
+    /// What it wrote to each key it wrote to, all under one stamp.
+    pub written: Vec<(Bytes, Write)>,
+    /// The writes' stamp, if it wrote.
+    pub stamp: Option<Stamp>,
 }
 
 /// One replica of a partition, as requests to it address it.

@@ -27,7 +27,7 @@ use crate::store::{Entry, KeyRange};
 /// The protocol version this build speaks. Version 2 added `ReadDigest`
 /// and `DigestReply`; version 3 added `ClockProbe`, `ClockReply` and
 /// `StampRefused`.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// Bytes of the length prefix in front of each framed envelope.
 pub const FRAME_PREFIX_LEN: usize = 4;
@@ -168,12 +168,15 @@ pub enum Message {
         fingerprint: Option<u64>,
     },
     /// Consensus phase 1, coordinator to replica: promise `ballot` for
-    /// `key` (see [`crate::consensus`]).
+    /// consensus instance `instance`, and report the state of `keys` (see
+    /// [`crate::consensus`]).
     Prepare {
         /// Echoed in the answer.
         request: u64,
-        /// The key.
-        key: Bytes,
+        /// The instance ([`crate::consensus::instance_of`]).
+        instance: Bytes,
+        /// The keys the operation reads, all of the instance.
+        keys: Vec<Bytes>,
         /// The ballot.
         ballot: Ballot,
         /// The coordinator's view of the key's replica set
@@ -183,7 +186,7 @@ pub enum Message {
     },
     /// Replica to coordinator: `ballot` promised, with what the replica
     /// accepted and has not seen committed, the ballot of the newest
-    /// proposal it saw committed, and its state of the key.
+    /// proposal it saw committed, and its state of each key asked about.
     Promise {
         /// The request answered.
         request: u64,
@@ -195,16 +198,16 @@ pub enum Message {
         committed_stamp: Stamp,
         /// The write stamps of the last proposals it saw committed.
         recent: Vec<Stamp>,
-        /// Its state of the key, tombstones included (boxed: the message
-        /// stays small).
-        session: Option<Box<Session>>,
+        /// Its state of each key, in the order the prepare named them,
+        /// tombstones included.
+        sessions: Vec<Option<Session>>,
     },
     /// Consensus phase 2, coordinator to replica: accept this proposal.
     Propose {
         /// Echoed in the answer.
         request: u64,
-        /// The key.
-        key: Bytes,
+        /// The instance.
+        instance: Bytes,
         /// The proposal.
         proposal: Proposal,
         /// The coordinator's view of the key's replica set, as in `Prepare`.
@@ -239,23 +242,25 @@ pub enum Message {
         /// only a node that sees the same set answers for it.
         partitions: Vec<(PartitionId, u64)>,
     },
-    /// Answers `SyncAcceptors`: the consensus state of every key of the
-    /// partitions whose replica set the two nodes see alike, with this
-    /// node's state of the key.
+    /// Answers `SyncAcceptors`: the consensus state of every instance of
+    /// the partitions whose replica set the two nodes see alike, with this
+    /// node's state of every key the instances decide.
     AcceptorStates {
         /// The partitions answered for, and this node's standing in each.
         standings: Standings,
-        /// Each key, its consensus state and its session.
-        states: Vec<(Bytes, AcceptorState, Option<Session>)>,
+        /// Each instance and its consensus state.
+        states: Vec<(Bytes, AcceptorState)>,
+        /// This node's state of each key of those instances.
+        sessions: Vec<(Bytes, Session)>,
     },
-    /// Coordinator to replicas: the proposal is chosen; apply its write and
-    /// record it committed.
+    /// Coordinator to replicas: the proposal is chosen; apply its writes
+    /// and record it committed.
     Commit {
         /// The request to acknowledge with `Committed`, when the
         /// coordinator waits for it (its own operation's commit).
         request: Option<u64>,
-        /// The key.
-        key: Bytes,
+        /// The instance.
+        instance: Bytes,
         /// The chosen proposal.
         proposal: Proposal,
     },
@@ -644,7 +649,8 @@ mod tests {
             },
             Message::Prepare {
                 request: 6,
-                key: Bytes::from_static(b"lock"),
+                instance: Bytes::from_static(b"{u}"),
+                keys: vec![Bytes::from_static(b"{u}:a"), Bytes::from_static(b"{u}:b")],
                 ballot: stamp(9, 3),
                 view: 0xfeed,
             },
@@ -652,21 +658,21 @@ mod tests {
                 request: 6,
                 accepted: Some(Proposal {
                     ballot: stamp(8, 2),
-                    write: Write::Delete,
+                    writes: vec![(Bytes::from_static(b"lock"), Write::Delete)],
                     stamp: stamp(8, 2),
                     recent: Vec::new(),
                 }),
                 committed: stamp(7, 1),
                 committed_stamp: stamp(7, 1),
                 recent: vec![stamp(6, 2), stamp(7, 1)],
-                session: Some(Box::new(session())),
+                sessions: vec![Some(session()), None],
             },
             Message::Propose {
                 request: 7,
-                key: Bytes::from_static(b"lock"),
+                instance: Bytes::from_static(b"lock"),
                 proposal: Proposal {
                     ballot: stamp(9, 3),
-                    write: Write::Touch,
+                    writes: vec![(Bytes::from_static(b"lock"), Write::Touch)],
                     stamp: stamp(10, 3),
                     recent: Vec::new(),
                 },
@@ -688,11 +694,8 @@ mod tests {
                         previous: vec![0],
                     }],
                 },
-                states: vec![(
-                    Bytes::from_static(b"lock"),
-                    AcceptorState::default(),
-                    Some(session()),
-                )],
+                states: vec![(Bytes::from_static(b"lock"), AcceptorState::default())],
+                sessions: vec![(Bytes::from_static(b"lock"), session())],
             },
             Message::Rejected {
                 request: 7,
@@ -709,10 +712,10 @@ mod tests {
             },
             Message::Commit {
                 request: Some(7),
-                key: Bytes::from_static(b"lock"),
+                instance: Bytes::from_static(b"lock"),
                 proposal: Proposal {
                     ballot: stamp(9, 3),
-                    write: Write::Touch,
+                    writes: vec![(Bytes::from_static(b"lock"), Write::Touch)],
                     stamp: stamp(10, 3),
                     recent: Vec::new(),
                 },

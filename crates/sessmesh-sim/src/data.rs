@@ -5,7 +5,9 @@
 //! and the check every run ends with, of each node's partition digests.
 
 use bytes::Bytes;
-use sessmesh_core::{CallId, Cas, Level, Node, Outcome, PartitionId, Session, Stamp, Write};
+use sessmesh_core::{
+    CallId, Cas, GroupCas, Level, Node, Outcome, PartitionId, Session, Stamp, Write,
+};
 
 use crate::Sim;
 
@@ -66,6 +68,19 @@ impl Sim {
         let now = self.wall_ms(node);
         if let Some(core) = self.nodes[node].core.as_mut() {
             core.consensus(call, Bytes::from(key.to_owned()), op, now);
+            self.drain(node);
+        }
+        call
+    }
+
+    /// Has `node` decide `op` on `keys` (keys of one hash tag) by
+    /// consensus; the outcome comes later, see [`Sim::outcome`].
+    pub fn cas_group(&mut self, node: usize, keys: &[String], op: GroupCas) -> CallId {
+        let call = self.next_call();
+        let now = self.wall_ms(node);
+        if let Some(core) = self.nodes[node].core.as_mut() {
+            let keys = keys.iter().map(|k| Bytes::from(k.clone())).collect();
+            core.consensus_group(call, keys, op, now);
             self.drain(node);
         }
         call

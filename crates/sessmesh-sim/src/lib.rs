@@ -35,6 +35,7 @@ mod data;
 pub mod fault_plan;
 pub mod linearizable;
 pub mod peers;
+pub mod registers;
 mod scenario;
 
 pub use data::{DataCall, FIELD};

@@ -1,14 +1,27 @@
-//! A linearizability checker for one key's history of consensus operations,
-//! by Wing and Gong's search with Lowe's memoization (as Knossos and
-//! Porcupine do): is there an order of the operations, each placed between
-//! its invocation and its answer, in which a single register gives every
-//! answer that was observed?
+//! A linearizability checker for a history of consensus operations, by
+//! Wing and Gong's search with Lowe's memoization (as Knossos and Porcupine
+//! do): is there an order of the operations, each placed between its
+//! invocation and its answer, in which a sequential model (one key's
+//! register, [`RegisterOp`]; or the registers of a hash tag's keys,
+//! [`GroupOp`]) gives every answer that was observed?
 //!
 //! An operation whose outcome is unknown (no answer, or answered "may still
 //! take effect") may take effect at any point after its invocation, or
 //! never; one answered "did not take effect" is left out.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Debug;
+use std::hash::Hash;
+
+/// An operation of a sequential model.
+pub trait Operation: Clone + Debug {
+    /// The model's state; the history starts from its default.
+    type State: Clone + Debug + Default + Eq + Hash;
+    /// What an operation answers.
+    type Result: Clone + Debug + Eq;
+    /// The state after the operation, and its answer.
+    fn apply(&self, state: &Self::State) -> (Self::State, Self::Result);
+}
 
 /// What an operation does to the register (the key's value; `None`: absent).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -39,9 +52,12 @@ pub enum RegisterResult {
     NotAnInteger,
 }
 
-impl RegisterOp {
+impl Operation for RegisterOp {
+    type State = Option<String>;
+    type Result = RegisterResult;
+
     /// The register after the operation, and its answer.
-    pub fn apply(&self, state: &Option<String>) -> (Option<String>, RegisterResult) {
+    fn apply(&self, state: &Option<String>) -> (Option<String>, RegisterResult) {
         match self {
             RegisterOp::Read => (state.clone(), RegisterResult::Value(state.clone())),
             RegisterOp::SetIf { expect, new } => {
@@ -72,29 +88,99 @@ impl RegisterOp {
     }
 }
 
+/// An operation on the registers of a hash tag's keys (each absent at
+/// first), some on one key, some on several at once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum GroupOp {
+    /// A register operation on one key.
+    One(usize, RegisterOp),
+    /// Reads every key at one point in time.
+    ReadAll,
+    /// Moves `amount` from the integer in `from` to the one in `to`
+    /// (absent: 0); refused, changing nothing, when either holds something
+    /// else.
+    Transfer {
+        /// The key taken from.
+        from: usize,
+        /// The key added to.
+        to: usize,
+        /// How much.
+        amount: i64,
+    },
+}
+
+/// What a [`GroupOp`] answered.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum GroupResult {
+    /// A one-key operation's answer.
+    One(RegisterResult),
+    /// Each key's value (present ones only), as `ReadAll` saw them.
+    Values(BTreeMap<usize, String>),
+    /// A transfer: the two keys' new values.
+    Moved(i64, i64),
+    /// A transfer found a value that is not an integer.
+    NotAnInteger,
+}
+
+impl Operation for GroupOp {
+    /// Each present key's value.
+    type State = BTreeMap<usize, String>;
+    type Result = GroupResult;
+
+    fn apply(&self, state: &Self::State) -> (Self::State, GroupResult) {
+        match self {
+            GroupOp::One(key, op) => {
+                let (value, result) = op.apply(&state.get(key).cloned());
+                let mut next = state.clone();
+                match value {
+                    Some(v) => next.insert(*key, v),
+                    None => next.remove(key),
+                };
+                (next, GroupResult::One(result))
+            }
+            GroupOp::ReadAll => (state.clone(), GroupResult::Values(state.clone())),
+            GroupOp::Transfer { from, to, amount } => {
+                let number = |key| match state.get(key) {
+                    None => Some(0),
+                    Some(v) => v.parse::<i64>().ok(),
+                };
+                let (Some(a), Some(b)) = (number(from), number(to)) else {
+                    return (state.clone(), GroupResult::NotAnInteger);
+                };
+                let (a, b) = (a - amount, b + amount);
+                let mut next = state.clone();
+                next.insert(*from, a.to_string());
+                next.insert(*to, b.to_string());
+                (next, GroupResult::Moved(a, b))
+            }
+        }
+    }
+}
+
 /// One operation of a history.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
+pub struct Event<O: Operation = RegisterOp> {
     /// What it did.
-    pub op: RegisterOp,
+    pub op: O,
     /// When it was invoked, ms of virtual time.
     pub invoked_ms: u64,
     /// When it was answered, and what, if that is known. `None`: it may
     /// take effect at any point after its invocation, or never.
-    pub answered: Option<(u64, RegisterResult)>,
+    pub answered: Option<(u64, O::Result)>,
 }
 
-/// Whether `history` (of one key, starting absent) is linearizable.
+/// Whether `history` (starting from the model's default state: every key
+/// absent) is linearizable.
 ///
 /// # Errors
 /// A description of the history when no order explains it.
-pub fn check(history: &[Event]) -> Result<(), String> {
+pub fn check<O: Operation>(history: &[Event<O>]) -> Result<(), String> {
     assert!(history.len() <= 64, "a history of at most 64 operations");
     let mut memo = HashSet::new();
-    if search(history, 0, &None, &mut memo) {
+    if search(history, 0, &O::State::default(), &mut memo) {
         Ok(())
     } else {
-        let mut sorted: Vec<&Event> = history.iter().collect();
+        let mut sorted: Vec<&Event<O>> = history.iter().collect();
         sorted.sort_by_key(|e| e.invoked_ms);
         let lines: Vec<String> = sorted
             .iter()
@@ -114,11 +200,11 @@ pub fn check(history: &[Event]) -> Result<(), String> {
 }
 
 /// Whether the operations not in `done` can be linearized from `state`.
-fn search(
-    history: &[Event],
+fn search<O: Operation>(
+    history: &[Event<O>],
     done: u64,
-    state: &Option<String>,
-    memo: &mut HashSet<(u64, Option<String>)>,
+    state: &O::State,
+    memo: &mut HashSet<(u64, O::State)>,
 ) -> bool {
     // Done when every answered operation is placed; unknown ones may never
     // have taken effect.
@@ -195,6 +281,39 @@ mod tests {
         // Overlapping the write, the read may come first.
         let early = op(RegisterOp::Read, 5, 30, RegisterResult::Value(None));
         assert!(check(&[write, early]).is_ok());
+    }
+
+    #[test]
+    fn a_read_of_all_keys_must_not_see_half_a_transfer() {
+        let event = |op, from, to, result| Event {
+            op,
+            invoked_ms: from,
+            answered: Some((to, result)),
+        };
+        let transfer = GroupOp::Transfer {
+            from: 0,
+            to: 1,
+            amount: 5,
+        };
+        let values = |pairs: &[(usize, &str)]| {
+            GroupResult::Values(pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect())
+        };
+        let moved = event(transfer, 0, 10, GroupResult::Moved(-5, 5));
+        // During the transfer: all of it or none of it.
+        let none = event(GroupOp::ReadAll, 5, 15, values(&[]));
+        let all = event(GroupOp::ReadAll, 5, 15, values(&[(0, "-5"), (1, "5")]));
+        let half = event(GroupOp::ReadAll, 5, 15, values(&[(0, "-5")]));
+        assert!(check(&[moved.clone(), none]).is_ok());
+        assert!(check(&[moved.clone(), all]).is_ok());
+        assert!(check(&[moved.clone(), half]).is_err());
+        // A one-key read after it must see it.
+        let stale = event(
+            GroupOp::One(1, RegisterOp::Read),
+            20,
+            30,
+            GroupResult::One(RegisterResult::Value(None)),
+        );
+        assert!(check(&[moved, stale]).is_err());
     }
 
     #[test]

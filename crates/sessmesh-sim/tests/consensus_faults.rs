@@ -7,91 +7,17 @@
 //! key's history must be linearizable (see `sessmesh_sim::linearizable`). 1,000 seeds by default; `SIM_SEEDS=n`
 //! runs more; `SIM_SEED=s` replays one.
 
-use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use sessmesh_core::{CallId, Cas, Condition, Outcome, Write};
+use sessmesh_core::{CallId, Outcome};
 use sessmesh_sim::Sim;
 use sessmesh_sim::fault_plan::{Change, FaultPlan};
-use sessmesh_sim::linearizable::{Event, RegisterOp, RegisterResult, check};
+use sessmesh_sim::linearizable::{Event, RegisterOp, check};
+use sessmesh_sim::registers::{cas, observed};
 
 const NODES: usize = 5;
 const KEYS: usize = 3;
 const OPERATIONS: usize = 36;
-
-/// The register operation as a consensus operation on the key's field "".
-fn cas(op: &RegisterOp) -> Cas {
-    let put = |v: &Option<String>| match v {
-        Some(v) => Write::PutField {
-            name: Bytes::new(),
-            value: Bytes::from(v.clone()),
-        },
-        None => Write::DeleteField { name: Bytes::new() },
-    };
-    match op {
-        RegisterOp::Read => Cas::Read,
-        RegisterOp::SetIfAbsent(v) => Cas::Write {
-            when: Condition::Field {
-                name: Bytes::new(),
-                value: None,
-            },
-            write: put(&Some(v.clone())),
-        },
-        RegisterOp::SetIf { expect, new } => Cas::Write {
-            when: Condition::Field {
-                name: Bytes::new(),
-                value: expect.clone().map(Bytes::from),
-            },
-            write: put(new),
-        },
-        RegisterOp::Add(by) => Cas::Increment {
-            field: Bytes::new(),
-            by: *by,
-            when: Condition::Always,
-        },
-    }
-}
-
-/// The field "" of a session as the register's value.
-fn value_of(session: Option<&sessmesh_core::Session>, now_ms: u64) -> Option<String> {
-    session?
-        .visible_fields(now_ms)?
-        .find(|(n, _)| n.is_empty())
-        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-}
-
-/// What the outcome says the operation answered; `None` when it may or may
-/// not have taken effect; `Some(None)` when it certainly did not.
-fn observed(
-    op: &RegisterOp,
-    outcome: Option<&Outcome>,
-    now_ms: u64,
-) -> Option<Option<RegisterResult>> {
-    match outcome {
-        None => None,
-        Some(Outcome::Undecided {
-            maybe_applied: true,
-            ..
-        }) => None,
-        Some(Outcome::Decided(d)) => Some(Some(match op {
-            RegisterOp::Read => RegisterResult::Value(value_of(d.before.as_ref(), now_ms)),
-            RegisterOp::Add(_) => RegisterResult::Value(match &d.written {
-                Some((Write::PutField { value, .. }, _)) => {
-                    Some(String::from_utf8_lossy(value).into_owned())
-                }
-                _ => None,
-            }),
-            RegisterOp::SetIf { .. } | RegisterOp::SetIfAbsent(_) => {
-                RegisterResult::Applied(d.applied)
-            }
-        })),
-        Some(Outcome::Refused(reason)) if reason.contains("not an integer") => {
-            Some(Some(RegisterResult::NotAnInteger))
-        }
-        // Refused before anything was proposed, or undecided for certain.
-        Some(_) => Some(None),
-    }
-}
 
 fn run(seed: u64) -> Result<Tally, String> {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0xC0_u64.rotate_left(48));

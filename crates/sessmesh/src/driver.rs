@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sessmesh_core::{
-    CallId, Cas, Effect, KeyChange, KeyRange, Level, Member, MemberEvent, MemberState, Message,
-    NodeEvent, Outcome, PartitionId, Session, Timer, Write,
+    CallId, Cas, Effect, GroupCas, KeyChange, KeyRange, Level, Member, MemberEvent, MemberState,
+    Message, NodeEvent, Outcome, PartitionId, Session, Timer, Write,
 };
 use sessmesh_net::{Incoming, Transport};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -35,6 +35,7 @@ pub(crate) enum Command {
     Write(Bytes, Write, Level, oneshot::Sender<Outcome>, Queued),
     Read(Bytes, Level, oneshot::Sender<Outcome>),
     Consensus(Bytes, Cas, oneshot::Sender<Outcome>),
+    ConsensusGroup(Vec<Bytes>, GroupCas, oneshot::Sender<Outcome>),
     Clear(KeyRange, oneshot::Sender<Outcome>),
     PartitionKeys(PartitionId, oneshot::Sender<Outcome>),
     Local(Bytes, oneshot::Sender<Option<Session>>),
@@ -421,6 +422,10 @@ impl<T: Transport> Driver<T> {
             Command::Consensus(key, op, reply) => {
                 let call = self.call(reply, None);
                 self.node.consensus(call, key, op, now_ms());
+            }
+            Command::ConsensusGroup(keys, op, reply) => {
+                let call = self.call(reply, None);
+                self.node.consensus_group(call, keys, op, now_ms());
             }
             Command::Clear(range, reply) => {
                 let call = self.call(reply, None);

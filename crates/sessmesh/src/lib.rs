@@ -57,7 +57,8 @@ pub use builder::{DEFAULT_PORT, NodeBuilder};
 pub use error::Error;
 pub use node::{At, Lease, Node, Submitted, spawn};
 pub use sessmesh_core::{
-    Cas, CasError, ChangeKind, Computation, Condition, Decision, Expiry, KeyChange, KeyRange,
-    Level, Member, MemberEvent, MemberState, NodeEvent, Outcome, Session, SessionData, Write,
+    Cas, CasError, ChangeKind, Computation, Condition, Decision, Expiry, GroupCas,
+    GroupComputation, GroupDecision, KeyChange, KeyRange, Level, MAX_GROUP_KEYS, Member,
+    MemberEvent, MemberState, NodeEvent, Outcome, Session, SessionData, Write,
 };
 pub use status::{MemberStatus, Status};

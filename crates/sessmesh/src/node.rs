@@ -553,8 +553,10 @@ fn failure(outcome: Outcome) -> Error {
             reason,
             maybe_applied,
         },
-        Outcome::Written { .. } | Outcome::Read(_) | Outcome::Decided(_) | Outcome::Keys(_) => {
-            Error::Refused(format!("unexpected answer {outcome:?}"))
-        }
+        Outcome::Written { .. }
+        | Outcome::Read(_)
+        | Outcome::Decided(_)
+        | Outcome::DecidedGroup(_)
+        | Outcome::Keys(_) => Error::Refused(format!("unexpected answer {outcome:?}")),
     }
 }

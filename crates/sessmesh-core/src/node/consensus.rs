@@ -1,5 +1,7 @@
-//! The coordinator of consensus: one linearizable operation on one key, as
-//! rounds of Paxos among the key's replicas (see [`crate::consensus`]).
+//! The coordinator of consensus: one linearizable operation on one key, or
+//! on several keys of one hash tag, as rounds of Paxos among the keys'
+//! replicas in their instance (see [`crate::consensus`]). What it does
+//! with a majority's promises is in `deciding.rs`.
 //!
 //! An attempt prepares a fresh ballot; a replica that promised a newer one
 //! rejects it, and the attempt starts again after a short pause, until the
@@ -12,10 +14,9 @@
 //! `maybe_applied`: the write may still be chosen by a later round, so
 //! deciding the operation again could apply it twice.
 
-use super::in_flight::Mine;
 use super::*;
 use crate::consensus;
-use crate::replication::Decision;
+use crate::consensus::MAX_GROUP_KEYS;
 
 /// The longest pause before an attempt pre-empted by another
 /// coordinator's ballot starts again, ms.
@@ -31,11 +32,77 @@ impl Node {
     /// [`Outcome`] (`Decided`, `Undecided`, `Refused` or `ClockAhead`)
     /// comes as an [`Effect::Done`] for `call`.
     pub fn consensus(&mut self, call: CallId, key: Bytes, op: Cas, now_ms: u64) {
+        let instance = consensus::instance_of(&key);
+        self.start_round(call, instance, vec![key], RoundOp::One(op), now_ms);
+    }
+
+    /// Decides `op` on `keys`, keys of one hash tag (or one key), by
+    /// consensus among their replicas, all at once: linearizable with every
+    /// consensus operation on any of them. Its [`Outcome`]
+    /// (`DecidedGroup`, `Undecided`, `Refused` or `ClockAhead`) comes as an
+    /// [`Effect::Done`] for `call`; `Refused` at once when the keys are
+    /// none, more than [`MAX_GROUP_KEYS`], repeated, or of several hash
+    /// tags.
+    pub fn consensus_group(&mut self, call: CallId, keys: Vec<Bytes>, op: GroupCas, now_ms: u64) {
+        let refusal = match keys.first() {
+            None => Some("no keys".to_owned()),
+            Some(_) if keys.len() > MAX_GROUP_KEYS => Some(format!(
+                "{} keys; one operation takes at most {MAX_GROUP_KEYS}",
+                keys.len()
+            )),
+            Some(first) => {
+                let instance = consensus::instance_of(first);
+                let mut seen = HashSet::new();
+                keys.iter().find_map(|key| {
+                    if consensus::instance_of(key) != instance {
+                        Some(format!(
+                            "keys {} and {} are of different hash tags: one operation \
+                             takes keys of one hash tag only",
+                            String::from_utf8_lossy(first),
+                            String::from_utf8_lossy(key)
+                        ))
+                    } else if !seen.insert(key) {
+                        Some(format!(
+                            "key {} is named twice",
+                            String::from_utf8_lossy(key)
+                        ))
+                    } else {
+                        None
+                    }
+                })
+            }
+        };
+        if let Some(reason) = refusal {
+            self.effects.push(Effect::Done {
+                call,
+                outcome: Outcome::Refused(reason),
+            });
+            return;
+        }
+        let instance = consensus::instance_of(&keys[0]);
+        self.start_round(call, instance, keys, RoundOp::Group(op), now_ms);
+    }
+
+    fn start_round(
+        &mut self,
+        call: CallId,
+        instance: Bytes,
+        keys: Vec<Bytes>,
+        op: RoundOp,
+        now_ms: u64,
+    ) {
         if let Some(ahead_ms) = self.hlc.ahead_of_peers_ms(now_ms) {
             self.refuse_ahead(call, ahead_ms);
             return;
         }
-        let Some(replicas) = self.replicas_of(&key, call) else {
+        let mut replicas = None;
+        for key in &keys {
+            match self.replicas_of(key, call) {
+                Some(set) => replicas = Some(set),
+                None => return,
+            }
+        }
+        let Some(replicas) = replicas else {
             return;
         };
         let needed = Level::Quorum.required(self.copies);
@@ -55,7 +122,8 @@ impl Node {
         }
         let round = PendingRound {
             call,
-            key,
+            instance,
+            keys,
             op,
             replicas,
             needed,
@@ -78,7 +146,7 @@ impl Node {
     /// the key's replicas, promised here if this node is one, and asked of
     /// the others.
     fn prepare(&mut self, mut round: PendingRound, now_ms: u64) {
-        let partition = self.store.partition_of(&round.key);
+        let partition = self.store.partition_of(&round.instance);
         round.replicas = Arc::clone(&self.replica_sets[partition.0 as usize]);
         round.needed = Level::Quorum.required(self.copies);
         round.view = self.view_for(partition);
@@ -99,18 +167,17 @@ impl Node {
         round.accepts = 0;
         let id = self.in_flight.next_id();
         let replicas = Arc::clone(&round.replicas);
-        let ready = self.acceptor_ready(&round.key);
+        let ready = self.acceptor_ready(&round.instance);
         for (i, replica) in replicas.iter().enumerate() {
             if replica.local && !ready {
                 // Still learning (learning.rs): the others must make the majority.
                 round.waiting &= !(1 << i);
             } else if replica.local {
                 round.waiting &= !(1 << i);
-                match self.acceptors.prepare(&round.key, ballot) {
+                match self.acceptors.prepare(&round.instance, ballot) {
                     Ok(promise) => {
-                        round
-                            .promises
-                            .push((i, promise, self.store.session(&round.key)));
+                        let sessions = self.sessions_of(&round.keys);
+                        round.promises.push((i, promise, sessions));
                     }
                     Err(promised) => {
                         let _ = self.hlc.observe(promised, now_ms);
@@ -121,7 +188,8 @@ impl Node {
             } else if let Some(to) = replica.addr {
                 let message = Message::Prepare {
                     request: id,
-                    key: round.key.clone(),
+                    instance: round.instance.clone(),
+                    keys: round.keys.clone(),
                     ballot,
                     view: round.view,
                 };
@@ -133,29 +201,40 @@ impl Node {
         self.advance(id, now_ms);
     }
 
+    /// This node's state of each of `keys`.
+    pub(super) fn sessions_of(&self, keys: &[Bytes]) -> Vec<Option<Session>> {
+        keys.iter().map(|key| self.store.session(key)).collect()
+    }
+
     /// A replica's promise.
     pub(super) fn promised(
         &mut self,
         request: u64,
         from: SocketAddr,
         promise: Promise,
-        session: Option<Session>,
+        sessions: Vec<Option<Session>>,
         now_ms: u64,
     ) {
         // The clock observes every stamp the answer carries, so a proposal
         // decided on it is stamped after them.
         let stamps = [
             promise.accepted.as_ref().map(|p| p.ballot.max(p.stamp)),
-            session.as_ref().map(Session::newest_stamp),
             Some(promise.committed.max(promise.committed_stamp)),
-        ];
+        ]
+        .into_iter()
+        .chain(
+            sessions
+                .iter()
+                .map(|s| s.as_ref().map(Session::newest_stamp)),
+        );
         if !self.observe_newest(from, stamps, now_ms) {
             return;
         }
         let Some(round) = self.in_flight.get_mut::<PendingRound>(request) else {
             return;
         };
-        if !matches!(round.phase, Phase::Prepare) {
+        // An answer naming another number of keys is not to this round.
+        if !matches!(round.phase, Phase::Prepare) || sessions.len() != round.keys.len() {
             return;
         }
         let Some(bit) = waiting_on(&round.replicas, round.waiting, from) else {
@@ -163,7 +242,7 @@ impl Node {
         };
         round.waiting &= !bit;
         let i = bit.trailing_zeros() as usize;
-        round.promises.push((i, promise, session));
+        round.promises.push((i, promise, sessions));
         self.advance(request, now_ms);
     }
 
@@ -255,189 +334,14 @@ impl Node {
         }
     }
 
-    /// A majority promised: finish what one of them accepted and may not
-    /// have been committed, or decide the operation and propose its write.
-    fn promised_by_majority(&mut self, id: u64, mut round: PendingRound, now_ms: u64) {
-        let (newest_commit, newest_commit_stamp) = round
-            .promises
-            .iter()
-            .map(|(_, p, _)| (p.committed, p.committed_stamp))
-            .max()
-            .unwrap_or_default();
-        let in_progress = round
-            .promises
-            .iter()
-            .filter_map(|(_, p, _)| p.accepted.as_ref())
-            .filter(|p| p.ballot > newest_commit)
-            .max_by_key(|p| p.ballot)
-            .cloned();
-        if let Some(mine) = round.mine.take() {
-            let stamp = mine.proposal.stamp;
-            if newest_commit_stamp == stamp
-                || round
-                    .promises
-                    .iter()
-                    .any(|(_, p, _)| p.recent.contains(&stamp))
-            {
-                // Another round finished it (and may have committed
-                // others since).
-                self.applied(round.call, mine);
-                return;
-            }
-            match &in_progress {
-                // Still in progress: carry it on under this ballot.
-                Some(p) if p.stamp == mine.proposal.stamp => {}
-                // Another is in progress: finish that first, then look again.
-                Some(_) => {
-                    round.mine = Some(mine);
-                    self.finish(id, round, in_progress, now_ms);
-                    return;
-                }
-                // Nothing committed since it was decided, and a majority
-                // does not hold it: proposing it again is all that is left.
-                None if newest_commit == mine.seen_commit => {}
-                // Others were committed since. Its write still in the
-                // state the majority holds says it was chosen; otherwise
-                // it may have been chosen and overwritten, or not.
-                None => {
-                    let held = round
-                        .promises
-                        .iter()
-                        .filter_map(|(_, _, s)| s.as_ref())
-                        .any(|s| s.holds_stamp(mine.proposal.stamp));
-                    if held {
-                        self.applied(round.call, mine);
-                        return;
-                    }
-                    // Had it been chosen, its commit would come before
-                    // the newest one, whose proposal carried its stamp to
-                    // the majority that accepted it, one of which is in
-                    // this majority. A commit newer than its ballot means
-                    // it can no longer be chosen either. So when every
-                    // answer would still hold its stamp, it was never
-                    // chosen: decide the operation afresh.
-                    let never = newest_commit > mine.proposal.ballot
-                        && round
-                            .promises
-                            .iter()
-                            .all(|(_, p, _)| consensus::would_hold(&p.recent, stamp));
-                    if never {
-                        self.decide(id, round, newest_commit, now_ms);
-                    } else {
-                        self.undecided(
-                            round.call,
-                            "pre-empted after proposing, and other writes were committed since"
-                                .into(),
-                            true,
-                        );
-                    }
-                    return;
-                }
-            }
-            let proposal = Proposal {
-                ballot: round.ballot,
-                ..mine.proposal.clone()
-            };
-            round.mine = Some(Mine {
-                proposal: proposal.clone(),
-                ..mine
-            });
-            self.propose(id, round, proposal, false, None, now_ms);
-            return;
-        }
-        if in_progress.is_some() {
-            self.finish(id, round, in_progress, now_ms);
-            return;
-        }
-        self.decide(id, round, newest_commit, now_ms);
-    }
-
-    /// Answers an operation whose own proposal was chosen.
-    fn applied(&mut self, call: CallId, mine: Mine) {
-        self.effects.push(Effect::Done {
-            call,
-            outcome: Outcome::Decided(Box::new(Decision {
-                applied: true,
-                before: mine.before,
-                written: Some((mine.proposal.write, mine.proposal.stamp)),
-            })),
-        });
-    }
-
-    /// Proposes another round's proposal that may have been chosen, under
-    /// this attempt's ballot.
-    fn finish(&mut self, id: u64, round: PendingRound, in_progress: Option<Proposal>, now_ms: u64) {
-        let Some(unfinished) = in_progress else {
-            return;
-        };
-        let proposal = Proposal {
-            ballot: round.ballot,
-            write: unfinished.write,
-            stamp: unfinished.stamp,
-            recent: unfinished.recent,
-        };
-        self.propose(id, round, proposal, true, None, now_ms);
-    }
-
-    /// Decides the operation on the state the majority reported, and
-    /// proposes its write if it has one.
-    fn decide(&mut self, id: u64, mut round: PendingRound, newest_commit: Ballot, now_ms: u64) {
-        let mut current: Option<Session> = None;
-        for (_, _, session) in &round.promises {
-            if let Some(session) = session {
-                match &mut current {
-                    Some(merged) => merged.merge(session.clone()),
-                    None => current = Some(session.clone()),
-                }
-            }
-        }
-        let decided = match round.op.decide(current.as_ref(), now_ms) {
-            Ok(decided) => decided,
-            Err(e) => {
-                self.effects.push(Effect::Done {
-                    call: round.call,
-                    outcome: Outcome::Refused(e.to_string()),
-                });
-                return;
-            }
-        };
-        let Some(write) = decided.write else {
-            self.effects.push(Effect::Done {
-                call: round.call,
-                outcome: Outcome::Decided(Box::new(Decision {
-                    applied: false,
-                    before: current,
-                    written: None,
-                })),
-            });
-            return;
-        };
-        // Newer than every value the majority reported: the clock observed them.
-        let Some(stamp) = self.stamp_or_refuse(round.call, now_ms) else {
-            return;
-        };
-        let proposal = Proposal {
-            ballot: round.ballot,
-            write,
-            stamp,
-            recent: Vec::new(),
-        };
-        round.mine = Some(Mine {
-            proposal: proposal.clone(),
-            before: current.clone(),
-            seen_commit: newest_commit,
-        });
-        self.propose(id, round, proposal, false, current, now_ms);
-    }
-
     /// Asks every replica to accept `proposal` under the attempt's ballot.
-    fn propose(
+    pub(super) fn propose(
         &mut self,
         id: u64,
         mut round: PendingRound,
         mut proposal: Proposal,
         finishing: bool,
-        before: Option<Session>,
+        before: Option<Vec<Option<Session>>>,
         now_ms: u64,
     ) {
         // It carries every commit its majority knows of, and those this
@@ -449,13 +353,13 @@ impl Node {
         round.waiting = all_of(&round.replicas);
         round.accepts = 0;
         let replicas = Arc::clone(&round.replicas);
-        let ready = self.acceptor_ready(&round.key);
+        let ready = self.acceptor_ready(&round.instance);
         for (i, replica) in replicas.iter().enumerate() {
             if replica.local && !ready {
                 round.waiting &= !(1 << i);
             } else if replica.local {
                 round.waiting &= !(1 << i);
-                if let Err(promised) = self.acceptors.accept(&round.key, proposal.clone()) {
+                if let Err(promised) = self.acceptors.accept(&round.instance, proposal.clone()) {
                     let _ = self.hlc.observe(promised, now_ms);
                     round.phase = Phase::Propose {
                         proposal,
@@ -469,7 +373,7 @@ impl Node {
             } else if let Some(to) = replica.addr {
                 let message = Message::Propose {
                     request: id,
-                    key: round.key.clone(),
+                    instance: round.instance.clone(),
                     proposal: proposal.clone(),
                     view: round.view,
                 };
@@ -488,7 +392,7 @@ impl Node {
     /// A majority accepted: the proposal is chosen. Every replica hears so;
     /// the operation is answered once a majority applied it, or, if the
     /// proposal was another round's, starts again.
-    fn chosen(&mut self, id: u64, mut round: PendingRound, now_ms: u64) {
+    pub(super) fn chosen(&mut self, id: u64, mut round: PendingRound, now_ms: u64) {
         let Phase::Propose {
             proposal,
             finishing,
@@ -501,13 +405,13 @@ impl Node {
         round.accepts = 0;
         for (i, replica) in round.replicas.iter().enumerate() {
             if replica.local {
-                self.commit_here(&round.key, &proposal, now_ms);
+                self.commit_here(&round.instance, &proposal, now_ms);
                 round.waiting &= !(1 << i);
                 round.accepts += 1;
             } else if let Some(to) = replica.addr {
                 let message = Message::Commit {
                     request: (!finishing).then_some(id),
-                    key: round.key.clone(),
+                    instance: round.instance.clone(),
                     proposal: proposal.clone(),
                 };
                 self.effects.push(Effect::Send { to, message });
@@ -522,7 +426,9 @@ impl Node {
             self.prepare(round, now_ms);
             return;
         }
-        let before = before.or_else(|| round.mine.take().and_then(|m| m.before));
+        let before = before
+            .or_else(|| round.mine.take().map(|m| m.before))
+            .unwrap_or_default();
         round.phase = Phase::Commit { proposal, before };
         self.in_flight.insert(id, Pending::Round(Box::new(round)));
         self.advance(id, now_ms);
@@ -550,24 +456,19 @@ impl Node {
 
     /// Answers an operation whose own proposal is chosen and applied by a
     /// majority (or whose time for that ran out: it is chosen all the same).
-    fn answer_chosen(&mut self, round: PendingRound) {
-        let Phase::Commit { proposal, before } = round.phase else {
+    pub(super) fn answer_chosen(&mut self, mut round: PendingRound) {
+        let Phase::Commit { proposal, before } =
+            std::mem::replace(&mut round.phase, Phase::Backoff)
+        else {
             return;
         };
-        self.effects.push(Effect::Done {
-            call: round.call,
-            outcome: Outcome::Decided(Box::new(Decision {
-                applied: true,
-                before,
-                written: Some((proposal.write, proposal.stamp)),
-            })),
-        });
+        self.answer_decided(&round, before, Some(proposal));
     }
 
     /// Starts the operation again after a pause, unless its write was
     /// proposed (then it may be chosen yet: answered undecided) or its time
     /// is up.
-    fn retry_later(&mut self, mut round: PendingRound, now_ms: u64) {
+    pub(super) fn retry_later(&mut self, mut round: PendingRound, now_ms: u64) {
         if now_ms >= round.started_ms + self.config.request_timeout_ms {
             let reason = if round.moving > 0 {
                 MOVING.to_owned()
@@ -626,7 +527,7 @@ impl Node {
             reason = format!("{reason}; {MOVING}");
         }
         let here_too = round.replicas.iter().any(|r| r.local);
-        if here_too && !self.acceptor_ready(&round.key) {
+        if here_too && !self.acceptor_ready(&round.instance) {
             reason = format!(
                 "{reason}; this replica is still learning the key's consensus state \
                  from the others (after a start or a membership change)"
@@ -635,7 +536,7 @@ impl Node {
         self.undecided(round.call, reason, maybe_applied);
     }
 
-    fn undecided(&mut self, call: CallId, reason: String, maybe_applied: bool) {
+    pub(super) fn undecided(&mut self, call: CallId, reason: String, maybe_applied: bool) {
         self.effects.push(Effect::Done {
             call,
             outcome: Outcome::Undecided {

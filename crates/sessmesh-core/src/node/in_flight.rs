@@ -8,7 +8,7 @@ use std::collections::hash_map::Entry as MapEntry;
 use bytes::Bytes;
 
 use crate::clock::Stamp;
-use crate::consensus::{Ballot, Cas, Promise, Proposal};
+use crate::consensus::{Ballot, Cas, GroupCas, Promise, Proposal};
 use crate::partition::PartitionId;
 use crate::replication::{CallId, Hint, ReplicaSet};
 use crate::session::{Session, Write};
@@ -44,8 +44,11 @@ pub(crate) enum Pending {
 #[derive(Debug)]
 pub(crate) struct PendingRound {
     pub(crate) call: CallId,
-    pub(crate) key: Bytes,
-    pub(crate) op: Cas,
+    /// The consensus instance ([`crate::consensus::instance_of`]).
+    pub(crate) instance: Bytes,
+    /// The keys the operation reads and may write, all of the instance.
+    pub(crate) keys: Vec<Bytes>,
+    pub(crate) op: RoundOp,
     pub(crate) replicas: ReplicaSet,
     /// Promises, then acceptances, needed: a majority of the key's copies.
     pub(crate) needed: usize,
@@ -60,8 +63,8 @@ pub(crate) struct PendingRound {
     /// A bit per replica that has not answered this phase yet.
     pub(crate) waiting: u64,
     /// Each promise: the replica's index, the promise, and its state of
-    /// the key.
-    pub(crate) promises: Vec<(usize, Promise, Option<Session>)>,
+    /// each key.
+    pub(crate) promises: Vec<(usize, Promise, Vec<Option<Session>>)>,
     /// Acceptances of this attempt's proposal.
     pub(crate) accepts: usize,
     /// When the operation started, wall-clock ms: retries stop a request
@@ -84,7 +87,7 @@ pub(crate) struct PendingRound {
 #[derive(Debug)]
 pub(crate) struct Mine {
     pub(crate) proposal: Proposal,
-    pub(crate) before: Option<Session>,
+    pub(crate) before: Vec<Option<Session>>,
     pub(crate) seen_commit: Ballot,
 }
 
@@ -106,15 +109,23 @@ pub(crate) enum Phase {
         /// operation starts again once it is committed) rather than
         /// proposing the operation's own write, decided on `before`.
         finishing: bool,
-        before: Option<Session>,
+        before: Option<Vec<Option<Session>>>,
     },
     /// The operation's own proposal is chosen: waiting for a majority to
     /// apply it (`Committed`), so that a read at quorum right after the
     /// answer sees it. `accepts` counts the replicas that applied it.
     Commit {
         proposal: Proposal,
-        before: Option<Session>,
+        before: Vec<Option<Session>>,
     },
+}
+
+/// What a consensus round decides: an operation on one key, or on several
+/// keys of one hash tag.
+#[derive(Debug)]
+pub(crate) enum RoundOp {
+    One(Cas),
+    Group(GroupCas),
 }
 
 /// A write waiting for acknowledgements.

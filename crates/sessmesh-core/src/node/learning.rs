@@ -29,7 +29,8 @@
 //! coordinators count on the others.
 
 use super::*;
-use crate::consensus::{AcceptorStanding, AcceptorState, Standings, view_of};
+use crate::consensus::{AcceptorStanding, AcceptorState, Standings, instance_of, view_of};
+use crate::partition::hash_tag;
 
 /// This node's part in one partition's consensus.
 #[derive(Clone, Debug)]
@@ -225,13 +226,8 @@ impl Node {
         let store = &self.store;
         let states = self
             .acceptors
-            .states(|key| wanted.contains(&store.partition_of(key)))
-            .into_iter()
-            .map(|(key, state)| {
-                let session = self.store.session(&key);
-                (key, state, session)
-            })
-            .collect();
+            .states(|instance| wanted.contains(&store.partition_of(instance)));
+        let sessions = self.sessions_of_instances(&states);
         self.effects.push(Effect::Send {
             to: from,
             message: Message::AcceptorStates {
@@ -241,8 +237,36 @@ impl Node {
                     partitions: standings,
                 },
                 states,
+                sessions,
             },
         });
+    }
+
+    /// This node's state of every key the consensus `instances` decide: a
+    /// plain key's instance is the key; a hash tag's is every stored key of
+    /// the tag, found by going through its partition.
+    fn sessions_of_instances(&self, instances: &[(Bytes, AcceptorState)]) -> Vec<(Bytes, Session)> {
+        let mut sessions = Vec::new();
+        let mut tags: BTreeMap<PartitionId, BTreeSet<&[u8]>> = BTreeMap::new();
+        for (instance, _) in instances {
+            if hash_tag(instance).is_some() {
+                let partition = self.store.partition_of(instance);
+                tags.entry(partition).or_default().insert(instance);
+            } else if let Some(session) = self.store.session(instance) {
+                sessions.push((instance.clone(), session));
+            }
+        }
+        for (partition, tags) in tags {
+            self.store.with_entries(partition, |entries| {
+                for entry in entries {
+                    if tags.contains(&instance_of(entry.key()).as_ref()) {
+                        let entry = entry.to_entry();
+                        sessions.push((entry.key, entry.session));
+                    }
+                }
+            });
+        }
+        sessions
     }
 
     /// Takes in another node's consensus state of some partitions.
@@ -250,25 +274,26 @@ impl Node {
         &mut self,
         from: SocketAddr,
         standings: Standings,
-        states: Vec<(Bytes, AcceptorState, Option<Session>)>,
+        states: Vec<(Bytes, AcceptorState)>,
+        sessions: Vec<(Bytes, Session)>,
         now_ms: u64,
     ) {
         let Some(name) = self.names.get(&from).cloned() else {
             return;
         };
-        for (key, state, session) in states {
-            let stamps = [
-                Some(state.promised),
-                session.as_ref().map(Session::newest_stamp),
-            ];
-            if !self.observe_newest(from, stamps, now_ms) {
-                // Nothing more from this answer counts.
-                return;
-            }
-            if let Some(session) = session {
-                let _ = self.store.merge_remote(&key, session, now_ms);
-            }
-            self.acceptors.learn(&key, state);
+        let stamps = states
+            .iter()
+            .map(|(_, state)| Some(state.promised))
+            .chain(sessions.iter().map(|(_, s)| Some(s.newest_stamp())));
+        if !self.observe_newest(from, stamps, now_ms) {
+            // Nothing from this answer counts.
+            return;
+        }
+        for (key, session) in sessions {
+            let _ = self.store.merge_remote(&key, session, now_ms);
+        }
+        for (instance, state) in states {
+            self.acceptors.learn(&instance, state);
         }
         let me = self.membership.me().name.clone();
         let count = self.store.partition_count();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use sessmesh_core::{Cas, Condition, Decision, Expiry, Outcome, Write};
+use sessmesh_core::{Cas, Condition, Decision, Expiry, GroupCas, GroupDecision, Outcome, Write};
 use tokio::time::Instant;
 
 use super::{Node, check_key, failure, millis};
@@ -52,6 +52,28 @@ impl Node {
         check_key(&key)?;
         match self.ask(|reply| Command::Consensus(key, op, reply)).await? {
             Outcome::Decided(decision) => Ok(*decision),
+            other => Err(failure(other)),
+        }
+    }
+
+    /// Decides `op` on `keys`, keys of one hash tag (`{user42}:cart`,
+    /// `{user42}:seen`), all at once by consensus among their replicas:
+    /// linearizable with every consensus operation on any of them, and
+    /// all-or-nothing.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] when the keys are of several hash tags, repeated,
+    /// none, or more than [`sessmesh_core::MAX_GROUP_KEYS`], or when the
+    /// computation refuses their states; otherwise as [`cas`](Self::cas).
+    pub async fn cas_group(&self, keys: Vec<Bytes>, op: GroupCas) -> Result<GroupDecision, Error> {
+        for key in &keys {
+            check_key(key)?;
+        }
+        match self
+            .ask(|reply| Command::ConsensusGroup(keys, op, reply))
+            .await?
+        {
+            Outcome::DecidedGroup(decision) => Ok(*decision),
             other => Err(failure(other)),
         }
     }
