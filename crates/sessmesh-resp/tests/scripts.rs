@@ -107,6 +107,57 @@ async fn scripts_raced_from_every_node_lose_no_update() {
     assert!(runs >= 20, "only {runs} of 30 runs were decided");
 }
 
+/// Moves one unit from `KEYS[1]` to `KEYS[2]`; both counts after.
+const MOVE: &str = "local a = redis.call('DECR', KEYS[1]) local b = redis.call('INCR', KEYS[2]) \
+                    return {a, b}";
+
+#[tokio::test(start_paused = true)]
+async fn scripts_over_keys_of_one_hash_tag_are_all_or_nothing() {
+    let cluster = Cluster::start().await;
+    let mut moved = Vec::new();
+    let mut uncertain = 0;
+    for _ in 0..8 {
+        let request = ["EVAL", MOVE, "2", "{acct}:from", "{acct}:to"];
+        let (a, b, c) = tokio::join!(
+            cluster.run(0, &request),
+            cluster.run(1, &request),
+            cluster.run(2, &request),
+        );
+        for reply in [a, b, c] {
+            match reply {
+                Reply::Array(counts) => {
+                    let [Reply::Int(from), Reply::Int(to)] = counts.as_slice() else {
+                        panic!("{counts:?}");
+                    };
+                    // Each run saw both keys as the one before left them.
+                    assert_eq!(from + to, 0, "{counts:?}");
+                    moved.push(*to);
+                }
+                Reply::Error(e) if e.starts_with("UNCERTAIN") || e.starts_with("TRYAGAIN") => {
+                    uncertain += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    let runs = moved.len();
+    moved.sort_unstable();
+    moved.dedup();
+    assert_eq!(moved.len(), runs, "two scripts read the same counts");
+    assert!(runs >= 16, "only {runs} of 24 runs were decided");
+    let both = cluster.run(1, &["MGET", "{acct}:from", "{acct}:to"]).await;
+    let Reply::Array(both) = both else {
+        panic!("{both:?}")
+    };
+    let count = |r: &Reply| match r {
+        Reply::Bulk(v) => std::str::from_utf8(v).unwrap().parse::<usize>().ok(),
+        _ => None,
+    };
+    let to = count(&both[1]).unwrap();
+    assert!((runs..=runs + uncertain).contains(&to), "{both:?}");
+    assert_eq!(both[0], Reply::Bulk(format!("-{to}").into()), "{both:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn scripts_answer_as_redis_answers() {
     let cluster = Cluster::start().await;
@@ -172,7 +223,7 @@ async fn scripts_answer_as_redis_answers() {
         &cluster
             .run(0, &["EVAL", "return 1", "2", "s:1", "s:2"])
             .await,
-        "ERR this node runs a script atomically on one key"
+        "CROSSSLOT Keys in request don't hash to the same slot"
     ));
     assert_eq!(
         cluster

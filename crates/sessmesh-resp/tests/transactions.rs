@@ -231,3 +231,123 @@ async fn a_reader_never_sees_a_transaction_over_one_key_half_done() {
     );
     assert!(seen.iter().any(|n| *n > 0 && *n < 18), "{seen:?}");
 }
+
+/// One transaction moving one unit from `{acct}:a` to `{acct}:b` through
+/// `node`, then reading both: the replies, or the error EXEC answered.
+async fn transfer(cluster: &Cluster, node: usize) -> Reply {
+    let mut client = cluster.handlers[node].client();
+    let requests: [&[&str]; 5] = [
+        &["MULTI"],
+        &["DECRBY", "{acct}:a", "1"],
+        &["INCRBY", "{acct}:b", "1"],
+        &["MGET", "{acct}:a", "{acct}:b"],
+        &["EXEC"],
+    ];
+    let mut reply = Reply::Nil;
+    for request in requests {
+        reply = cluster.run_as(node, &mut client, request).await;
+    }
+    reply
+}
+
+/// Both keys read together in a transaction through `node`.
+async fn read_both(cluster: &Cluster, node: usize) -> Vec<Option<i64>> {
+    let mut client = cluster.handlers[node].client();
+    cluster.run_as(node, &mut client, &["MULTI"]).await;
+    let mget = ["MGET", "{acct}:a", "{acct}:b"];
+    cluster.run_as(node, &mut client, &mget).await;
+    let reply = cluster.run_as(node, &mut client, &["EXEC"]).await;
+    let Reply::Array(replies) = reply else {
+        panic!("{reply:?}")
+    };
+    let [Reply::Array(values)] = replies.as_slice() else {
+        panic!("{replies:?}")
+    };
+    values
+        .iter()
+        .map(|v| match v {
+            Reply::Bulk(v) => std::str::from_utf8(v).unwrap().parse().ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transaction_over_keys_of_one_hash_tag_is_all_or_nothing() {
+    let cluster = Cluster::start().await;
+    let writers = async {
+        let mut decided = 0;
+        for _ in 0..6 {
+            let (a, b, c) = tokio::join!(
+                transfer(&cluster, 0),
+                transfer(&cluster, 1),
+                transfer(&cluster, 2)
+            );
+            for reply in [a, b, c] {
+                match reply {
+                    Reply::Array(replies) => {
+                        let [Reply::Int(a), Reply::Int(b), Reply::Array(read)] = replies.as_slice()
+                        else {
+                            panic!("{replies:?}");
+                        };
+                        // Nothing ran between the two writes and the read.
+                        assert_eq!(a + b, 0, "{replies:?}");
+                        let wrote = vec![bulk(&a.to_string()), bulk(&b.to_string())];
+                        assert_eq!(read, &wrote, "{replies:?}");
+                        decided += 1;
+                    }
+                    Reply::Error(e) if e.starts_with("UNCERTAIN") || e.starts_with("TRYAGAIN") => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        decided
+    };
+    let reader = async {
+        let mut seen = Vec::new();
+        // Bursts of reads spread over the transfers' run, in paused time:
+        // each burst runs in the same instant as the steps the writers
+        // take after their pauses (whole milliseconds).
+        for _ in 0..40 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            for _ in 0..5 {
+                seen.push(read_both(&cluster, 1).await);
+                tokio::task::yield_now().await;
+            }
+        }
+        seen
+    };
+    let (decided, seen) = tokio::join!(writers, reader);
+    assert!(decided >= 12, "only {decided} of 18 transfers were decided");
+    // A reader never sees one key moved and not the other.
+    for values in &seen {
+        let sum = values.iter().map(|v| v.unwrap_or(0)).sum::<i64>();
+        assert_eq!(sum, 0, "a reader saw a transfer half done: {seen:?}");
+    }
+    assert!(
+        seen.iter().any(|v| v[1].is_some_and(|b| b > 0 && b < 12)),
+        "the reader never overlapped a transfer: {seen:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transaction_over_several_hash_tags_runs_its_commands_in_order() {
+    let cluster = Cluster::start().await;
+    let mut client = cluster.handlers[0].client();
+    for request in [
+        &["MULTI"][..],
+        &["SET", "{a}:1", "x"],
+        &["SET", "{b}:1", "y"],
+        &["MGET", "{a}:1", "{b}:1"],
+    ] {
+        cluster.run_as(0, &mut client, request).await;
+    }
+    assert_eq!(
+        cluster.run_as(0, &mut client, &["EXEC"]).await,
+        Reply::Array(vec![
+            Reply::Ok,
+            Reply::Ok,
+            Reply::Array(vec![bulk("x"), bulk("y")]),
+        ])
+    );
+}

@@ -59,6 +59,7 @@ mod connection;
 mod databases;
 mod deadlines;
 mod hashes;
+mod key_state;
 mod keys;
 mod keyspace;
 mod locks;

@@ -1,29 +1,31 @@
 //! Scripts: `EVAL`, `EVALSHA`, `EVAL_RO`, `EVALSHA_RO` and `SCRIPT`.
 //!
-//! A script runs atomically on the one key it declares, through the
-//! consensus path, optimistically:
+//! A script runs atomically on the keys it declares (one key, or keys of
+//! one hash tag: `{user42}:a`, `{user42}:b`), through the consensus path,
+//! optimistically:
 //!
-//! 1. the key's state is read by consensus (a linearizable read, so the
-//!    script starts from every write decided before it);
-//! 2. the script runs in Lua (`lua.rs`) on that state, in memory, its
-//!    `redis.call`s changing it (`script_calls.rs`), on a blocking thread
+//! 1. the keys' states are read together by consensus (a linearizable
+//!    read, so the script starts from every write decided before it);
+//! 2. the script runs in Lua (`lua.rs`) on those states, in memory, its
+//!    `redis.call`s changing them (`script_calls.rs`), on a blocking thread
 //!    so a long script holds up no other client;
-//! 3. a script that changed nothing answers at once; otherwise the one
-//!    write taking the key from the state read to the state left is
-//!    decided by consensus on the condition that the key is as read (the
-//!    stamp of its newest write, deletes included). If another write came
-//!    first, the script runs again on the new state.
+//! 3. a script that changed nothing answers at once; otherwise the writes
+//!    taking each key from the state read to the state left are decided
+//!    together by consensus, on the condition that every key is as read
+//!    (the stamp of its newest write, deletes included). If another write
+//!    came first, the script runs again on the new states.
 //!
-//! So what a script does to its key is linearizable with every consensus
-//! operation on it, and a plain write in between makes it run again, not
-//! get lost. As in Redis, what a script did before an error it raised is
-//! kept; a script stopped by `lua-time-limit` writes nothing.
+//! So what a script does to its keys is linearizable with every consensus
+//! operation on them, all or nothing, and a plain write in between makes
+//! it run again, not get lost. As in Redis, what a script did before an
+//! error it raised is kept; a script stopped by `lua-time-limit` writes
+//! nothing.
 //!
-//! A script may declare no key (it may then call no command on a key) or
-//! one key, any number of times; a script over several keys is refused.
-//! Scripts are cached per node, as in Redis Cluster: `EVALSHA` on a node
-//! that has not seen the script answers `NOSCRIPT`, and clients send
-//! `EVAL` then.
+//! A script may declare no key (it may then call no command on a key), or
+//! keys of one hash tag; keys of several tags answer `CROSSSLOT`, as in
+//! Redis Cluster. Scripts are cached per node, as in Redis Cluster:
+//! `EVALSHA` on a node that has not seen the script answers `NOSCRIPT`,
+//! and clients send `EVAL` then.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -31,18 +33,19 @@ use std::sync::atomic::AtomicU64;
 
 use std::sync::Arc;
 
-use sessmesh::{Cas, CasError, Computation};
+use sessmesh::{CasError, GroupCas, GroupComputation};
 use sessmesh_core::Stamp;
 
+use super::key_state::{KeyState, KeyStates};
 use super::lua::{self, Script};
-use super::script_calls::{self, KeyState};
+use super::script_calls;
 use super::*;
 
 /// How many times a script runs again when its key changed under it.
 const ATTEMPTS: usize = 16;
 
-/// The refusal that says the key changed since the script read it.
-const CHANGED: &str = "the key changed since the script read it";
+/// The refusal that says a key changed since the script read it.
+const CHANGED: &str = "a key changed since the script read it";
 
 /// The script commands, as the table names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,12 +184,12 @@ impl ScriptCommand {
     }
 }
 
-/// How a run on one key ends ([`Handler::on_one_key`]).
+/// How a run on some keys ends ([`Handler::on_keys`]).
 pub(super) enum Step<R> {
     /// With this answer, writing nothing.
     Done(R),
-    /// With this answer and the key's state as the run left it, to write.
-    Write(R, KeyState),
+    /// With this answer and the keys' states as the run left them, to write.
+    Write(R, KeyStates),
 }
 
 /// What scripts share on one node: the scripts seen, by SHA-1, and
@@ -255,19 +258,19 @@ impl Handler {
         distinct.sort();
         distinct.dedup();
         let eval = Arc::new((eval, source));
-        match distinct.as_slice() {
-            [] => self.run_script(&eval, None).await.0,
-            [key] => self.eval_on(eval, key.clone()).await,
-            _ => err(
-                "ERR this node runs a script atomically on one key; this script declares several",
-            ),
+        if distinct.is_empty() {
+            return self.run_script(&eval, None).await.0;
         }
+        if let Err(reply) = one_hash_tag(&distinct) {
+            return reply;
+        }
+        self.eval_on(eval, distinct).await
     }
 
-    /// Runs a script on `key`, again each time the key changed under it.
-    async fn eval_on(&self, eval: Arc<(Eval, Bytes)>, key: Bytes) -> Reply {
+    /// Runs a script on `keys`, again each time one changed under it.
+    async fn eval_on(&self, eval: Arc<(Eval, Bytes)>, keys: Vec<Bytes>) -> Reply {
         let ran = self
-            .on_one_key(&key, |state, _| {
+            .on_keys(&keys, |state, _| {
                 let eval = Arc::clone(&eval);
                 async move {
                     match self.run_script(&eval, Some(state)).await {
@@ -280,56 +283,78 @@ impl Handler {
         ran.unwrap_or_else(|reply| reply)
     }
 
-    /// Runs `run` on the state of `key` read by consensus (with the stamp
-    /// of its newest write), and decides the one write that takes the key
-    /// to the state `run` left, on the condition that the key is still as
-    /// read; if another write came first, `run` runs again on the new
-    /// state. The answer is `run`'s.
-    pub(super) async fn on_one_key<R, Fut>(
+    /// Runs `run` on the states of `keys` (distinct keys of one hash tag)
+    /// read together by consensus, with the stamp of each one's newest
+    /// write, and decides the writes that take the keys to the states `run`
+    /// left, on the condition that every key is still as read; if another
+    /// write came first, `run` runs again on the new states. The answer is
+    /// `run`'s.
+    pub(super) async fn on_keys<R, Fut>(
         &self,
-        key: &Bytes,
-        mut run: impl FnMut(KeyState, Option<Stamp>) -> Fut,
+        keys: &[Bytes],
+        mut run: impl FnMut(KeyStates, Vec<Option<Stamp>>) -> Fut,
     ) -> Result<R, Reply>
     where
         Fut: Future<Output = Step<R>>,
     {
         for _ in 0..ATTEMPTS {
-            let read = match self.node.cas(key.clone(), Cas::Read).await {
+            let read = match self.node.cas_group(keys.to_vec(), GroupCas::Read).await {
                 Ok(decision) => decision,
                 Err(e) => return Err(atomic::decide_failed(&e, "value")),
             };
-            let stamp = read.before.as_ref().map(sessmesh::Session::newest_stamp);
+            let stamps: Vec<Option<Stamp>> = read
+                .before
+                .iter()
+                .map(|s| s.as_ref().map(sessmesh::Session::newest_stamp))
+                .collect();
             let now = u64::try_from(now_ms()).unwrap_or(0);
-            let state = KeyState::of(key.clone(), read.before.as_ref(), now, self.tags.next());
-            let (answer, state) = match run(state, stamp).await {
+            let states = keys
+                .iter()
+                .zip(&read.before)
+                .map(|(key, before)| {
+                    KeyState::of(key.clone(), before.as_ref(), now, self.tags.next())
+                })
+                .collect();
+            let (answer, states) = match run(KeyStates::new(states), stamps.clone()).await {
                 Step::Done(answer) => return Ok(answer),
-                Step::Write(answer, state) => (answer, state),
+                Step::Write(answer, states) => (answer, states),
             };
-            let Some(write) = state.write() else {
+            let writes = states.writes();
+            if writes.iter().all(Option::is_none) {
                 return Ok(answer);
-            };
-            match self.commit(key, stamp, write).await {
+            }
+            match self.commit(keys, stamps, writes).await {
                 Ok(()) => return Ok(answer),
                 Err(Error::Refused(why)) if why == CHANGED => {}
                 Err(e) => return Err(atomic::decide_failed(&e, "value")),
             }
         }
         Err(Reply::Error(format!(
-            "TRYAGAIN the key changed under the script or transaction {ATTEMPTS} times in a row; nothing was written"
+            "TRYAGAIN the keys changed under the script or transaction {ATTEMPTS} times in a row; nothing was written"
         )))
     }
 
-    /// Decides `write` on `key` if its newest write is still `stamp`.
-    async fn commit(&self, key: &Bytes, stamp: Option<Stamp>, write: Write) -> Result<(), Error> {
-        let check = Computation::new(move |session, _now| {
-            if session.map(sessmesh::Session::newest_stamp) == stamp {
-                Ok(Some(write.clone()))
+    /// Decides `writes` on `keys` if each key's newest write is still the
+    /// one in `stamps`.
+    async fn commit(
+        &self,
+        keys: &[Bytes],
+        stamps: Vec<Option<Stamp>>,
+        writes: Vec<Option<Write>>,
+    ) -> Result<(), Error> {
+        let check = GroupComputation::new(move |sessions, _now| {
+            let now: Vec<Option<Stamp>> = sessions
+                .iter()
+                .map(|s| s.map(sessmesh::Session::newest_stamp))
+                .collect();
+            if now == stamps {
+                Ok(writes.clone())
             } else {
                 Err(CasError::Refused(CHANGED.to_owned()))
             }
         });
         self.node
-            .cas(key.clone(), Cas::Compute(check))
+            .cas_group(keys.to_vec(), GroupCas::Compute(check))
             .await
             .map(|_| ())
     }
@@ -340,8 +365,8 @@ impl Handler {
     async fn run_script(
         &self,
         eval: &Arc<(Eval, Bytes)>,
-        state: Option<KeyState>,
-    ) -> (Reply, Option<KeyState>) {
+        state: Option<KeyStates>,
+    ) -> (Reply, Option<KeyStates>) {
         let eval = Arc::clone(eval);
         let limit = Duration::from_millis(self.scripts.time_limit_ms());
         let ran = tokio::task::spawn_blocking(move || {
@@ -367,9 +392,24 @@ impl Handler {
     }
 }
 
+/// Refuses keys of several hash tags (or several keys without one) as
+/// Redis Cluster does: one consensus operation decides keys of one tag.
+pub(super) fn one_hash_tag(keys: &[Bytes]) -> Result<(), Reply> {
+    let mut instances = keys.iter().map(|k| sessmesh_core::instance_of(k));
+    let first = instances.next();
+    if instances.all(|i| Some(i) == first) {
+        Ok(())
+    } else {
+        Err(err(
+            "CROSSSLOT Keys in request don't hash to the same slot (a script runs atomically \
+             on one key or on keys of one hash tag, such as {user42}:a and {user42}:b)",
+        ))
+    }
+}
+
 /// One `redis.call` of a script: looked up, its keys put in the script's
-/// database, parsed, and run on the script's key.
-fn call(args: &[Bytes], eval: &Eval, state: Option<&mut KeyState>) -> Reply {
+/// database, parsed, and run on the script's keys.
+fn call(args: &[Bytes], eval: &Eval, state: Option<&mut KeyStates>) -> Reply {
     let Some(command) = Command::lookup(&args[0]) else {
         return Reply::Error(format!(
             "ERR Unknown Redis command called from script '{}'",

@@ -16,18 +16,22 @@
 //! reads are linearizable, so a change decided or acknowledged before
 //! `EXEC` began aborts it.
 //!
-//! A transaction whose commands (and watched keys) name one key runs
-//! all-or-nothing, as a script does: on the key's state read by consensus,
-//! in memory, with one conditional consensus write. Over several keys, the
-//! queued commands are not all-or-nothing with each other or with the
-//! check: a write that lands between the check and a queued command is not
-//! detected (docs/protocol.md).
+//! A transaction whose commands (and watched keys) name one key, or keys of
+//! one hash tag (`{user42}:a`, `{user42}:b`), runs all-or-nothing, as a
+//! script does: on the keys' states read together by consensus, in
+//! memory, with one conditional consensus operation writing them all. Over
+//! keys of several hash tags (Django's `set_many`), the queued commands run
+//! one after another, each with its own semantics: they are not
+//! all-or-nothing with each other or with the check, and a write that lands
+//! between the check and a queued command is not detected
+//! (docs/protocol.md). Redis Cluster refuses such a transaction with
+//! `CROSSSLOT`; session middlewares send them, so this node runs them.
 
 use sessmesh::Cas;
 use sessmesh_core::Stamp;
 
 use super::script_calls;
-use super::scripts::Step;
+use super::scripts::{self, Step};
 use super::*;
 
 /// The transaction commands, as the table names them.
@@ -171,30 +175,35 @@ impl Handler {
             .map(sessmesh::Session::newest_stamp))
     }
 
-    /// `EXEC` of a transaction over one key: as a script is run (see
-    /// `scripts.rs`), the queued commands run in memory on the key's state
-    /// read by consensus, and the one write they make is decided by
-    /// consensus if the key is still as read; otherwise they run again on
-    /// the new state. A watched key changed since `WATCH` answers nil.
-    async fn exec_on_one_key(
+    /// `EXEC` of a transaction over one key or keys of one hash tag: as a
+    /// script is run (see `scripts.rs`), the queued commands run in memory
+    /// on the keys' states read together by consensus, and the writes they
+    /// make are decided together by consensus if the keys are still as
+    /// read; otherwise they run again on the new states. A watched key
+    /// changed since `WATCH` answers nil.
+    async fn exec_on_keys(
         &self,
-        key: &Bytes,
+        keys: &[Bytes],
         queued: &[Call],
         watched: &[(Bytes, Option<Stamp>)],
     ) -> Reply {
         let ran = self
-            .on_one_key(key, |mut state, newest| async move {
-                if watched.iter().any(|(_, stamp)| *stamp != newest) {
+            .on_keys(keys, |mut states, newest| async move {
+                let changed = watched.iter().any(|(key, stamp)| {
+                    let at = keys.iter().position(|k| k == key);
+                    at.is_none_or(|at| newest[at] != *stamp)
+                });
+                if changed {
                     return Step::Done(Reply::Nil);
                 }
                 let now = now_ms();
                 let replies = queued
                     .iter()
                     .map(|call| {
-                        script_calls::run(&mut state, call.clone(), now).unwrap_or_else(|e| e)
+                        script_calls::run(&mut states, call.clone(), now).unwrap_or_else(|e| e)
                     })
                     .collect();
-                Step::Write(Reply::Array(replies), state)
+                Step::Write(Reply::Array(replies), states)
             })
             .await;
         ran.unwrap_or_else(|reply| reply)
@@ -214,12 +223,21 @@ impl Handler {
         if refused {
             return err("EXECABORT Transaction discarded because of previous errors.");
         }
-        // Over one key, with commands a script may call: all-or-nothing.
-        if let (false, [key]) = (keyless, Vec::from_iter(keys).as_slice())
-            && watched.iter().all(|(k, _)| k == key)
+        // Over one key or keys of one hash tag (the watched ones too), with
+        // commands a script may call: all-or-nothing.
+        let mut keys: Vec<Bytes> = keys.into_iter().collect();
+        for (key, _) in &watched {
+            if !keys.contains(key) {
+                keys.push(key.clone());
+            }
+        }
+        if !keyless
+            && !keys.is_empty()
+            && keys.len() <= sessmesh::MAX_GROUP_KEYS
+            && scripts::one_hash_tag(&keys).is_ok()
             && queued.iter().all(script_calls::supports)
         {
-            return self.exec_on_one_key(key, &queued, &watched).await;
+            return self.exec_on_keys(&keys, &queued, &watched).await;
         }
         // The watched keys are read together.
         let now = join_all(watched.iter().map(|(key, _)| self.newest_write(key))).await;
