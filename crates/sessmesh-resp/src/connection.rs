@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::broadcast;
 use tracing::debug;
 
 use sessmesh::Submitted;
@@ -94,7 +95,21 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     limits: &Limits,
     observer: &dyn Observer,
 ) -> std::io::Result<()> {
-    let mut client = handler.client();
+    serve_client(handler, handler.client(), stream, limits, observer).await
+}
+
+/// As [`serve`], for the connection `client` stands for (made with
+/// [`Handler::client_at`] when its peer's address is known).
+///
+/// # Errors
+/// The connection's I/O errors.
+pub async fn serve_client<S: AsyncRead + AsyncWrite + Unpin>(
+    handler: &Handler,
+    mut client: Client,
+    stream: &mut S,
+    limits: &Limits,
+    observer: &dyn Observer,
+) -> std::io::Result<()> {
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = BytesMut::with_capacity(16 * 1024);
     // Plain SETs of the current pipeline, handed to the peer and not yet
@@ -106,11 +121,13 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut arrived = Instant::now();
     loop {
         let mut close = false;
+        let mut monitor = None;
         loop {
             match next_request(&mut input, limits) {
                 Parsed::Incomplete => break,
                 Parsed::Empty => {}
                 Parsed::Command(args) => {
+                    handler.feed_monitors(&client, &args);
                     let command = Command::lookup(&args[0]);
                     if let Some(read) = command.filter(|&c| handler.reads_only(&client, c)) {
                         // They must see the writes before them.
@@ -142,9 +159,17 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     let (reply, flow) = handler.execute(&mut client, command, &args).await;
                     observer.command(command, arrived.elapsed(), reply.is_error());
                     reply.encode(client.protocol, &mut output);
-                    if flow == Flow::Close {
-                        close = true;
-                        break;
+                    match flow {
+                        Flow::Continue => {}
+                        Flow::Close => {
+                            close = true;
+                            break;
+                        }
+                        Flow::Monitor => {
+                            // From the next command on, not this one.
+                            monitor = Some(handler.monitor());
+                            break;
+                        }
                     }
                 }
                 Parsed::Fatal(error) => {
@@ -169,6 +194,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             stream.shutdown().await?;
             return Ok(());
         }
+        if let Some(lines) = monitor {
+            return monitoring(lines, &mut client, stream, input, limits, observer).await;
+        }
         if input.capacity() - input.len() < 4096 {
             input.reserve(16 * 1024);
         }
@@ -179,4 +207,70 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         arrived = Instant::now();
         observer.bytes(read, 0);
     }
+}
+
+/// A connection that sent `MONITOR`: from then on it gets the line of each
+/// command the node's connections send, and may only send `QUIT` (other
+/// commands are answered with an error; Redis ignores them).
+async fn monitoring<S: AsyncRead + AsyncWrite + Unpin>(
+    mut lines: broadcast::Receiver<Bytes>,
+    client: &mut Client,
+    stream: &mut S,
+    mut input: BytesMut,
+    limits: &Limits,
+    observer: &dyn Observer,
+) -> std::io::Result<()> {
+    let mut output = BytesMut::new();
+    loop {
+        loop {
+            match next_request(&mut input, limits) {
+                Parsed::Incomplete => break,
+                Parsed::Empty => {}
+                Parsed::Command(args) if args[0].eq_ignore_ascii_case(b"QUIT") => {
+                    Reply::Ok.encode(client.protocol, &mut output);
+                    stream.write_all(&output).await?;
+                    stream.shutdown().await?;
+                    return Ok(());
+                }
+                Parsed::Command(_) => {
+                    err_reply("ERR only QUIT is allowed on a connection in MONITOR mode")
+                        .encode(client.protocol, &mut output);
+                }
+                Parsed::Fatal(error) => {
+                    observer.protocol_error();
+                    Reply::Error(error).encode(client.protocol, &mut output);
+                    stream.write_all(&output).await?;
+                    stream.shutdown().await?;
+                    return Ok(());
+                }
+            }
+        }
+        if !output.is_empty() {
+            stream.write_all(&output).await?;
+            observer.bytes(0, output.len());
+            output.clear();
+        }
+        tokio::select! {
+            line = lines.recv() => match line {
+                Ok(line) => {
+                    stream.write_all(&line).await?;
+                    observer.bytes(0, line.len());
+                }
+                // Too far behind: the lines missed are skipped.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            read = stream.read_buf(&mut input) => {
+                let read = read?;
+                if read == 0 {
+                    return Ok(());
+                }
+                observer.bytes(read, 0);
+            }
+        }
+    }
+}
+
+fn err_reply(text: &str) -> Reply {
+    Reply::Error(text.to_owned())
 }

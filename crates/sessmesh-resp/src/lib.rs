@@ -17,7 +17,7 @@ mod glob;
 pub mod reply;
 pub mod request;
 
-pub use commands::{Client, Flow, Handler, Settings};
-pub use connection::{NoObserver, Observer, serve};
+pub use commands::{Client, Flow, Handler, MONITOR_BACKLOG, Settings};
+pub use connection::{NoObserver, Observer, serve, serve_client};
 pub use reply::{Protocol, Reply};
 pub use request::{Limits, Parsed};

@@ -284,11 +284,21 @@ async fn accept_clients(
             let result = match tls {
                 None => {
                     let mut stream = stream;
-                    sessmesh_resp::serve(&handler, &mut stream, &limits, &observer).await
+                    let client = handler.client_at(peer);
+                    sessmesh_resp::serve_client(&handler, client, &mut stream, &limits, &observer)
+                        .await
                 }
                 Some(tls) => match tls.accept(stream).await {
                     Ok(mut stream) => {
-                        sessmesh_resp::serve(&handler, &mut stream, &limits, &observer).await
+                        let client = handler.client_at(peer);
+                        sessmesh_resp::serve_client(
+                            &handler,
+                            client,
+                            &mut stream,
+                            &limits,
+                            &observer,
+                        )
+                        .await
                     }
                     Err(e) => Err(e),
                 },

@@ -31,10 +31,9 @@ def main():
     parser.add_argument("nodes", nargs=3, help="three nodes, or one given three times")
     args = parser.parse_args()
 
-    clients = []
-    for node in args.nodes:
+    def connect(node):
         host, port = node.rsplit(":", 1)
-        client = redis.Redis(
+        return redis.Redis(
             host=host,
             port=int(port),
             protocol=args.protocol,
@@ -45,7 +44,8 @@ def main():
             ssl_ca_certs=args.tls_ca,
             ssl_check_hostname=args.tls_ca is not None,
         )
-        clients.append(client)
+
+    clients = [connect(node) for node in args.nodes]
     a, b, c = clients
     run = uuid.uuid4().hex[:8]
 
@@ -185,6 +185,38 @@ def main():
     assert b.register_script(release)(keys=[lock], args=["token-1"]) == 1
     assert c.get(lock) is None
     assert a.eval("return {KEYS[1], ARGV[1], 3.7, false}", 1, lock, "x") == [lock, "x", 3, None]
+
+    # Keys of one hash tag: a transaction and a script over them are
+    # all-or-nothing; keys of two tags in one script are CROSSSLOT.
+    tag = f"{{py{args.protocol}{run}}}"
+    with a.pipeline(transaction=True) as pipe:
+        pipe.set(tag + ":a", "1")
+        pipe.incr(tag + ":b")
+        pipe.mget(tag + ":a", tag + ":b")
+        assert pipe.execute() == [True, 1, ["1", "1"]]
+    move = "return {redis.call('decr', KEYS[1]), redis.call('incr', KEYS[2])}"
+    assert b.eval(move, 2, tag + ":a", tag + ":b") == [0, 2]
+    assert c.mget(tag + ":a", tag + ":b") == ["0", "2"]
+    try:
+        a.eval("return 1", 2, f"{{x{run}}}:1", f"{{y{run}}}:1")
+        raise AssertionError("a script over two hash tags must fail")
+    except redis.exceptions.ClusterCrossSlotError:
+        # redis-py knows the reply as Redis Cluster's CROSSSLOT.
+        pass
+
+    # MONITOR shows what another connection to the same node sends.
+    other = connect(args.nodes[0])
+    watched = f"py{args.protocol}:{run}:monitored"
+    with a.monitor() as monitor:
+        other.set(watched, "seen")
+        deadline = time.monotonic() + 10
+        while True:
+            command = monitor.next_command()
+            if command["command"] == f"SET {watched} seen":
+                break
+            assert time.monotonic() < deadline, "MONITOR never showed the SET"
+    assert int(command["client_port"]) > 0 and command["db"] == 0, command
+    other.close()
 
     # What Spring Session sets at start.
     assert a.config_set("notify-keyspace-events", "Egx") is True

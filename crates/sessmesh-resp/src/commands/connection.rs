@@ -1,5 +1,5 @@
 //! The connection: `AUTH`, `HELLO`, `CLIENT`, `PING`, `ECHO`, `SELECT`,
-//! `QUIT`.
+//! `MONITOR`, `QUIT`.
 
 use super::*;
 
@@ -10,6 +10,7 @@ pub(super) enum Op {
     Client,
     Echo,
     Hello,
+    Monitor,
     Ping,
     Quit,
     Select,
@@ -39,6 +40,8 @@ pub(super) enum ConnectionCommand {
     Select { index: i64 },
     /// `QUIT`.
     Quit,
+    /// `MONITOR`.
+    Monitor,
 }
 
 /// An option of `HELLO`, in the order given: they take effect in that
@@ -116,6 +119,7 @@ impl ConnectionCommand {
                 index: int(&args[0]).ok_or_else(not_integer)?,
             },
             Op::Quit => ConnectionCommand::Quit,
+            Op::Monitor => ConnectionCommand::Monitor,
         })
     }
 
@@ -158,6 +162,7 @@ impl ConnectionCommand {
     pub(super) fn run(self, handler: &Handler, client: &mut Client) -> (Reply, Flow) {
         let reply = match self {
             ConnectionCommand::Quit => return (Reply::Ok, Flow::Close),
+            ConnectionCommand::Monitor => return (Reply::Ok, Flow::Monitor),
             ConnectionCommand::Auth { user, password } => {
                 handler.auth(client, user.as_ref(), &password)
             }

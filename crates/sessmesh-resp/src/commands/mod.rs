@@ -44,6 +44,7 @@
 //! that family; then, in the family's file, the `Op`, the typed command, and
 //! an arm in the family's `parse` and in its `run`.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -64,6 +65,7 @@ mod keys;
 mod keyspace;
 mod locks;
 mod lua;
+mod monitor;
 mod moves;
 mod ranges;
 mod script_calls;
@@ -80,6 +82,7 @@ use deadlines::{DeadlineUnit, deadline, invalid_expire};
 use hashes::HashCommand;
 use keys::KeyCommand;
 use locks::LockCommand;
+pub use monitor::BACKLOG as MONITOR_BACKLOG;
 use moves::Move;
 use ranges::RangeCommand;
 use scripts::ScriptCommand;
@@ -126,6 +129,8 @@ pub struct Handler {
     scripts: scripts::Scripts,
     /// Tags for the adds of set members.
     tags: values::Tags,
+    /// The connections that sent `MONITOR`.
+    monitors: monitor::Monitors,
 }
 
 /// One connection's state.
@@ -139,6 +144,8 @@ pub struct Client {
     transaction: Transaction,
     /// The database `SELECT` chose.
     db: u32,
+    /// Where the connection comes from, if known (`MONITOR` prints it).
+    peer: Option<SocketAddr>,
 }
 
 impl Client {
@@ -160,6 +167,9 @@ pub enum Flow {
     Continue,
     /// Send the reply, then close (`QUIT`).
     Close,
+    /// Send the reply, then the lines of the commands the node's
+    /// connections send (`MONITOR`; see [`Handler::monitor`]).
+    Monitor,
 }
 
 fn err(text: &str) -> Reply {
@@ -280,6 +290,7 @@ impl Handler {
             next_client: AtomicU64::new(1),
             notify_keyspace_events: std::sync::Mutex::new(String::new()),
             scripts: scripts::Scripts::default(),
+            monitors: monitor::Monitors::default(),
         }
     }
 
@@ -297,7 +308,29 @@ impl Handler {
             name: None,
             transaction: Transaction::default(),
             db: 0,
+            peer: None,
         }
+    }
+
+    /// State for a new connection from `peer`.
+    pub fn client_at(&self, peer: SocketAddr) -> Client {
+        Client {
+            peer: Some(peer),
+            ..self.client()
+        }
+    }
+
+    /// The lines of the commands this node's connections send from now on,
+    /// as `MONITOR` prints them (each a simple-string reply, CR LF
+    /// included). A receiver more than [`MONITOR_BACKLOG`] lines behind
+    /// skips the lines it missed.
+    pub fn monitor(&self) -> tokio::sync::broadcast::Receiver<Bytes> {
+        self.monitors.watch()
+    }
+
+    /// Shows a command `client` sent to the connections that monitor.
+    pub fn feed_monitors(&self, client: &Client, args: &[Bytes]) {
+        self.monitors.feed(client, args);
     }
 
     /// A plain `SET key value` (no options) from an authenticated client,
@@ -367,6 +400,13 @@ impl Handler {
                 .and_then(|()| Call::parse(command, &args, now_ms(), client.db))
         });
         if client.transaction.queues(command) {
+            // As Redis: MONITOR cannot wait for EXEC, and aborts it.
+            let call = match call {
+                Ok(Call::Connection(ConnectionCommand::Monitor)) => {
+                    Err(err("ERR Command not allowed inside a transaction"))
+                }
+                call => call,
+            };
             return (client.transaction.queue(call, keys), Flow::Continue);
         }
         match call {

@@ -88,6 +88,7 @@ pub(super) const COMMANDS: &[(&str, i32, bool, Family)] = &[
     ("INFO", -1, false, Server(server::Op::Info)),
     ("KEYS", 2, false, Keys(keys::Op::Keys)),
     ("MGET", -2, true, Strings(strings::Op::MGet)),
+    ("MONITOR", 1, false, Connection(connection::Op::Monitor)),
     ("MSET", -3, false, Strings(strings::Op::MSet)),
     ("MSETNX", -3, false, Strings(strings::Op::MSetNx)),
     ("MULTI", 1, false, Transactions(transactions::Op::Multi)),
