@@ -175,6 +175,7 @@ mod tests {
             "HELLO",
             "INFO",
             "KEYS",
+            "MONITOR",
             "MULTI",
             "PING",
             "QUIT",
