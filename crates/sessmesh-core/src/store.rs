@@ -38,7 +38,7 @@ mod reader;
 mod views;
 
 use clears::Clears;
-use locking::{CacheLine, Partition, Shared, slot_hash};
+use locking::{CacheLine, Partition, SLOT_BYTES, Shared, slot_hash};
 
 pub use clears::KeyRange;
 
@@ -55,6 +55,25 @@ pub struct Entry {
     pub key: Bytes,
     /// Its full replicated state, tombstones included.
     pub session: Session,
+}
+
+/// What a node's stored sessions take in memory, bytes: an estimate from
+/// the entries' sizes and the tables' capacity, which the benchmark in
+/// docs/BENCHMARKS.md compares with the process's resident memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// The packed sessions (keys, stamps, values, tombstones), each as the
+    /// allocator holds it.
+    pub entries: usize,
+    /// The tables' slots, empty ones included.
+    pub tables: usize,
+}
+
+impl MemoryUse {
+    /// Both together.
+    pub fn total(&self) -> usize {
+        self.entries + self.tables
+    }
 }
 
 /// What one sweep of a partition reclaimed.
@@ -114,6 +133,7 @@ impl Store {
                 partition_count: config.partition_count,
                 tombstone_grace_ms: config.tombstone_grace_ms,
                 len: AtomicUsize::new(0),
+                bytes: AtomicUsize::new(0),
                 watching: AtomicBool::new(false),
                 changes: Mutex::new(Vec::new()),
                 clears: Clears::default(),
@@ -174,6 +194,18 @@ impl Store {
     /// Stored entries, tombstones and not-yet-swept expired sessions included.
     pub fn len(&self) -> usize {
         self.shared.len.load(Ordering::Relaxed)
+    }
+
+    /// What the stored sessions take in memory, bytes, as
+    /// [`MemoryUse`] counts it.
+    pub fn memory(&self) -> MemoryUse {
+        let slots = (0..self.partition_count())
+            .map(|p| self.shared.read(PartitionId(p)).table.capacity())
+            .sum::<usize>();
+        MemoryUse {
+            entries: self.shared.bytes.load(Ordering::Relaxed),
+            tables: slots * SLOT_BYTES,
+        }
     }
 
     /// Whether nothing is stored.
@@ -328,6 +360,9 @@ impl Store {
         self.shared
             .len
             .fetch_sub(dropped.table.len(), Ordering::Relaxed);
+        for packed in &dropped.table {
+            self.shared.removed(packed.len());
+        }
         dropped.table.len()
     }
 
@@ -439,12 +474,14 @@ impl Store {
             if session.is_tombstone() && session.collectable_at_ms(grace_ms) <= now_ms {
                 digest.remove(hash, old_fingerprint);
                 stats.collected += 1;
+                shared.removed(slot.len());
                 return false;
             }
             let new = packed::encode(old.key, &session);
             if new != *slot {
                 digest.remove(hash, old_fingerprint);
                 digest.add(hash, Packed::parse(&new).fingerprint());
+                shared.resized(slot.len(), new.len());
                 *slot = new;
             }
             true
@@ -811,6 +848,20 @@ mod tests {
         assert_eq!(s.len(), entries);
     }
 
+    /// What the stored entries take, counted afresh.
+    fn recounted_bytes(store: &Store) -> usize {
+        (0..store.partition_count())
+            .map(|p| {
+                let partition = store.shared.read(PartitionId(p));
+                partition
+                    .table
+                    .iter()
+                    .map(|packed| locking::entry_bytes(packed.len()))
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
     fn arb_op() -> impl Strategy<Value = (u8, Option<Write>, u64, u64)> {
         // (key, write or sweep, ms, node)
         (
@@ -888,15 +939,18 @@ mod tests {
             prop_assert_eq!(s.digest(p), recomputed_digest(&s, p));
         }
 
-        /// The incrementally kept digest always equals one rebuilt from scratch.
+        /// The incrementally kept digest always equals one rebuilt from
+        /// scratch, and the memory count the entries' sizes.
         #[test]
-        fn digests_stay_exact(ops in prop::collection::vec(arb_op(), 0..60)) {
+        fn digests_and_memory_stay_exact(ops in prop::collection::vec(arb_op(), 0..60)) {
             let mut s = store();
             for (i, (key, write, ms, node)) in ops.into_iter().enumerate() {
                 let key = [key];
                 match write {
                     Some(write) => {
-                        s.apply(&key, &write, stamp(ms, node * 1_000 + i as u64), ms).unwrap();
+                        // Some arrive late: older than the grace period.
+                        let now = ms + (node - 1) * 15_000;
+                        s.apply(&key, &write, stamp(ms, node * 1_000 + i as u64), now).unwrap();
                     }
                     None => {
                         s.sweep(s.partition_of(&key), ms);
@@ -906,6 +960,10 @@ mod tests {
             for p in 0..s.partition_count() {
                 prop_assert_eq!(s.digest(PartitionId(p)), recomputed_digest(&s, PartitionId(p)));
             }
+            prop_assert_eq!(s.memory().entries, recounted_bytes(&s));
+            let p = s.partition_of(&[0]);
+            s.drop_partition(p);
+            prop_assert_eq!(s.memory().entries, recounted_bytes(&s));
         }
 
         /// Two stores that take the same writes in opposite orders hold the

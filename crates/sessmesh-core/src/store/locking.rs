@@ -52,6 +52,9 @@ pub(super) struct Shared {
     pub(super) tombstone_grace_ms: u64,
     /// Stored entries, tombstones included.
     pub(super) len: AtomicUsize,
+    /// What the stored entries take, bytes: each one's allocation
+    /// ([`entry_bytes`]), the tables' slots not included.
+    pub(super) bytes: AtomicUsize,
     /// Whether someone watches the changes, which are then recorded.
     pub(super) watching: AtomicBool,
     pub(super) changes: Mutex<Vec<KeyChange>>,
@@ -59,7 +62,34 @@ pub(super) struct Shared {
     pub(super) clears: Clears,
 }
 
+/// What one stored entry of `packed_len` bytes takes from the allocator:
+/// its bytes and the allocator's header, rounded to its 16-byte chunks (at
+/// least 32), as glibc's malloc and most others allocate.
+pub(super) fn entry_bytes(packed_len: usize) -> usize {
+    ((packed_len + 8 + 15) & !15).max(32)
+}
+
+/// What one table slot takes: the boxed entry's pointer and length, and
+/// the table's control byte.
+pub(super) const SLOT_BYTES: usize = size_of::<Box<[u8]>>() + 1;
+
 impl Shared {
+    /// Accounts an entry of `len` bytes stored.
+    pub(super) fn added(&self, len: usize) {
+        self.bytes.fetch_add(entry_bytes(len), Ordering::Relaxed);
+    }
+
+    /// Accounts an entry of `len` bytes removed.
+    pub(super) fn removed(&self, len: usize) {
+        self.bytes.fetch_sub(entry_bytes(len), Ordering::Relaxed);
+    }
+
+    /// Accounts an entry replaced: `old` bytes by `new`.
+    pub(super) fn resized(&self, old: usize, new: usize) {
+        self.added(new);
+        self.removed(old);
+    }
+
     pub(super) fn read(&self, partition: PartitionId) -> RwLockReadGuard<'_, Partition> {
         // Nothing panics while holding a partition lock; were it poisoned,
         // the partition would still be whole (every change is one table

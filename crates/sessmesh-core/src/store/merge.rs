@@ -33,6 +33,7 @@ impl Shared {
             {
                 digest.remove(hash, old.fingerprint());
                 digest.add(hash, Packed::parse(&new).fingerprint());
+                self.resized(slot.get().len(), new.len());
                 *slot.get_mut() = new;
                 self.record(key, ChangeKind::Updated);
                 return true;
@@ -76,9 +77,10 @@ impl Shared {
         };
         let changed = match (found, old_fingerprint) {
             (Ok(slot), Some(old_fingerprint)) if !keep => {
-                slot.remove();
+                let (old, _) = slot.remove();
                 digest.remove(hash, old_fingerprint);
                 self.len.fetch_sub(1, Ordering::Relaxed);
+                self.removed(old.len());
                 true
             }
             (Ok(mut slot), Some(old_fingerprint)) => {
@@ -88,12 +90,14 @@ impl Shared {
                 }
                 digest.remove(hash, old_fingerprint);
                 digest.add(hash, Packed::parse(&new).fingerprint());
+                self.resized(slot.get().len(), new.len());
                 *slot.get_mut() = new;
                 true
             }
             (Err(vacant), _) if keep => {
                 let new = packed::encode(key, &session);
                 digest.add(hash, Packed::parse(&new).fingerprint());
+                self.added(new.len());
                 vacant
                     .into_table()
                     .insert_unique(slot_hash(hash), new, |p| packed_slot_hash(p));
