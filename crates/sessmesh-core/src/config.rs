@@ -1,6 +1,7 @@
 //! The settings the core's state machines share.
 
 use crate::Error;
+use crate::memory::EvictionPolicy;
 
 /// Cluster-wide data settings. Every member must agree on `partition_count` and
 /// `replication_factor`; membership refuses a peer that does not.
@@ -46,6 +47,11 @@ pub struct Config {
     /// all answered after this long, it asks the others too (Cassandra's
     /// speculative retry). Milliseconds; 0 asks every replica at once.
     pub speculative_read_ms: u64,
+    /// The memory bound, bytes, as Redis's `maxmemory`: 0 for none. Over
+    /// it the node acts by `eviction_policy` (see [`crate::memory`]).
+    pub max_memory_bytes: usize,
+    /// What the node does over `max_memory_bytes` (`maxmemory-policy`).
+    pub eviction_policy: EvictionPolicy,
 }
 
 impl Config {
@@ -70,6 +76,8 @@ impl Default for Config {
             anti_entropy_bytes_per_sec: 64 << 20,
             sweep_period_ms: 100,
             speculative_read_ms: 20,
+            max_memory_bytes: 0,
+            eviction_policy: EvictionPolicy::NoEviction,
         }
     }
 }
@@ -121,6 +129,16 @@ impl Config {
         }
         if self.anti_entropy_max_entries == 0 {
             return invalid("anti_entropy_max_entries", "must be at least 1".into());
+        }
+        if !self.eviction_policy.supported() {
+            return invalid(
+                "maxmemory-policy",
+                format!(
+                    "{} is not carried out by this release: only noeviction is (writes over \
+                     maxmemory are refused)",
+                    self.eviction_policy
+                ),
+            );
         }
         if self.max_frame_bytes < 1024 {
             return invalid(

@@ -57,6 +57,7 @@ pub mod consensus;
 pub mod digest;
 mod error;
 pub mod membership;
+pub mod memory;
 pub mod node;
 mod packed;
 pub mod partition;
@@ -80,6 +81,7 @@ pub use membership::{
     Member, MemberEvent, MemberState, Membership, MembershipConfig, MembershipEffect,
     MembershipTimer,
 };
+pub use memory::{EvictionPolicy, MemoryReport, parse_bytes};
 pub use node::{Effect, Node, NodeEvent, NodeStats, Timer};
 pub use partition::{PartitionId, Partitioner, key_hash};
 pub use replication::{CallId, Decision, GroupDecision, Hint, Hints, Level, Outcome};

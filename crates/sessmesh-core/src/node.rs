@@ -71,6 +71,7 @@ mod hints;
 mod in_flight;
 mod learning;
 mod listing;
+mod memory;
 mod placement;
 mod reads;
 mod replica;
@@ -168,6 +169,8 @@ pub struct NodeStats {
     /// Reads where a replica's fingerprint differed from this node's copy,
     /// so its state was fetched.
     pub digest_mismatches: u64,
+    /// Writes refused because the node was over its memory bound.
+    pub writes_refused_over_memory: u64,
 }
 
 /// Something the runtime must do for a [`Node`].
@@ -411,6 +414,7 @@ impl Node {
             }
             Timer::Sweep => {
                 self.sweep(now_ms);
+                self.count_memory();
                 self.schedule(self.config.sweep_period_ms, Timer::Sweep);
             }
             Timer::Membership(timer) => self.membership.handle_timer(timer),

@@ -113,6 +113,14 @@ pub enum Outcome {
     /// The call was refused before anything was sent, or (for a consensus
     /// operation) the key's state does not suit it.
     Refused(String),
+    /// A write that would add to what the node holds, refused: the node
+    /// uses more than its memory bound (`maxmemory`, under `noeviction`).
+    OverMemory {
+        /// What the node uses, bytes.
+        used: usize,
+        /// Its bound.
+        max: usize,
+    },
 }
 
 /// How a consensus operation was decided.
@@ -247,6 +255,11 @@ impl Hints {
     /// Whether no hints wait.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// What the kept hints take, bytes, as the bound counts them.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Hints dropped because the store was full.

@@ -120,6 +120,15 @@ pub enum Write {
     Touch,
 }
 
+impl Write {
+    /// Whether the write may add to what a node holds: puts do; deletes,
+    /// deadlines and touches do not (a node over its memory bound still
+    /// takes them, as Redis takes `DEL` and `EXPIRE` at `maxmemory`).
+    pub fn adds(&self) -> bool {
+        matches!(self, Write::Put { .. } | Write::PutField { .. })
+    }
+}
+
 /// The session-level registers: everything but the fields.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {

@@ -134,6 +134,8 @@ impl Store {
                 tombstone_grace_ms: config.tombstone_grace_ms,
                 len: AtomicUsize::new(0),
                 bytes: AtomicUsize::new(0),
+                limit: AtomicUsize::new(config.max_memory_bytes),
+                other: AtomicUsize::new(0),
                 watching: AtomicBool::new(false),
                 changes: Mutex::new(Vec::new()),
                 clears: Clears::default(),
@@ -206,6 +208,23 @@ impl Store {
             entries: self.shared.bytes.load(Ordering::Relaxed),
             tables: slots * SLOT_BYTES,
         }
+    }
+
+    /// Sets the memory bound, bytes (0: none).
+    pub fn set_memory_limit(&self, bytes: usize) {
+        self.shared.limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Sets what the node holds besides the stored entries, bytes, which
+    /// counts against the bound.
+    pub fn set_other_memory(&self, bytes: usize) {
+        self.shared.other.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Whether the node is over its memory bound: what it uses and the
+    /// bound, if so.
+    pub fn over_limit(&self) -> Option<(usize, usize)> {
+        self.shared.over_limit()
     }
 
     /// Whether nothing is stored.

@@ -36,6 +36,24 @@ fn invalid(setting: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A size in the config file: a number of bytes, or text with a unit
+/// (`"64mb"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Size::Bytes(n) => write!(f, "{n}"),
+            Size::Text(text) => f.write_str(text),
+        }
+    }
+}
+
 /// The config file: every key optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,6 +81,8 @@ pub(crate) struct FileConfig {
     anti_entropy_period_ms: Option<u64>,
     membership: Option<String>,
     max_clients: Option<usize>,
+    maxmemory: Option<Size>,
+    maxmemory_policy: Option<String>,
     max_bulk_bytes: Option<usize>,
     max_array_len: Option<usize>,
     max_request_bytes: Option<usize>,
@@ -144,6 +164,14 @@ pub(crate) struct Overrides {
     /// Most client connections at once [default: 10000].
     #[arg(long, env = "SESSMESH_MAX_CLIENTS")]
     max_clients: Option<String>,
+    /// This node's memory bound: bytes, or with kb, mb, gb (k, m, g: powers
+    /// of 1000); 0 for none [default: 0].
+    #[arg(long, env = "SESSMESH_MAXMEMORY")]
+    maxmemory: Option<String>,
+    /// What the node does at maxmemory: noeviction refuses writes that add
+    /// [default: noeviction].
+    #[arg(long, env = "SESSMESH_MAXMEMORY_POLICY")]
+    maxmemory_policy: Option<String>,
     /// Longest bulk string a client may send, in bytes [default: 67108864].
     #[arg(long, env = "SESSMESH_MAX_BULK_BYTES")]
     max_bulk_bytes: Option<String>,
@@ -385,6 +413,13 @@ impl Settings {
         if let Some(v) = pick(o.anti_entropy_period_ms, file.anti_entropy_period_ms) {
             config.anti_entropy_period_ms = number("anti_entropy_period_ms", &v)?;
         }
+        if let Some(v) = pick(o.maxmemory, file.maxmemory) {
+            config.max_memory_bytes =
+                sessmesh_core::parse_bytes(&v).map_err(|why| invalid("maxmemory", why))?;
+        }
+        if let Some(v) = pick(o.maxmemory_policy, file.maxmemory_policy) {
+            config.eviction_policy = v.parse().map_err(|why| invalid("maxmemory_policy", why))?;
+        }
         config.validate().map_err(|e| match e {
             sessmesh_core::Error::InvalidConfig { setting, reason } => invalid(setting, reason),
             other => invalid("config", other.to_string()),
@@ -567,5 +602,30 @@ mod tests {
         assert_eq!(settings.config.partition_count, 64);
         assert_eq!(settings.config.replication_factor, 2);
         assert_eq!(settings.peer_tls, PeerTls::Development);
+    }
+
+    #[test]
+    fn maxmemory_reads_redis_units_and_policies() {
+        let resolve = |text: &str| Settings::resolve(file(text), Overrides::default());
+        let settings = resolve("development = true\nmaxmemory = \"64mb\"").expect("valid");
+        assert_eq!(settings.config.max_memory_bytes, 64 << 20);
+        let settings = resolve("development = true\nmaxmemory = 1000").expect("valid");
+        assert_eq!(settings.config.max_memory_bytes, 1000);
+        let settings = resolve("development = true").expect("valid");
+        assert_eq!(settings.config.max_memory_bytes, 0, "none by default");
+        let wrong = resolve("development = true\nmaxmemory = \"64 parsecs\"").unwrap_err();
+        assert_eq!(wrong.setting, "maxmemory");
+        assert!(wrong.reason.contains("kb, m, mb"), "{}", wrong.reason);
+        let wrong = resolve("development = true\nmaxmemory_policy = \"lru\"").unwrap_err();
+        assert_eq!(wrong.setting, "maxmemory_policy");
+        let later = resolve("development = true\nmaxmemory_policy = \"allkeys-lru\"").unwrap_err();
+        assert!(later.reason.contains("only noeviction"), "{}", later.reason);
+        let overrides = Overrides {
+            maxmemory: Some("2gb".into()),
+            ..Overrides::default()
+        };
+        let settings =
+            Settings::resolve(file("development = true\nmaxmemory = 5"), overrides).expect("valid");
+        assert_eq!(settings.config.max_memory_bytes, 2 << 30);
     }
 }

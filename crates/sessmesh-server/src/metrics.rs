@@ -141,6 +141,9 @@ pub(crate) struct Metrics {
     partitions_owned: Gauge,
     sessions_stored: Gauge,
     hints_pending: Gauge,
+    memory_used: Gauge,
+    memory_max: Gauge,
+    writes_refused_over_memory: Counter,
     last_anti_entropy: Gauge,
     replica_acks: Counter,
     write_timeouts: Counter,
@@ -324,6 +327,24 @@ impl Metrics {
             "Hints waiting for their replica",
             hints_pending.clone(),
         );
+        let memory_used = Gauge::default();
+        registry.register(
+            "memory_used_bytes",
+            "What this node holds, as it counts it against maxmemory: sessions, tables, hints and consensus state",
+            memory_used.clone(),
+        );
+        let memory_max = Gauge::default();
+        registry.register(
+            "memory_max_bytes",
+            "This node's memory bound, maxmemory (0: none)",
+            memory_max.clone(),
+        );
+        let writes_refused_over_memory = Counter::default();
+        registry.register(
+            "memory_refused_writes",
+            "Writes refused because this node was over maxmemory (noeviction)",
+            writes_refused_over_memory.clone(),
+        );
         let last_anti_entropy = Gauge::default();
         registry.register(
             "last_anti_entropy_timestamp_seconds",
@@ -378,6 +399,9 @@ impl Metrics {
             keys_repaired,
             clock_drift_refused,
             writes_refused_clock_ahead,
+            writes_refused_over_memory,
+            memory_used,
+            memory_max,
             writes_short_of_copies,
             reads_short_of_copies,
             digest_mismatches,
@@ -427,6 +451,8 @@ impl Metrics {
             self.partitions_owned.set(gauge(status.partitions_owned));
             self.sessions_stored.set(gauge(status.sessions_stored));
             self.hints_pending.set(gauge(status.hints_pending));
+            self.memory_used.set(gauge(status.memory.used()));
+            self.memory_max.set(gauge(status.memory.max));
             let last = status
                 .last_anti_entropy
                 .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
@@ -447,6 +473,10 @@ impl Metrics {
                 r.writes_refused_clock_ahead,
             );
             sync(&self.writes_short_of_copies, r.writes_short_of_copies);
+            sync(
+                &self.writes_refused_over_memory,
+                r.writes_refused_over_memory,
+            );
             sync(&self.reads_short_of_copies, r.reads_short_of_copies);
             sync(&self.digest_mismatches, r.digest_mismatches);
             // Members gone drop out of the gauge.

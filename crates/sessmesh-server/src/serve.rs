@@ -211,6 +211,13 @@ async fn serve(settings: Settings, shards: Shards) -> Result {
         }
     });
     info!(node = %node.me().name, peer = %node.me().addr, resp = %resp_addr, http = %http_addr, "serving");
+    if settings.config.max_memory_bytes == 0 {
+        warn!(
+            "maxmemory is not set: this node stores whatever it is sent until the system runs \
+             out of memory; bound it with maxmemory (for example maxmemory = \"1gb\" in the \
+             config file, or --maxmemory 1gb)"
+        );
+    }
     // One line on stdout for scripts and tests that start nodes on port 0.
     println!(
         "sessmesh ready: name={} peer={} resp={} http={}",
@@ -374,6 +381,15 @@ async fn status_page(State((node, _)): State<(Node, Arc<Metrics>)>) -> impl Into
             "sessions_stored": status.sessions_stored,
             "hints_pending": status.hints_pending,
             "hints_dropped": status.hints_dropped,
+            "memory": {
+                "used": status.memory.used(),
+                "max": status.memory.max,
+                "policy": status.memory.policy.name(),
+                "sessions": status.memory.sessions.entries,
+                "tables": status.memory.sessions.tables,
+                "hints": status.memory.hints,
+                "consensus": status.memory.consensus,
+            },
             "last_anti_entropy_seconds_ago": ago,
             "members": members,
             "replication": {

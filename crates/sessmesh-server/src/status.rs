@@ -44,6 +44,20 @@ pub(crate) fn show(addr: &str, json: bool) -> Result {
         text(&status["replication"]["anti_entropy_rounds"]),
         text(&status["replication"]["keys_repaired"]),
     );
+    let max = match &status["memory"]["max"] {
+        Value::Number(n) if n.as_u64() == Some(0) => "none".to_owned(),
+        other => text(other),
+    };
+    println!(
+        "memory used {} bytes of maxmemory {} ({}): sessions {}, tables {}, hints {}, consensus {}",
+        text(&status["memory"]["used"]),
+        max,
+        text(&status["memory"]["policy"]),
+        text(&status["memory"]["sessions"]),
+        text(&status["memory"]["tables"]),
+        text(&status["memory"]["hints"]),
+        text(&status["memory"]["consensus"]),
+    );
     println!();
     let rows: Vec<[String; 4]> = status["members"]
         .as_array()

@@ -175,6 +175,16 @@ impl NodeBuilder {
         self
     }
 
+    /// This peer's memory bound, bytes (default 0: none; Redis's
+    /// `maxmemory`, see [`parse_bytes`](crate::parse_bytes) for `"64mb"`).
+    /// Over it, writes that add are refused with
+    /// [`Error::OutOfMemory`](crate::Error::OutOfMemory); reads, deletes and
+    /// deadlines go on. Each peer has its own.
+    pub fn max_memory(mut self, bytes: usize) -> Self {
+        self.config.max_memory_bytes = bytes;
+        self
+    }
+
     /// The level reads use unless a call says otherwise (default `Quorum`).
     pub fn read_level(mut self, level: Level) -> Self {
         self.read_level = level;

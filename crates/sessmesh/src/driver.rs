@@ -36,6 +36,7 @@ pub(crate) enum Command {
     Read(Bytes, Level, oneshot::Sender<Outcome>),
     Consensus(Bytes, Cas, oneshot::Sender<Outcome>),
     ConsensusGroup(Vec<Bytes>, GroupCas, oneshot::Sender<Outcome>),
+    SetMaxMemory(usize, oneshot::Sender<()>),
     Clear(KeyRange, oneshot::Sender<Outcome>),
     PartitionKeys(PartitionId, oneshot::Sender<Outcome>),
     Local(Bytes, oneshot::Sender<Option<Session>>),
@@ -423,6 +424,10 @@ impl<T: Transport> Driver<T> {
                 let call = self.call(reply, None);
                 self.node.consensus(call, key, op, now_ms());
             }
+            Command::SetMaxMemory(bytes, reply) => {
+                self.node.set_max_memory(bytes);
+                let _ = reply.send(());
+            }
             Command::ConsensusGroup(keys, op, reply) => {
                 let call = self.call(reply, None);
                 self.node.consensus_group(call, keys, op, now_ms());
@@ -492,6 +497,7 @@ impl<T: Transport> Driver<T> {
             members,
             partition_count: node.store().partition_count(),
             sessions_stored: node.store().len(),
+            memory: node.memory(),
             hints_pending: node.hints().len(),
             hints_dropped: node.hints().dropped(),
             last_anti_entropy: node

@@ -76,6 +76,18 @@ pub enum Error {
         /// The bound, ms.
         max_drift_ms: u64,
     },
+    /// The write would add to what this peer holds, and it is over its
+    /// memory bound (`max_memory_bytes`, under the `noeviction` policy).
+    /// Deletes, deadlines and reads still go through.
+    #[error(
+        "out of memory: this peer uses {used} bytes, over its bound of {max}; it takes no writes that add until it is below"
+    )]
+    OutOfMemory {
+        /// What the peer uses, bytes.
+        used: usize,
+        /// Its bound.
+        max: usize,
+    },
     /// A consensus operation could not be decided: too few of the key's
     /// replicas answered, or other coordinators' rounds kept pre-empting
     /// it. Retry it, unless `maybe_applied`: then its write was proposed and

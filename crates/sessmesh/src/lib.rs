@@ -57,8 +57,9 @@ pub use builder::{DEFAULT_PORT, NodeBuilder};
 pub use error::Error;
 pub use node::{At, Lease, Node, Submitted, spawn};
 pub use sessmesh_core::{
-    Cas, CasError, ChangeKind, Computation, Condition, Decision, Expiry, GroupCas,
+    Cas, CasError, ChangeKind, Computation, Condition, Decision, EvictionPolicy, Expiry, GroupCas,
     GroupComputation, GroupDecision, KeyChange, KeyRange, Level, MAX_GROUP_KEYS, Member,
-    MemberEvent, MemberState, NodeEvent, Outcome, Session, SessionData, Write,
+    MemberEvent, MemberState, MemoryReport, NodeEvent, Outcome, Session, SessionData, Write,
+    parse_bytes,
 };
 pub use status::{MemberStatus, Status};

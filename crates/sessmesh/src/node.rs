@@ -353,6 +353,15 @@ impl Node {
         self.ask(Command::Status).await
     }
 
+    /// Sets this peer's memory bound, bytes (0: none): over it, writes that
+    /// add are refused with [`Error::OutOfMemory`].
+    ///
+    /// # Errors
+    /// [`Error::Stopped`].
+    pub async fn set_max_memory(&self, bytes: usize) -> Result<(), Error> {
+        self.ask(|reply| Command::SetMaxMemory(bytes, reply)).await
+    }
+
     /// The members this peer considers active, itself excluded.
     ///
     /// # Errors
@@ -553,6 +562,7 @@ fn failure(outcome: Outcome) -> Error {
             reason,
             maybe_applied,
         },
+        Outcome::OverMemory { used, max } => Error::OutOfMemory { used, max },
         Outcome::Written { .. }
         | Outcome::Read(_)
         | Outcome::Decided(_)

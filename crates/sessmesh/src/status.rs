@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use sessmesh_core::{Member, MemberState, NodeStats};
+use sessmesh_core::{Member, MemberState, MemoryReport, NodeStats};
 
 /// A peer's view of itself and its cluster, from [`Node::status`](crate::Node::status).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +19,8 @@ pub struct Status {
     pub partitions_owned: usize,
     /// Sessions this peer stores, tombstones included.
     pub sessions_stored: usize,
+    /// What this peer holds in memory, as it counts it, with its bound.
+    pub memory: MemoryReport,
     /// Writes waiting to be replayed to replicas that missed them.
     pub hints_pending: usize,
     /// Hints dropped because the hint budget was full (anti-entropy repairs

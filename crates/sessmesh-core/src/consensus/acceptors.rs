@@ -140,6 +140,8 @@ pub struct Promise {
 #[derive(Debug, Default)]
 pub struct Acceptors {
     keys: HashMap<Bytes, AcceptorState>,
+    /// The instances' names' bytes, for [`Acceptors::memory`].
+    key_bytes: usize,
 }
 
 impl Acceptors {
@@ -245,7 +247,19 @@ impl Acceptors {
         self.keys.is_empty()
     }
 
+    /// What the kept state takes, bytes, roughly: each instance's name and
+    /// state, its recent commits, and the map's slot (accepted proposals,
+    /// dropped once committed, are not counted).
+    pub fn memory(&self) -> usize {
+        let per_instance =
+            size_of::<(Bytes, AcceptorState)>() + RECENT_COMMITS * size_of::<Stamp>() + 8;
+        self.keys.len() * per_instance + self.key_bytes
+    }
+
     fn state(&mut self, key: &[u8]) -> &mut AcceptorState {
+        if !self.keys.contains_key(key) {
+            self.key_bytes += key.len();
+        }
         self.keys.entry(Bytes::copy_from_slice(key)).or_default()
     }
 }

@@ -95,6 +95,13 @@ impl Node {
             self.refuse_ahead(call, ahead_ms);
             return;
         }
+        let adds = match &op {
+            RoundOp::One(Cas::Read | Cas::Unlock { .. }) | RoundOp::Group(GroupCas::Read) => false,
+            RoundOp::One(_) | RoundOp::Group(_) => true,
+        };
+        if adds && self.refuse_over_memory(call) {
+            return;
+        }
         let mut replicas = None;
         for key in &keys {
             match self.replicas_of(key, call) {

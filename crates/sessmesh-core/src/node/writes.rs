@@ -16,6 +16,7 @@ impl Node {
     pub fn write(&mut self, call: CallId, key: Bytes, write: Write, level: Level, now_ms: u64) {
         if let Some(ahead_ms) = self.hlc.ahead_of_peers_ms(now_ms) {
             self.refuse_ahead(call, ahead_ms);
+        } else if write.adds() && self.refuse_over_memory(call) {
         } else if let Some(waiting) = self.deleting.get_mut(&key) {
             waiting.push((call, write, level));
         } else if write == Write::Delete {

@@ -55,6 +55,11 @@ pub(super) struct Shared {
     /// What the stored entries take, bytes: each one's allocation
     /// ([`entry_bytes`]), the tables' slots not included.
     pub(super) bytes: AtomicUsize,
+    /// The node's memory bound, bytes (0: none), and what it holds besides
+    /// the entries (the tables' slots, hints, consensus state), as the node
+    /// last counted it: a write that adds is refused over the bound.
+    pub(super) limit: AtomicUsize,
+    pub(super) other: AtomicUsize,
     /// Whether someone watches the changes, which are then recorded.
     pub(super) watching: AtomicBool,
     pub(super) changes: Mutex<Vec<KeyChange>>,
@@ -74,6 +79,14 @@ pub(super) fn entry_bytes(packed_len: usize) -> usize {
 pub(super) const SLOT_BYTES: usize = size_of::<Box<[u8]>>() + 1;
 
 impl Shared {
+    /// Whether the node is over its memory bound: what it uses and the
+    /// bound, if so.
+    pub(super) fn over_limit(&self) -> Option<(usize, usize)> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        let used = self.bytes.load(Ordering::Relaxed) + self.other.load(Ordering::Relaxed);
+        (limit > 0 && used > limit).then_some((used, limit))
+    }
+
     /// Accounts an entry of `len` bytes stored.
     pub(super) fn added(&self, len: usize) {
         self.bytes.fetch_add(entry_bytes(len), Ordering::Relaxed);

@@ -68,7 +68,10 @@ impl StoreReader {
         let hash = key_hash(key);
         let partition = partition_of(hash, self.shared.partition_count);
         let alone = || self.shared.replicas[partition.0 as usize].load(Ordering::Acquire) == 1;
-        if key.len() > MAX_KEY_LEN || !alone() {
+        // Over the memory bound, a write that adds goes the coordinator's
+        // way, which refuses it.
+        let refused = write.adds() && self.shared.over_limit().is_some();
+        if key.len() > MAX_KEY_LEN || !alone() || refused {
             return Err(NotReplicated);
         }
         let mut locked = self.shared.write(partition);

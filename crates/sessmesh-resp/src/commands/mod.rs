@@ -200,6 +200,7 @@ fn failed(error: &Error) -> Reply {
     match error {
         Error::TooFewAcks { .. } => Reply::Error(format!("NOREPLICAS {error}")),
         Error::TooFewAnswers { .. } => Reply::Error(format!("TRYAGAIN {error}")),
+        Error::OutOfMemory { .. } => err("OOM command not allowed when used memory > 'maxmemory'."),
         Error::ClockAhead {
             ahead_ms,
             max_drift_ms,

@@ -2,6 +2,8 @@
 //! and `FLUSHDB` and `FLUSHALL`, each one stamped clear the cluster keeps
 //! (see `sessmesh::Node::clear`).
 
+use sessmesh::MemoryReport;
+
 use super::table::COMMANDS;
 use super::*;
 
@@ -107,7 +109,18 @@ impl ServerCommand {
             }
             ServerCommand::CommandDocs => Reply::Map(Vec::new()),
             ServerCommand::CommandInfo { names } => Reply::Array(vec![Reply::Nil; names]),
-            ServerCommand::ConfigGet { patterns } => config_get(&patterns, &handler.settings_now()),
+            ServerCommand::ConfigGet { patterns } => match handler.node.status().await {
+                Ok(status) => config_get(&patterns, &handler.settings_now(&status.memory)),
+                Err(e) => failed(&e),
+            },
+            ServerCommand::ConfigSet(Setting::MaxMemory(bytes)) => {
+                match handler.node.set_max_memory(bytes).await {
+                    Ok(()) => Reply::Ok,
+                    Err(e) => failed(&e),
+                }
+            }
+            // The one policy carried out, and the one in force.
+            ServerCommand::ConfigSet(Setting::MaxMemoryPolicy) => Reply::Ok,
             ServerCommand::ConfigSet(Setting::NotifyKeyspaceEvents(flags)) => {
                 handler.set_notify_keyspace_events(flags);
                 Reply::Ok
@@ -116,10 +129,31 @@ impl ServerCommand {
                 handler.scripts.set_time_limit_ms(ms);
                 Reply::Ok
             }
-            ServerCommand::Info => handler.info(),
+            ServerCommand::Info => match handler.node.status().await {
+                Ok(status) => handler.info(&status.memory),
+                Err(e) => failed(&e),
+            },
             ServerCommand::DbSize { db } => handler.dbsize(db).await.unwrap_or_else(|e| e),
         }
     }
+}
+
+/// `INFO`'s memory section: Redis's names for what the node counts
+/// (`used_memory`, `maxmemory`, `maxmemory_policy`, `evicted_keys`, 0
+/// while no policy evicts), then this node's own break-down.
+fn memory_lines(memory: &MemoryReport) -> String {
+    format!(
+        "used_memory:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:{}\r\nevicted_keys:0\r\n\
+         sessmesh_memory_sessions:{}\r\nsessmesh_memory_tables:{}\r\n\
+         sessmesh_memory_hints:{}\r\nsessmesh_memory_consensus:{}\r\n",
+        memory.used(),
+        memory.max,
+        memory.policy,
+        memory.sessions.entries,
+        memory.sessions.tables,
+        memory.hints,
+        memory.consensus,
+    )
 }
 
 /// The keys `FLUSHDB` in database `db` clears (`None`: `FLUSHALL`, every
@@ -146,6 +180,10 @@ fn flushed(db: Option<u32>) -> sessmesh::KeyRange {
 pub(super) enum Setting {
     /// `notify-keyspace-events`: the event classes, as given.
     NotifyKeyspaceEvents(String),
+    /// `maxmemory`, bytes.
+    MaxMemory(usize),
+    /// `maxmemory-policy noeviction`, the one carried out.
+    MaxMemoryPolicy,
     /// `lua-time-limit`, ms: how long a script may run.
     LuaTimeLimit(u64),
 }
@@ -157,6 +195,28 @@ fn parse_config_set(args: &[Bytes]) -> Result<ServerCommand, Reply> {
     let [name, value] = args else {
         return Err(arity("config|set"));
     };
+    let failed = |name: &str, why: String| {
+        Reply::Error(format!(
+            "ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"
+        ))
+    };
+    if eq(name, "maxmemory") {
+        return sessmesh::parse_bytes(&String::from_utf8_lossy(value))
+            .map(|bytes| ServerCommand::ConfigSet(Setting::MaxMemory(bytes)))
+            .map_err(|why| failed("maxmemory", why));
+    }
+    if eq(name, "maxmemory-policy") {
+        let policy: sessmesh::EvictionPolicy = String::from_utf8_lossy(value)
+            .parse()
+            .map_err(|why| failed("maxmemory-policy", why))?;
+        if !policy.supported() {
+            return Err(failed(
+                "maxmemory-policy",
+                format!("{policy} is not carried out by this node yet: only noeviction is"),
+            ));
+        }
+        return Ok(ServerCommand::ConfigSet(Setting::MaxMemoryPolicy));
+    }
     if eq(name, "lua-time-limit") {
         return match int(value).and_then(|ms| u64::try_from(ms).ok()) {
             Some(ms) if ms > 0 => Ok(ServerCommand::ConfigSet(Setting::LuaTimeLimit(ms))),
@@ -196,12 +256,13 @@ fn config_get(patterns: &[Vec<u8>], known: &[(&str, String)]) -> Reply {
 
 impl Handler {
     /// The settings `CONFIG GET` reports, with their values now.
-    fn settings_now(&self) -> Vec<(&'static str, String)> {
+    fn settings_now(&self, memory: &MemoryReport) -> Vec<(&'static str, String)> {
         vec![
             ("appendonly", "no".to_owned()),
             ("databases", self.settings.databases.to_string()),
             ("lua-time-limit", self.scripts.time_limit_ms().to_string()),
-            ("maxmemory", "0".to_owned()),
+            ("maxmemory", memory.max.to_string()),
+            ("maxmemory-policy", memory.policy.to_string()),
             ("notify-keyspace-events", self.notify_keyspace_events()),
             ("save", String::new()),
         ]
@@ -241,13 +302,14 @@ impl Handler {
             .collect()
     }
 
-    fn info(&self) -> Reply {
+    fn info(&self, memory: &MemoryReport) -> Reply {
         let me = self.node.me();
         let text = format!(
-            "# Server\r\nredis_version:{REDIS_VERSION}\r\nsessmesh_version:{}\r\nredis_mode:standalone\r\nsessmesh_node:{}\r\nsessmesh_peer_addr:{}\r\n\r\n# Keyspace\r\n{}",
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\nsessmesh_version:{}\r\nredis_mode:standalone\r\nsessmesh_node:{}\r\nsessmesh_peer_addr:{}\r\n\r\n# Memory\r\n{}\r\n# Keyspace\r\n{}",
             env!("CARGO_PKG_VERSION"),
             me.name,
             me.addr,
+            memory_lines(memory),
             self.keyspace(),
         );
         Reply::Bulk(Bytes::from(text))
