@@ -16,6 +16,16 @@ const RELEASE: &str = "if redis.call(\"get\",KEYS[1]) == ARGV[1] then return red
 const BUMP: &str = "local n = tonumber(redis.call('GET', KEYS[1]) or '0') + 1 \
                     redis.call('SET', KEYS[1], n) return n";
 
+/// `request` sent through each node at once; the three replies.
+async fn from_every_node(cluster: &Cluster, request: &[&str]) -> [Reply; 3] {
+    let (a, b, c) = tokio::join!(
+        cluster.run(0, request),
+        cluster.run(1, request),
+        cluster.run(2, request),
+    );
+    [a, b, c]
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_phpredis_lock_release_script_deletes_only_its_own_lock() {
     let cluster = Cluster::start().await;
@@ -77,13 +87,7 @@ async fn scripts_raced_from_every_node_lose_no_update() {
     let mut answered = Vec::new();
     let mut uncertain = 0;
     for _ in 0..10 {
-        let request = ["EVAL", BUMP, "1", "counter"];
-        let (a, b, c) = tokio::join!(
-            cluster.run(0, &request),
-            cluster.run(1, &request),
-            cluster.run(2, &request),
-        );
-        for reply in [a, b, c] {
+        for reply in from_every_node(&cluster, &["EVAL", BUMP, "1", "counter"]).await {
             match reply {
                 Reply::Int(n) => answered.push(n),
                 Reply::Error(e) if e.starts_with("UNCERTAIN") => uncertain += 1,
@@ -118,12 +122,7 @@ async fn scripts_over_keys_of_one_hash_tag_are_all_or_nothing() {
     let mut uncertain = 0;
     for _ in 0..8 {
         let request = ["EVAL", MOVE, "2", "{acct}:from", "{acct}:to"];
-        let (a, b, c) = tokio::join!(
-            cluster.run(0, &request),
-            cluster.run(1, &request),
-            cluster.run(2, &request),
-        );
-        for reply in [a, b, c] {
+        for reply in from_every_node(&cluster, &request).await {
             match reply {
                 Reply::Array(counts) => {
                     let [Reply::Int(from), Reply::Int(to)] = counts.as_slice() else {

@@ -29,7 +29,7 @@ pub type GroupComputeFn =
     dyn Fn(&[Option<&Session>], u64) -> Result<Vec<Option<Write>>, CasError> + Send + Sync;
 
 /// A decision on several keys made by the caller's code, under the same
-/// rules as a [`Computation`]: a function of its arguments alone.
+/// rules as a [`Computation`](super::Computation): a function of its arguments alone.
 #[derive(Clone)]
 pub struct GroupComputation(std::sync::Arc<GroupComputeFn>);
 

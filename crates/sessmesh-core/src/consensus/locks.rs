@@ -17,7 +17,7 @@ pub mod lock_fields {
     pub const UNTIL: &[u8] = b"until";
 }
 
-/// A lock held: what [`Cas::Lock`] gave, read from the write it decided.
+/// A lock held: what [`Cas::Lock`](super::Cas::Lock) gave, read from the write it decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     /// The holder.
