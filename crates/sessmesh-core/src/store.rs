@@ -201,8 +201,15 @@ impl Store {
     /// What the stored sessions take in memory, bytes, as
     /// [`MemoryUse`] counts it.
     pub fn memory(&self) -> MemoryUse {
+        // A table holds 7/8 of its slots (all but one, when it is tiny).
         let slots = (0..self.partition_count())
-            .map(|p| self.shared.read(PartitionId(p)).table.capacity())
+            .map(
+                |p| match self.shared.read(PartitionId(p)).table.capacity() {
+                    0 => 0,
+                    small @ 1..7 => small + 1,
+                    capacity => capacity / 7 * 8,
+                },
+            )
             .sum::<usize>();
         MemoryUse {
             entries: self.shared.bytes.load(Ordering::Relaxed),
