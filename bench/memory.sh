@@ -33,7 +33,7 @@ for n in $SESSIONS; do
     grep -q "sessmesh ready" "$work/out" || { cat "$work/err"; exit 1; }
     addr=$(sed -E 's/.* resp=([^ ]+).*/\1/' "$work/out")
     start=$(rss_kb "$pid")
-    used=$(python3 - "$addr" "$n" "$ttl" <<'PY'
+    python3 - "$addr" "$n" "$ttl" <<'PY'
 import sys
 import redis
 host, port = sys.argv[1].rsplit(":", 1)
@@ -50,11 +50,20 @@ for i in range(n):
     if i % 1000 == 999:
         pipe.execute()
 pipe.execute()
-assert r.dbsize() == n, r.dbsize()
-print(r.info("memory")["used_memory"])
+PY
+    # Resident memory first: INFO and DBSIZE list the keys, and the memory
+    # that takes stays resident after it is freed.
+    rss=$(( ($(rss_kb "$pid") - start) * 1024 ))
+    used=$(python3 - "$addr" "$n" <<'PY'
+import sys
+import redis
+host, port = sys.argv[1].rsplit(":", 1)
+r = redis.Redis(host=host, port=int(port))
+used = r.info("memory")["used_memory"]
+assert r.dbsize() == int(sys.argv[2]), r.dbsize()
+print(used)
 PY
 )
-    rss=$(( ($(rss_kb "$pid") - start) * 1024 ))
     awk -v n="$n" -v t="$ttl" -v u="$used" -v r="$rss" \
       'BEGIN { printf "| %d | %s | %d | %d | %.2f | %.0f B |\n", n, t, u, r, u / r, r / n }'
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=

@@ -422,6 +422,17 @@ impl Node {
             .visible_keys(sessmesh_core::PartitionId(partition), now_ms())
     }
 
+    /// Calls `f` with the key of each session this peer stores in
+    /// `partition` that a reader sees now, copying none (so counting them
+    /// costs no memory); writes to the partition wait while `f` runs.
+    pub fn for_each_local_key(&self, partition: u32, f: impl FnMut(&[u8])) {
+        self.inner.local.reader().for_each_visible_key(
+            sessmesh_core::PartitionId(partition),
+            now_ms(),
+            f,
+        );
+    }
+
     /// The keys of the sessions stored in `partition` that a reader sees
     /// now, wherever the partition is: from this peer's store when it
     /// replicates the partition, otherwise from one of its replicas.

@@ -98,14 +98,29 @@ impl StoreReader {
     /// The keys of the sessions in `partition` that a reader at `now_ms`
     /// sees, in no particular order.
     pub fn visible_keys(&self, partition: PartitionId, now_ms: u64) -> Vec<Bytes> {
-        self.shared
-            .read(partition)
-            .table
-            .iter()
-            .map(|packed| Packed::parse(packed))
-            .filter(|p| p.is_visible(|| now_ms))
-            .map(|p| Bytes::copy_from_slice(p.key))
-            .collect()
+        let mut keys = Vec::new();
+        self.for_each_visible_key(partition, now_ms, |key| {
+            keys.push(Bytes::copy_from_slice(key));
+        });
+        keys
+    }
+
+    /// Calls `f` with the key of each session in `partition` that a reader
+    /// at `now_ms` sees, copying none (counting them costs no memory). The
+    /// partition stays locked against writes while `f` runs.
+    pub fn for_each_visible_key(
+        &self,
+        partition: PartitionId,
+        now_ms: u64,
+        mut f: impl FnMut(&[u8]),
+    ) {
+        let partition = self.shared.read(partition);
+        for packed in &partition.table {
+            let packed = Packed::parse(packed);
+            if packed.is_visible(|| now_ms) {
+                f(packed.key);
+            }
+        }
     }
 }
 

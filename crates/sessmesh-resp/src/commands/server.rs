@@ -286,14 +286,14 @@ impl Handler {
     /// `INFO`'s keyspace lines: `db<n>:keys=<count>` for each database
     /// with keys this node stores (database 0 always).
     fn keyspace(&self) -> String {
-        let keys: Vec<Bytes> = (0..self.node.partition_count())
-            .flat_map(|p| self.node.local_keys(p))
-            .collect();
+        // Counted in place: INFO costs no memory however many keys there are.
         let mut counts = std::collections::BTreeMap::from([(0, 0usize)]);
-        for key in &keys {
-            if let Some(db) = databases::db_of(key) {
-                *counts.entry(db).or_default() += 1;
-            }
+        for partition in 0..self.node.partition_count() {
+            self.node.for_each_local_key(partition, |key| {
+                if let Some(db) = databases::db_of(key) {
+                    *counts.entry(db).or_default() += 1;
+                }
+            });
         }
         counts
             .into_iter()
