@@ -46,7 +46,19 @@ impl Handler {
 
     /// `DBSIZE`.
     pub(super) async fn dbsize(&self, db: u32) -> Result<Reply, Reply> {
-        let count = self.keys_in(db).await?.len();
+        // Counted a batch at a time: at most AT_ONCE partitions' key names
+        // are held at once, not the whole keyspace's.
+        let partitions = self.node.partition_count();
+        let mut count = 0;
+        for start in (0..partitions).step_by(AT_ONCE as usize) {
+            let listed = self
+                .listed(start..(start + AT_ONCE).min(partitions))
+                .await?;
+            count += listed
+                .iter()
+                .filter(|k| databases::db_of(k) == Some(db))
+                .count();
+        }
         Ok(Reply::Int(i64::try_from(count).unwrap_or(i64::MAX)))
     }
 
