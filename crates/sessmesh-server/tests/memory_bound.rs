@@ -1,0 +1,132 @@
+//! `maxmemory` on a real `sessmesh serve` process, over raw TCP: the flag
+//! reaches the node, writes that add are refused with Redis's OOM error
+//! once it is over, reads and deletes go on, deleting brings it back under,
+//! and a policy that is not built is refused at start, naming it.
+#![allow(clippy::unwrap_used, reason = "a test panics to fail")]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{BIN, http_get, start, wait_for};
+
+/// One connection speaking RESP, a request at a time.
+struct Client(BufReader<TcpStream>);
+
+impl Client {
+    fn new(server: &support::Server) -> Self {
+        let stream = TcpStream::connect(server.resp).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Client(BufReader::new(stream))
+    }
+
+    /// Sends `args` and reads the reply: a status, error or integer line
+    /// as is, a bulk string's contents, or "(nil)".
+    fn run(&mut self, args: &[&str]) -> String {
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+        }
+        self.0.get_mut().write_all(&request).unwrap();
+        let mut line = String::new();
+        self.0.read_line(&mut line).unwrap();
+        let line = line.trim_end().to_owned();
+        match line.strip_prefix('$') {
+            Some("-1") => "(nil)".to_owned(),
+            Some(len) => {
+                let mut body = vec![0; len.parse::<usize>().unwrap() + 2];
+                self.0.read_exact(&mut body).unwrap();
+                String::from_utf8_lossy(&body[..body.len() - 2]).into_owned()
+            }
+            None => line,
+        }
+    }
+}
+
+/// A field of `INFO`'s text.
+fn info_field(info: &str, name: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in {info}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_node_over_its_maxmemory_flag_refuses_writes_and_recovers_after_deletes() {
+    let server = start(&["--development", "--maxmemory", "1mb"]);
+    let mut client = Client::new(&server);
+    let value = "v".repeat(1024);
+    // 1,024-byte sessions: about a thousand fit.
+    let mut stored = 0;
+    let refusal = loop {
+        let reply = client.run(&["SET", &format!("s:{stored}"), &value]);
+        if reply != "+OK" {
+            break reply;
+        }
+        stored += 1;
+        assert!(stored < 5_000, "no refusal after {stored} writes");
+    };
+    assert_eq!(
+        refusal,
+        "-OOM command not allowed when used memory > 'maxmemory'."
+    );
+    assert!((500..2_000).contains(&stored), "{stored} stored");
+    let info = client.run(&["INFO"]);
+    assert_eq!(info_field(&info, "maxmemory"), 1 << 20);
+    assert!(info_field(&info, "used_memory") > 1 << 20, "{info}");
+    let status: serde_json::Value = serde_json::from_str(&http_get(&server, "/status")).unwrap();
+    assert_eq!(status["memory"]["max"], 1 << 20);
+    assert_eq!(status["memory"]["policy"], "noeviction");
+    // Reads and deletes go on; deleting a tenth brings the node under.
+    assert_eq!(client.run(&["GET", "s:0"]), value);
+    for i in 0..stored / 10 {
+        assert_eq!(client.run(&["DEL", &format!("s:{i}")]), ":1");
+    }
+    wait_for(
+        "the node to take writes again",
+        Duration::from_secs(10),
+        || client.run(&["SET", "after", "x"]) == "+OK",
+    );
+    assert_eq!(client.run(&["GET", "after"]), "x");
+}
+
+#[test]
+fn an_eviction_policy_not_built_yet_is_refused_at_start_by_name() {
+    let output = Command::new(BIN)
+        .args(["serve", "--development", "--maxmemory", "64mb"])
+        .args(["--maxmemory-policy", "allkeys-lru"])
+        .args([
+            "--resp-listen",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--http-listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("maxmemory-policy") && stderr.contains("only noeviction"),
+        "{stderr}"
+    );
+    let output = Command::new(BIN)
+        .args(["serve", "--development", "--maxmemory", "12 parsecs"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("maxmemory"),
+        "{:?}",
+        output.stderr
+    );
+}
