@@ -275,6 +275,7 @@ async fn read_both(cluster: &Cluster, node: usize) -> Vec<Option<i64>> {
 #[tokio::test(start_paused = true)]
 async fn a_transaction_over_keys_of_one_hash_tag_is_all_or_nothing() {
     let cluster = Cluster::start().await;
+    let done = std::cell::Cell::new(false);
     let writers = async {
         let mut decided = 0;
         for _ in 0..6 {
@@ -301,19 +302,21 @@ async fn a_transaction_over_keys_of_one_hash_tag_is_all_or_nothing() {
                 }
             }
         }
+        done.set(true);
         decided
     };
     let reader = async {
         let mut seen = Vec::new();
-        // Bursts of reads spread over the transfers' run, in paused time:
-        // each burst runs in the same instant as the steps the writers
-        // take after their pauses (whole milliseconds).
-        for _ in 0..40 {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        // Bursts of reads until the transfers are done. Each burst runs in
+        // the same instant as the steps the writers take after their
+        // pauses (whole milliseconds of paused time); the tick between
+        // bursts is what lets that time pass, not a wait for anything.
+        while !done.get() {
             for _ in 0..5 {
                 seen.push(read_both(&cluster, 1).await);
                 tokio::task::yield_now().await;
             }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         seen
     };
