@@ -130,16 +130,6 @@ impl Config {
         if self.anti_entropy_max_entries == 0 {
             return invalid("anti_entropy_max_entries", "must be at least 1".into());
         }
-        if !self.eviction_policy.supported() {
-            return invalid(
-                "maxmemory-policy",
-                format!(
-                    "{} is not carried out by this release: only noeviction is (writes over \
-                     maxmemory are refused)",
-                    self.eviction_policy
-                ),
-            );
-        }
         if self.max_frame_bytes < 1024 {
             return invalid(
                 "max_frame_bytes",

@@ -87,7 +87,7 @@ pub use partition::{PartitionId, Partitioner, key_hash};
 pub use replication::{CallId, Decision, GroupDecision, Hint, Hints, Level, Outcome};
 pub use session::{Expiry, Session, Write};
 pub use store::{
-    ChangeKind, Entry, KeyChange, KeyRange, MAX_KEY_LEN, MemoryUse, NotReplicated, SessionData,
-    SessionRef, Store, StoreReader, SweepStats,
+    Candidate, ChangeKind, Entry, KeyChange, KeyRange, MAX_KEY_LEN, MemoryUse, NotReplicated,
+    SessionData, SessionRef, Store, StoreReader, SweepStats,
 };
 pub use wire::{ClusterId, Codec, DecodeError, Message, PROTOCOL_VERSION};

@@ -50,12 +50,6 @@ impl EvictionPolicy {
             EvictionPolicy::AllKeysRandom => "allkeys-random",
         }
     }
-
-    /// Whether this release carries it out. Only `noeviction` does yet;
-    /// the others are refused where they are set, naming this.
-    pub fn supported(self) -> bool {
-        self == EvictionPolicy::NoEviction
-    }
 }
 
 impl fmt::Display for EvictionPolicy {
@@ -126,6 +120,8 @@ pub struct MemoryReport {
     pub max: usize,
     /// What happens at the bound.
     pub policy: EvictionPolicy,
+    /// Sessions the node evicted since it started.
+    pub evicted_keys: u64,
 }
 
 impl MemoryReport {

@@ -66,6 +66,7 @@ mod clears;
 mod clocks;
 mod consensus;
 mod deciding;
+mod eviction;
 mod handoff;
 mod hints;
 mod in_flight;
@@ -79,6 +80,7 @@ mod sweep;
 mod writes;
 
 use anti_entropy::Metering;
+use eviction::Eviction;
 use in_flight::{
     HandoffBatch, InFlight, Pending, PendingRead, PendingRound, PendingWrite, Phase, RoundOp,
 };
@@ -135,6 +137,14 @@ pub enum NodeEvent {
     },
     /// This node's clock no longer runs ahead of its peers.
     ClockInSync,
+    /// This node evicted a session to stay under its memory bound: it sent
+    /// the eviction, stamped `stamp`, to the session's replicas.
+    Evicted {
+        /// The session's key.
+        key: Bytes,
+        /// The eviction's stamp.
+        stamp: Stamp,
+    },
 }
 
 /// Counts of what a node's replication did since it started, for metrics.
@@ -171,6 +181,9 @@ pub struct NodeStats {
     pub digest_mismatches: u64,
     /// Writes refused because the node was over its memory bound.
     pub writes_refused_over_memory: u64,
+    /// Sessions this node evicted to stay under its memory bound (Redis's
+    /// `evicted_keys`): the evictions it coordinated.
+    pub evicted_keys: u64,
 }
 
 /// Something the runtime must do for a [`Node`].
@@ -251,6 +264,8 @@ pub struct Node {
     /// stamp not taken yet), with the writes of the key handed over since,
     /// in order: they wait for the delete's stamp so that they come after it.
     deleting: HashMap<Bytes, Vec<(CallId, Write, Level)>>,
+    /// The sampling pool and the evictions under way (eviction.rs).
+    eviction: Eviction,
     effects: Vec<Effect>,
 }
 
@@ -283,7 +298,7 @@ impl Node {
             hlc,
             config: config.clone(),
             in_flight: InFlight::default(),
-            hints: Hints::new(config.max_hint_bytes),
+            hints: Hints::new(memory::hint_bound(config)),
             sweep_cursor: 0,
             metering: Metering::default(),
             stats: NodeStats::default(),
@@ -298,6 +313,7 @@ impl Node {
             acceptors: Acceptors::default(),
             learning: vec![Standing::default(); config.partition_count as usize],
             deleting: HashMap::new(),
+            eviction: Eviction::new(seed),
             effects: Vec::new(),
         };
         node.rebalance();
@@ -393,6 +409,7 @@ impl Node {
 
     /// Handles a timer this node scheduled.
     pub fn handle_timer(&mut self, timer: Timer, now_ms: u64) {
+        self.eviction_clock(Some(now_ms));
         match timer {
             Timer::AntiEntropy => {
                 // The exchanges a join starts have had a whole period to fill
@@ -415,6 +432,8 @@ impl Node {
             Timer::Sweep => {
                 self.sweep(now_ms);
                 self.count_memory();
+                self.forget_evictions(now_ms);
+                self.evict_if_over(now_ms);
                 self.schedule(self.config.sweep_period_ms, Timer::Sweep);
             }
             Timer::Membership(timer) => self.membership.handle_timer(timer),
@@ -438,6 +457,7 @@ impl Node {
 
     /// Takes the effects produced since the last call, in order.
     pub fn take_effects(&mut self) -> Vec<Effect> {
+        self.settle_evictions();
         let changes = self.store.take_changes();
         if !changes.is_empty() {
             self.effects
@@ -463,6 +483,7 @@ impl Node {
 
     /// Handles a message from the peer at `from`.
     pub fn handle_message(&mut self, from: SocketAddr, message: Message, now_ms: u64) {
+        self.eviction_clock(Some(now_ms));
         let ack = |message| Effect::Send { to: from, message };
         match message {
             // The replica side (replica.rs).
@@ -500,6 +521,7 @@ impl Node {
                 let (_, repaired) = self.merge_entries(from, entries, now_ms);
                 self.stats.keys_repaired += repaired;
             }
+            Message::ForgetEvicted { evictions } => self.forget_evicted(&evictions),
             Message::ClockProbe { sent_ms } => self.answer_probe(from, sent_ms, now_ms),
             Message::Clear {
                 request,
@@ -592,6 +614,7 @@ impl Node {
             // Connection set-up is the transport's; gossip arrives as datagrams.
             Message::Hello | Message::Welcome | Message::Gossip(_) => {}
         }
+        self.evict_if_over(now_ms);
         self.collect();
     }
 

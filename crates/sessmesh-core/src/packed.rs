@@ -11,7 +11,7 @@
 //! Layout (integers little-endian, `varint` is unsigned LEB128):
 //! ```text
 //! varint key_len, key
-//! u8 flags
+//! u8 flags                                    (EVICTED: the clear is an eviction's)
 //! [stamp clear]                                 if CLEAR
 //! [stamp expires_at unless EXPIRES_AT_CLEAR]
 //! [opt_u64 expires_at]                          if EXPIRES
@@ -42,6 +42,8 @@ const EXPIRES_AT_CLEAR: u8 = 1 << 2;
 const IDLE: u8 = 1 << 3;
 const IDLE_AT_CLEAR: u8 = 1 << 4;
 const TOUCHED: u8 = 1 << 5;
+/// The clear stamp is an eviction's ([`Header::evicted`]).
+const EVICTED: u8 = 1 << 6;
 
 const FIELD_VALUE: u8 = 1;
 const FIELD_AT_CLEAR: u8 = 1 << 1;
@@ -69,6 +71,9 @@ pub(crate) fn encode(key: &[u8], session: &Session) -> Box<[u8]> {
     }
     if header.touched != Stamp::ZERO {
         flags |= TOUCHED;
+    }
+    if header.evicted {
+        flags |= EVICTED;
     }
     out.push(flags);
     if flags & CLEAR != 0 {
@@ -292,6 +297,7 @@ impl<'a> Packed<'a> {
         if flags & TOUCHED != 0 {
             header.touched = r.stamp();
         }
+        header.evicted = flags & EVICTED != 0;
         let field_count = r.varint_usize();
         Packed {
             bytes: packed,

@@ -224,6 +224,16 @@ impl Hints {
     pub fn push(&mut self, hint: Hint) {
         self.bytes += hint.size();
         self.queue.push_back(hint);
+        self.drop_over_bound();
+    }
+
+    /// Sets the bound, dropping the oldest hints if over it.
+    pub fn set_max_bytes(&mut self, max_bytes: usize) {
+        self.max_bytes = max_bytes;
+        self.drop_over_bound();
+    }
+
+    fn drop_over_bound(&mut self) {
         while self.bytes > self.max_bytes {
             let Some(old) = self.queue.pop_front() else {
                 break;

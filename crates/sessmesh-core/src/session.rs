@@ -118,6 +118,11 @@ pub enum Write {
     },
     /// Marks activity, extending a sliding expiry.
     Touch,
+    /// Removes the session to keep a node under its memory bound: a delete
+    /// whose clear stamp is marked as an eviction (see [`Header::evicted`]),
+    /// so the tombstone it leaves can be forgotten once every replica has
+    /// it. A later write supersedes it as it does a delete.
+    Evict,
 }
 
 impl Write {
@@ -134,6 +139,11 @@ impl Write {
 pub struct Header {
     /// Everything with an older stamp is hidden.
     pub clear: Stamp,
+    /// Whether the clear stamp is an eviction's ([`Write::Evict`]) rather
+    /// than a delete's. It goes with the clear stamp: the newer clear
+    /// brings its own mark, and at equal stamps (one write) either mark
+    /// holds.
+    pub evicted: bool,
     /// Absolute deadline register.
     pub expires_at: TimeRegister,
     /// Sliding idle limit register.
@@ -201,7 +211,14 @@ impl Header {
     }
 
     fn merge(&mut self, other: Header) {
-        self.clear = self.clear.max(other.clear);
+        match other.clear.cmp(&self.clear) {
+            std::cmp::Ordering::Greater => {
+                self.clear = other.clear;
+                self.evicted = other.evicted;
+            }
+            std::cmp::Ordering::Equal => self.evicted |= other.evicted,
+            std::cmp::Ordering::Less => {}
+        }
         merge_register(&mut self.expires_at, other.expires_at);
         merge_register(&mut self.max_idle, other.max_idle);
         self.touched = self.touched.max(other.touched);
@@ -258,6 +275,10 @@ impl Session {
                 delta.fields.insert(name.clone(), register(None, stamp));
             }
             Write::Delete => delta.header.clear = stamp,
+            Write::Evict => {
+                delta.header.clear = stamp;
+                delta.header.evicted = true;
+            }
             Write::ExpireAt { at_ms } => delta.header.expires_at = register(*at_ms, stamp),
             Write::MaxIdle { idle_ms } => delta.header.max_idle = register(*idle_ms, stamp),
             Write::Touch => delta.header.touched = stamp,
@@ -367,6 +388,15 @@ impl Session {
     /// Whether no live field holds a value (deleted, emptied, or never written).
     pub fn is_tombstone(&self) -> bool {
         !self.fields.values().any(|f| f.val.is_some())
+    }
+
+    /// Whether this is the tombstone an eviction stamped `stamp` left,
+    /// with nothing written since.
+    pub fn is_eviction_of(&self, stamp: Stamp) -> bool {
+        self.header.evicted
+            && self.header.clear == stamp
+            && self.newest_stamp() == stamp
+            && self.is_tombstone()
     }
 
     /// The expiry deadline in wall-clock ms, if any.
@@ -710,7 +740,7 @@ mod tests {
                 Write::DeleteField { name } => {
                     fields.remove(&name);
                 }
-                Write::Delete => fields.clear(),
+                Write::Delete | Write::Evict => fields.clear(),
                 Write::ExpireAt { .. } | Write::MaxIdle { .. } | Write::Touch => {}
             }
         }

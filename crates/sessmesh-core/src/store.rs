@@ -31,15 +31,18 @@ use crate::partition::{PartitionId, key_hash, partition_of};
 use crate::session::{Expiry, Session, Write};
 use crate::{Config, Error};
 
+mod access;
 mod clears;
 mod locking;
 mod merge;
 mod reader;
 mod views;
 
+use access::AccessClock;
 use clears::Clears;
-use locking::{CacheLine, Partition, SLOT_BYTES, Shared, slot_hash};
+use locking::{CacheLine, Partition, Shared, slot_hash};
 
+pub use access::Candidate;
 pub use clears::KeyRange;
 
 pub use reader::{NotReplicated, StoreReader};
@@ -106,6 +109,8 @@ pub enum ChangeKind {
     Updated,
     /// The session was deleted or expired.
     Removed,
+    /// The session was evicted to keep a node under its memory bound.
+    Evicted,
 }
 
 /// A change to a stored session, as [`Store::take_changes`] reports it.
@@ -134,11 +139,13 @@ impl Store {
                 tombstone_grace_ms: config.tombstone_grace_ms,
                 len: AtomicUsize::new(0),
                 bytes: AtomicUsize::new(0),
+                table_bytes: AtomicUsize::new(0),
                 limit: AtomicUsize::new(config.max_memory_bytes),
                 other: AtomicUsize::new(0),
                 watching: AtomicBool::new(false),
                 changes: Mutex::new(Vec::new()),
                 clears: Clears::default(),
+                access: AccessClock::default(),
             }),
         }
     }
@@ -201,19 +208,9 @@ impl Store {
     /// What the stored sessions take in memory, bytes, as
     /// [`MemoryUse`] counts it.
     pub fn memory(&self) -> MemoryUse {
-        // A table holds 7/8 of its slots (all but one, when it is tiny).
-        let slots = (0..self.partition_count())
-            .map(
-                |p| match self.shared.read(PartitionId(p)).table.capacity() {
-                    0 => 0,
-                    small @ 1..7 => small + 1,
-                    capacity => capacity / 7 * 8,
-                },
-            )
-            .sum::<usize>();
         MemoryUse {
             entries: self.shared.bytes.load(Ordering::Relaxed),
-            tables: slots * SLOT_BYTES,
+            tables: self.shared.table_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -222,8 +219,9 @@ impl Store {
         self.shared.limit.store(bytes, Ordering::Relaxed);
     }
 
-    /// Sets what the node holds besides the stored entries, bytes, which
-    /// counts against the bound.
+    /// Sets what the node holds besides the stored sessions and their
+    /// tables (hints, consensus state), bytes, which counts against the
+    /// bound.
     pub fn set_other_memory(&self, bytes: usize) {
         self.shared.other.store(bytes, Ordering::Relaxed);
     }
@@ -383,6 +381,7 @@ impl Store {
     /// how many entries went.
     pub fn drop_partition(&mut self, partition: PartitionId) -> usize {
         let dropped = std::mem::take(&mut *self.shared.write(partition));
+        self.shared.table_resized(dropped.table.capacity(), 0);
         self.shared
             .len
             .fetch_sub(dropped.table.len(), Ordering::Relaxed);
@@ -504,11 +503,11 @@ impl Store {
                 return false;
             }
             let new = packed::encode(old.key, &session);
-            if new != *slot {
+            if new != slot.packed {
                 digest.remove(hash, old_fingerprint);
                 digest.add(hash, Packed::parse(&new).fingerprint());
                 shared.resized(slot.len(), new.len());
-                *slot = new;
+                slot.packed = new;
             }
             true
         });
@@ -888,6 +887,13 @@ mod tests {
             .sum()
     }
 
+    /// What the tables' slots take, counted afresh from their capacity.
+    fn recounted_table_bytes(store: &Store) -> usize {
+        (0..store.partition_count())
+            .map(|p| locking::table_bytes(store.shared.read(PartitionId(p)).table.capacity()))
+            .sum()
+    }
+
     fn arb_op() -> impl Strategy<Value = (u8, Option<Write>, u64, u64)> {
         // (key, write or sweep, ms, node)
         (
@@ -987,9 +993,11 @@ mod tests {
                 prop_assert_eq!(s.digest(PartitionId(p)), recomputed_digest(&s, PartitionId(p)));
             }
             prop_assert_eq!(s.memory().entries, recounted_bytes(&s));
+            prop_assert_eq!(s.memory().tables, recounted_table_bytes(&s));
             let p = s.partition_of(&[0]);
             s.drop_partition(p);
             prop_assert_eq!(s.memory().entries, recounted_bytes(&s));
+            prop_assert_eq!(s.memory().tables, recounted_table_bytes(&s));
         }
 
         /// Two stores that take the same writes in opposite orders hold the

@@ -50,6 +50,7 @@ pub(crate) fn arb_write() -> impl Strategy<Value = Write> {
         prop::option::of(arb_time()).prop_map(|at_ms| Write::ExpireAt { at_ms }),
         prop::option::of(0u64..20_000).prop_map(|idle_ms| Write::MaxIdle { idle_ms }),
         Just(Write::Touch),
+        Just(Write::Evict),
     ]
 }
 

@@ -27,7 +27,7 @@ use crate::store::{Entry, KeyRange};
 /// The protocol version this build speaks. Version 2 added `ReadDigest`
 /// and `DigestReply`; version 3 added `ClockProbe`, `ClockReply` and
 /// `StampRefused`.
-pub const PROTOCOL_VERSION: u16 = 8;
+pub const PROTOCOL_VERSION: u16 = 9;
 
 /// Bytes of the length prefix in front of each framed envelope.
 pub const FRAME_PREFIX_LEN: usize = 4;
@@ -326,6 +326,12 @@ pub enum Message {
     Clears {
         /// Each clear's range and stamp.
         clears: Vec<(KeyRange, Stamp)>,
+    },
+    /// Every replica acknowledged these evictions: their tombstones may go
+    /// (see `node/eviction.rs`), each only if nothing was stored since.
+    ForgetEvicted {
+        /// Each evicted session's key and its eviction's stamp.
+        evictions: Vec<(Bytes, Stamp)>,
     },
 }
 
@@ -638,6 +644,9 @@ mod tests {
                 stamp: stamp(9, 2),
             },
             Message::ClearAck { request: 10 },
+            Message::ForgetEvicted {
+                evictions: vec![(Bytes::from_static(b"session:2"), stamp(9, 2))],
+            },
             Message::Clears {
                 clears: vec![(
                     KeyRange {

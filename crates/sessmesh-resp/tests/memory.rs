@@ -108,12 +108,74 @@ async fn maxmemory_settings_are_checked_as_redis_checks_them() {
         &set("maxmemory-policy", "lru").await,
         "ERR CONFIG SET failed (possibly related to argument 'maxmemory-policy')"
     ));
-    let later = set("maxmemory-policy", "allkeys-lru").await;
-    assert!(
-        matches!(&later, Reply::Error(e) if e.contains("only noeviction")),
-        "{later:?}"
-    );
-    assert_eq!(set("maxmemory-policy", "noeviction").await, Reply::Ok);
+    assert_eq!(set("maxmemory-policy", "AllKeys-LFU").await, Reply::Ok);
     let info = cluster.run(0, &["INFO"]).await;
     assert_eq!(info_field(&info, "maxmemory"), (64 << 20).to_string());
+    assert_eq!(info_field(&info, "maxmemory_policy"), "allkeys-lfu");
+    assert_eq!(set("maxmemory-policy", "noeviction").await, Reply::Ok);
+}
+
+/// Each node's `INFO` figure `name`, as a number.
+async fn info_number(cluster: &Cluster, node: usize, name: &str) -> usize {
+    info_field(&cluster.run(node, &["INFO"]).await, name)
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_allkeys_lru_every_write_succeeds_and_evictions_reach_every_replica() {
+    const BOUND: usize = 96 * 1024;
+    let cluster = Cluster::start().await;
+    for node in 0..3 {
+        for (name, value) in [("maxmemory", "96kb"), ("maxmemory-policy", "allkeys-lru")] {
+            assert_eq!(
+                cluster.run(node, &["CONFIG", "SET", name, value]).await,
+                Reply::Ok
+            );
+        }
+    }
+    let value = |i: usize| format!("{i:0>500}");
+    // Five times what fits, from every node, with the first session read
+    // all along, from each node in turn (each node ranks by the uses it
+    // sees), so that it stays recently used.
+    for i in 0..1_000 {
+        let key = format!("s:{i}");
+        let reply = cluster.run(i % 3, &["SET", &key, &value(i)]).await;
+        assert_eq!(reply, Reply::Ok, "SET {key}");
+        // Requests come a little apart: recency is measured in time.
+        tokio::time::advance(std::time::Duration::from_millis(10)).await;
+        if i % 10 == 0 {
+            let node = i / 10 % 3;
+            assert_eq!(
+                cluster.run(node, &["GET", "s:0"]).await,
+                bulk(&value(0)),
+                "at {i}"
+            );
+        }
+    }
+    let mut evicted = 0;
+    for node in 0..3 {
+        let used = info_number(&cluster, node, "used_memory").await;
+        assert!(used <= BOUND, "node {node} holds {used} bytes");
+        evicted += info_number(&cluster, node, "evicted_keys").await;
+    }
+    assert!(evicted > 500, "{evicted} evicted");
+    // The replicas agree on every session, evicted or kept, and the
+    // recently used ones are kept.
+    let mut kept = 0;
+    for i in 0..1_000 {
+        let key = format!("s:{i}");
+        let seen = cluster.run(0, &["GET", &key]).await;
+        for node in 1..3 {
+            assert_eq!(cluster.run(node, &["GET", &key]).await, seen, "{key}");
+        }
+        kept += usize::from(seen != Reply::Nil);
+    }
+    assert!(kept > 50 && kept < 300, "{kept} kept");
+    assert_eq!(cluster.run(1, &["GET", "s:0"]).await, bulk(&value(0)));
+    assert_eq!(cluster.run(2, &["GET", "s:999"]).await, bulk(&value(999)));
+    // A write of an evicted session's key starts it anew, everywhere.
+    assert_eq!(cluster.run(0, &["GET", "s:1"]).await, Reply::Nil);
+    assert_eq!(cluster.run(1, &["SET", "s:1", "again"]).await, Reply::Ok);
+    assert_eq!(cluster.run(2, &["GET", "s:1"]).await, bulk("again"));
 }

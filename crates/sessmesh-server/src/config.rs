@@ -521,6 +521,7 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sessmesh_core::EvictionPolicy;
 
     fn file(text: &str) -> FileConfig {
         toml::from_str(text).expect("valid TOML")
@@ -618,8 +619,9 @@ mod tests {
         assert!(wrong.reason.contains("kb, m, mb"), "{}", wrong.reason);
         let wrong = resolve("development = true\nmaxmemory_policy = \"lru\"").unwrap_err();
         assert_eq!(wrong.setting, "maxmemory_policy");
-        let later = resolve("development = true\nmaxmemory_policy = \"allkeys-lru\"").unwrap_err();
-        assert!(later.reason.contains("only noeviction"), "{}", later.reason);
+        let settings =
+            resolve("development = true\nmaxmemory_policy = \"allkeys-lru\"").expect("valid");
+        assert_eq!(settings.config.eviction_policy, EvictionPolicy::AllKeysLru);
         let overrides = Overrides {
             maxmemory: Some("2gb".into()),
             ..Overrides::default()

@@ -144,6 +144,7 @@ pub(crate) struct Metrics {
     memory_used: Gauge,
     memory_max: Gauge,
     writes_refused_over_memory: Counter,
+    evicted_keys: Counter,
     last_anti_entropy: Gauge,
     replica_acks: Counter,
     write_timeouts: Counter,
@@ -342,8 +343,14 @@ impl Metrics {
         let writes_refused_over_memory = Counter::default();
         registry.register(
             "memory_refused_writes",
-            "Writes refused because this node was over maxmemory (noeviction)",
+            "Writes refused because this node was over maxmemory (noeviction, or nothing left to evict)",
             writes_refused_over_memory.clone(),
+        );
+        let evicted_keys = Counter::default();
+        registry.register(
+            "evicted_keys",
+            "Sessions this node evicted from every replica to stay under maxmemory",
+            evicted_keys.clone(),
         );
         let last_anti_entropy = Gauge::default();
         registry.register(
@@ -400,6 +407,7 @@ impl Metrics {
             clock_drift_refused,
             writes_refused_clock_ahead,
             writes_refused_over_memory,
+            evicted_keys,
             memory_used,
             memory_max,
             writes_short_of_copies,
@@ -477,6 +485,7 @@ impl Metrics {
                 &self.writes_refused_over_memory,
                 r.writes_refused_over_memory,
             );
+            sync(&self.evicted_keys, r.evicted_keys);
             sync(&self.reads_short_of_copies, r.reads_short_of_copies);
             sync(&self.digest_mismatches, r.digest_mismatches);
             // Members gone drop out of the gauge.

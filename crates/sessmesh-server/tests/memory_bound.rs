@@ -1,7 +1,9 @@
-//! `maxmemory` on a real `sessmesh serve` process, over raw TCP: the flag
-//! reaches the node, writes that add are refused with Redis's OOM error
-//! once it is over, reads and deletes go on, deleting brings it back under,
-//! and a policy that is not built is refused at start, naming it.
+//! `maxmemory` on real `sessmesh serve` processes, over raw TCP: under
+//! `noeviction` the flag reaches the node, writes that add are refused with
+//! Redis's OOM error once it is over, reads and deletes go on, and deleting
+//! brings it back under; under `allkeys-lru` three nodes take every write,
+//! stay under the bound, and agree on what they evicted; a bad setting is
+//! refused at start, naming it.
 #![allow(clippy::unwrap_used, reason = "a test panics to fail")]
 
 mod support;
@@ -28,11 +30,28 @@ impl Client {
     /// Sends `args` and reads the reply: a status, error or integer line
     /// as is, a bulk string's contents, or "(nil)".
     fn run(&mut self, args: &[&str]) -> String {
+        self.send(args);
+        self.reply()
+    }
+
+    /// Sends every request, then reads their replies, in order.
+    fn pipeline(&mut self, requests: &[Vec<String>]) -> Vec<String> {
+        for request in requests {
+            let args: Vec<&str> = request.iter().map(String::as_str).collect();
+            self.send(&args);
+        }
+        requests.iter().map(|_| self.reply()).collect()
+    }
+
+    fn send(&mut self, args: &[&str]) {
         let mut request = format!("*{}\r\n", args.len()).into_bytes();
         for arg in args {
             request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
         }
         self.0.get_mut().write_all(&request).unwrap();
+    }
+
+    fn reply(&mut self) -> String {
         let mut line = String::new();
         self.0.read_line(&mut line).unwrap();
         let line = line.trim_end().to_owned();
@@ -98,10 +117,70 @@ fn a_node_over_its_maxmemory_flag_refuses_writes_and_recovers_after_deletes() {
 }
 
 #[test]
-fn an_eviction_policy_not_built_yet_is_refused_at_start_by_name() {
+fn three_nodes_under_allkeys_lru_take_every_write_stay_bounded_and_agree() {
+    const BOUND: u64 = 2 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let servers = support::cluster(
+        dir.path(),
+        &["--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru"],
+    );
+    let mut clients: Vec<Client> = servers.iter().map(Client::new).collect();
+    // 15,000 sessions of 256 bytes, about three times what a node holds,
+    // spread over the three nodes in pipelines of 500.
+    let value = "v".repeat(256);
+    for batch in 0..30 {
+        let requests: Vec<Vec<String>> = (0..500)
+            .map(|i| {
+                vec![
+                    "SET".into(),
+                    format!("s:{}", batch * 500 + i),
+                    value.clone(),
+                ]
+            })
+            .collect();
+        let replies = clients[batch % 3].pipeline(&requests);
+        assert!(
+            replies.iter().all(|r| r == "+OK"),
+            "batch {batch}: {replies:?}"
+        );
+    }
+    let info = |client: &mut Client| client.run(&["INFO"]);
+    let keys = |info: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("db0:keys="))
+            .and_then(|l| l.split(',').next())
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    // Every node ends under its bound, and the three hold the same keys.
+    wait_for(
+        "the nodes to agree, each under its bound",
+        Duration::from_secs(30),
+        || {
+            let infos: Vec<String> = clients.iter_mut().map(info).collect();
+            infos.iter().all(|i| info_field(i, "used_memory") <= BOUND)
+                && infos.windows(2).all(|w| keys(&w[0]) == keys(&w[1]))
+        },
+    );
+    let infos: Vec<String> = clients.iter_mut().map(info).collect();
+    let evicted: u64 = infos.iter().map(|i| info_field(i, "evicted_keys")).sum();
+    let held = keys(&infos[0]);
+    assert!(evicted >= 15_000 - held, "{evicted} evicted, {held} held");
+    assert!((1_000..10_000).contains(&held), "{held} held");
+    println!("{evicted} evicted, {held} held by each node");
+    // The newest sessions are held and read alike from every node.
+    for i in 14_900..15_000 {
+        let key = format!("s:{i}");
+        for client in &mut clients {
+            assert_eq!(client.run(&["GET", &key]), value, "{key}");
+        }
+    }
+}
+
+#[test]
+fn a_bad_memory_setting_is_refused_at_start_by_name() {
     let output = Command::new(BIN)
         .args(["serve", "--development", "--maxmemory", "64mb"])
-        .args(["--maxmemory-policy", "allkeys-lru"])
+        .args(["--maxmemory-policy", "lru"])
         .args([
             "--resp-listen",
             "127.0.0.1:0",
@@ -115,7 +194,7 @@ fn an_eviction_policy_not_built_yet_is_refused_at_start_by_name() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("maxmemory-policy") && stderr.contains("only noeviction"),
+        stderr.contains("maxmemory") && stderr.contains("allkeys-lru"),
         "{stderr}"
     );
     let output = Command::new(BIN)

@@ -28,7 +28,7 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use sessmesh_core::{
     CallId, Config, Effect, Level, Member, MemberEvent, MembershipConfig, Message, Node, NodeEvent,
-    Outcome, Timer, Write,
+    Outcome, Stamp, Timer, Write,
 };
 
 mod data;
@@ -222,6 +222,8 @@ pub struct Sim {
     clock_reports: Vec<(u64, usize, NodeEvent)>,
     /// The writes and deletes issued for the data checks (data.rs).
     ledger: Vec<DataCall>,
+    /// Every eviction a node sent: the node, the key and the stamp.
+    evictions: Vec<(usize, Bytes, Stamp)>,
 }
 
 impl fmt::Debug for Sim {
@@ -278,6 +280,7 @@ impl Sim {
             drift_refusals: HashMap::new(),
             clock_reports: Vec::new(),
             ledger: Vec::new(),
+            evictions: Vec::new(),
         }
     }
 
@@ -341,6 +344,12 @@ impl Sim {
             core.clock_stepped(now);
             self.drain(node);
         }
+    }
+
+    /// Every eviction a node sent ([`NodeEvent::Evicted`]): the node, the
+    /// key and the eviction's stamp, in order.
+    pub fn evictions(&self) -> &[(usize, Bytes, Stamp)] {
+        &self.evictions
     }
 
     /// What `node` reported of its own clock ([`NodeEvent::ClockAhead`],
@@ -627,6 +636,9 @@ impl Sim {
                     });
                 }
                 Effect::Event(NodeEvent::ReplicasChanged(_) | NodeEvent::SessionsChanged(_)) => {}
+                Effect::Event(NodeEvent::Evicted { key, stamp }) => {
+                    self.evictions.push((node, key, stamp));
+                }
                 Effect::Event(event @ (NodeEvent::ClockAhead { .. } | NodeEvent::ClockInSync)) => {
                     self.clock_reports.push((self.now_ms, node, event));
                 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use sessmesh_core::{ClusterId, Config, Level, Member, MembershipConfig};
+use sessmesh_core::{ClusterId, Config, EvictionPolicy, Level, Member, MembershipConfig};
 use sessmesh_net::{
     CaCertificate, ClusterCa, NodeIdentity, QuicSettings, QuicTransport, Transport, TransportConfig,
 };
@@ -177,11 +177,20 @@ impl NodeBuilder {
 
     /// This peer's memory bound, bytes (default 0: none; Redis's
     /// `maxmemory`, see [`parse_bytes`](crate::parse_bytes) for `"64mb"`).
-    /// Over it, writes that add are refused with
+    /// Over it, the [eviction policy](Self::eviction_policy) evicts
+    /// sessions from every replica, or under `NoEviction` (the default)
+    /// writes that add are refused with
     /// [`Error::OutOfMemory`](crate::Error::OutOfMemory); reads, deletes and
     /// deadlines go on. Each peer has its own.
     pub fn max_memory(mut self, bytes: usize) -> Self {
         self.config.max_memory_bytes = bytes;
+        self
+    }
+
+    /// What this peer does over its memory bound (default `NoEviction`;
+    /// Redis's `maxmemory-policy`).
+    pub fn eviction_policy(mut self, policy: EvictionPolicy) -> Self {
+        self.config.eviction_policy = policy;
         self
     }
 

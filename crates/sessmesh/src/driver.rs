@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sessmesh_core::{
-    CallId, Cas, Effect, GroupCas, KeyChange, KeyRange, Level, Member, MemberEvent, MemberState,
-    Message, NodeEvent, Outcome, PartitionId, Session, Timer, Write,
+    CallId, Cas, Effect, EvictionPolicy, GroupCas, KeyChange, KeyRange, Level, Member, MemberEvent,
+    MemberState, Message, NodeEvent, Outcome, PartitionId, Session, Timer, Write,
 };
 use sessmesh_net::{Incoming, Transport};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -37,6 +37,7 @@ pub(crate) enum Command {
     Consensus(Bytes, Cas, oneshot::Sender<Outcome>),
     ConsensusGroup(Vec<Bytes>, GroupCas, oneshot::Sender<Outcome>),
     SetMaxMemory(usize, oneshot::Sender<()>),
+    SetEvictionPolicy(EvictionPolicy, oneshot::Sender<()>),
     Clear(KeyRange, oneshot::Sender<Outcome>),
     PartitionKeys(PartitionId, oneshot::Sender<Outcome>),
     Local(Bytes, oneshot::Sender<Option<Session>>),
@@ -426,6 +427,10 @@ impl<T: Transport> Driver<T> {
             }
             Command::SetMaxMemory(bytes, reply) => {
                 self.node.set_max_memory(bytes);
+                let _ = reply.send(());
+            }
+            Command::SetEvictionPolicy(policy, reply) => {
+                self.node.set_eviction_policy(policy);
                 let _ = reply.send(());
             }
             Command::ConsensusGroup(keys, op, reply) => {

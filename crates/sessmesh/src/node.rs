@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sessmesh_core::{
-    Expiry, KeyChange, KeyRange, Level, MAX_KEY_LEN, Member, NodeEvent, Outcome, Session,
-    SessionData, Write,
+    EvictionPolicy, Expiry, KeyChange, KeyRange, Level, MAX_KEY_LEN, Member, NodeEvent, Outcome,
+    Session, SessionData, Write,
 };
 #[cfg(feature = "test-support")]
 use sessmesh_net::LinkFaults;
@@ -353,13 +353,23 @@ impl Node {
         self.ask(Command::Status).await
     }
 
-    /// Sets this peer's memory bound, bytes (0: none): over it, writes that
+    /// Sets this peer's memory bound, bytes (0: none): over it, the
+    /// eviction policy evicts sessions, or under `noeviction` writes that
     /// add are refused with [`Error::OutOfMemory`].
     ///
     /// # Errors
     /// [`Error::Stopped`].
     pub async fn set_max_memory(&self, bytes: usize) -> Result<(), Error> {
         self.ask(|reply| Command::SetMaxMemory(bytes, reply)).await
+    }
+
+    /// Sets what this peer does over its memory bound (`maxmemory-policy`).
+    ///
+    /// # Errors
+    /// [`Error::Stopped`].
+    pub async fn set_eviction_policy(&self, policy: EvictionPolicy) -> Result<(), Error> {
+        self.ask(|reply| Command::SetEvictionPolicy(policy, reply))
+            .await
     }
 
     /// The members this peer considers active, itself excluded.

@@ -536,3 +536,51 @@ async fn a_member_back_at_another_address_leaves_nothing_held_for_the_old_one() 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_a_memory_bound_evict_from_every_replica_and_say_so() {
+    const BOUND: usize = 96 * 1024;
+    let mut peers: Vec<Node> = Vec::new();
+    for i in 0..2 {
+        let seeds = peers.first().map(|p| p.me().addr);
+        let peer = builder(&format!("peer-{i}"))
+            .replication_factor(2)
+            .max_memory(BOUND)
+            .eviction_policy(sessmesh::EvictionPolicy::AllKeysLru)
+            .seeds(seeds)
+            .start()
+            .await
+            .unwrap();
+        peers.push(peer);
+    }
+    wait_for("the peers to see each other", || async {
+        peers[1].members().await.unwrap().len() == 1
+    })
+    .await;
+    let mut changes = peers[1].watch().await.unwrap();
+    // About four times what a peer holds, every write taken.
+    let value = "v".repeat(500);
+    for i in 0..800 {
+        peers[i % 2]
+            .put_field(format!("s:{i}"), "f", value.clone())
+            .await
+            .unwrap();
+    }
+    let mut evicted = 0;
+    while let Ok(change) = changes.try_recv() {
+        evicted += usize::from(change.kind == ChangeKind::Evicted);
+    }
+    assert!(evicted > 100, "peer 1 saw {evicted} evictions");
+    let mut coordinated = 0;
+    for peer in &peers {
+        let memory = peer.status().await.unwrap().memory;
+        assert!(memory.used() <= BOUND, "{memory:?}");
+        coordinated += memory.evicted_keys;
+    }
+    assert!(coordinated >= 400, "{coordinated} evicted");
+    // The newest sessions are there, on both.
+    for peer in &peers {
+        let newest = peer.get("s:799").await.unwrap().unwrap();
+        assert_eq!(newest.field(b"f"), Some(value.as_bytes()));
+    }
+}

@@ -99,7 +99,7 @@ impl Node {
             RoundOp::One(Cas::Read | Cas::Unlock { .. }) | RoundOp::Group(GroupCas::Read) => false,
             RoundOp::One(_) | RoundOp::Group(_) => true,
         };
-        if adds && self.refuse_over_memory(call) {
+        if adds && self.refuse_over_memory(call, now_ms) {
             return;
         }
         let mut replicas = None;

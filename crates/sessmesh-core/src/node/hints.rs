@@ -5,7 +5,7 @@ use super::*;
 
 impl Node {
     /// How often hints are retried, at most.
-    const HINT_REPLAY_MS: u64 = 1_000;
+    pub(super) const HINT_REPLAY_MS: u64 = 1_000;
 
     pub(super) fn schedule_hint_replay(&mut self) {
         self.schedule(Self::HINT_REPLAY_MS, Timer::ReplayHints);

@@ -2,7 +2,7 @@
 //! writes it refuses over `max_memory_bytes`.
 
 use super::*;
-use crate::memory::MemoryReport;
+use crate::memory::{EvictionPolicy, MemoryReport};
 
 impl Node {
     /// What the node holds, as it counts it, with its bound.
@@ -13,13 +13,30 @@ impl Node {
             consensus: self.acceptors.memory(),
             max: self.config.max_memory_bytes,
             policy: self.config.eviction_policy,
+            evicted_keys: self.stats.evicted_keys,
         }
+    }
+
+    /// Sets what the node does over its bound, from now on.
+    pub fn set_eviction_policy(&mut self, policy: EvictionPolicy) {
+        self.config.eviction_policy = policy;
+        self.eviction_clock(None);
+    }
+
+    /// Keeps the clock the store's access words follow current, with the
+    /// policy they serve (`now_ms`: the time, when the call has it).
+    pub(super) fn eviction_clock(&self, now_ms: Option<u64>) {
+        self.store.set_clock(
+            now_ms.unwrap_or_else(|| self.store.clock()),
+            self.config.eviction_policy,
+        );
     }
 
     /// Sets the memory bound, bytes (0: none), from now on.
     pub fn set_max_memory(&mut self, bytes: usize) {
         self.config.max_memory_bytes = bytes;
         self.store.set_memory_limit(bytes);
+        self.hints.set_max_bytes(hint_bound(&self.config));
         self.count_memory();
     }
 
@@ -29,12 +46,15 @@ impl Node {
     pub(super) fn count_memory(&mut self) {
         let memory = self.memory();
         self.store
-            .set_other_memory(memory.used() - memory.sessions.entries);
+            .set_other_memory(memory.used() - memory.sessions.total());
     }
 
-    /// Refuses `call`, a write that adds, when the node is over its bound;
-    /// whether it did.
-    pub(super) fn refuse_over_memory(&mut self, call: CallId) -> bool {
+    /// Refuses `call`, a write that adds, when the node is over its bound
+    /// and eviction (by the policy) cannot make room; whether it did.
+    pub(super) fn refuse_over_memory(&mut self, call: CallId, now_ms: u64) -> bool {
+        if self.make_room(now_ms) {
+            return false;
+        }
         let Some((used, max)) = self.store.over_limit() else {
             return false;
         };
@@ -44,5 +64,15 @@ impl Node {
             outcome: Outcome::OverMemory { used, max },
         });
         true
+    }
+}
+
+/// What the hints may take: `max_hint_bytes`, and under a memory bound at
+/// most an eighth of it, so that hints for a replica down for long do not
+/// push the sessions out (past it the oldest go, and anti-entropy repairs).
+pub(super) fn hint_bound(config: &Config) -> usize {
+    match config.max_memory_bytes {
+        0 => config.max_hint_bytes,
+        max => config.max_hint_bytes.min(max / 8),
     }
 }

@@ -63,6 +63,7 @@ impl Node {
             );
         }
         if !changed.is_empty() {
+            self.eviction.placement_changed_ms = self.store.clock();
             self.effects
                 .push(Effect::Event(NodeEvent::ReplicasChanged(changed)));
         }

@@ -38,6 +38,7 @@ impl Node {
         for (i, replica) in replicas.iter().enumerate() {
             if replica.local {
                 pending.waiting &= !(1 << i);
+                self.store.note_use(&key);
                 let (session, fingerprint) = self.store.session_and_fingerprint(&key).unzip();
                 pending.answers.push((i, session.clone()));
                 pending.local = Some((session, fingerprint));

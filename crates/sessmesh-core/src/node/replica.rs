@@ -32,6 +32,7 @@ impl Node {
 
     /// Answers a coordinator's read with this node's state of `key`.
     pub(super) fn serve_read(&mut self, from: SocketAddr, request: u64, key: &[u8]) {
+        self.store.note_use(key);
         let session = self.store.session(key);
         self.effects.push(Effect::Send {
             to: from,
@@ -42,6 +43,7 @@ impl Node {
     /// Answers a coordinator's read with the fingerprint of this node's
     /// state of `key`.
     pub(super) fn serve_digest(&mut self, from: SocketAddr, request: u64, key: &[u8]) {
+        self.store.note_use(key);
         let fingerprint = self.store.fingerprint(key);
         self.effects.push(Effect::Send {
             to: from,

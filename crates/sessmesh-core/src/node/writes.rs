@@ -14,9 +14,10 @@ impl Node {
     /// key handed to this node while that read runs wait for it and are
     /// stamped after the delete: writes are applied in the order they came.
     pub fn write(&mut self, call: CallId, key: Bytes, write: Write, level: Level, now_ms: u64) {
+        self.eviction_clock(Some(now_ms));
         if let Some(ahead_ms) = self.hlc.ahead_of_peers_ms(now_ms) {
             self.refuse_ahead(call, ahead_ms);
-        } else if write.adds() && self.refuse_over_memory(call) {
+        } else if write.adds() && self.refuse_over_memory(call, now_ms) {
         } else if let Some(waiting) = self.deleting.get_mut(&key) {
             waiting.push((call, write, level));
         } else if write == Write::Delete {
@@ -26,6 +27,8 @@ impl Node {
             }
         } else {
             self.write_now(call, key, write, level, None, now_ms);
+            // Its own copy may have taken it over the bound.
+            self.evict_if_over(now_ms);
         }
     }
 
@@ -55,6 +58,8 @@ impl Node {
         }
     }
 
+    /// Stamps and sends a write to its replicas; the stamp, unless it was
+    /// refused (and answered so).
     pub(super) fn write_now(
         &mut self,
         call: CallId,
@@ -63,13 +68,9 @@ impl Node {
         level: Level,
         existed: Option<bool>,
         now_ms: u64,
-    ) {
-        let Some(replicas) = self.replicas_of(&key, call) else {
-            return;
-        };
-        let Some(stamp) = self.stamp_or_refuse(call, now_ms) else {
-            return;
-        };
+    ) -> Option<Stamp> {
+        let replicas = self.replicas_of(&key, call)?;
+        let stamp = self.stamp_or_refuse(call, now_ms)?;
         // Until this node's clock is measured, its own copy waits for
         // another replica to accept the stamp.
         let defer = !self.clocks.measured() && replicas.iter().any(|r| r.addr.is_some());
@@ -107,6 +108,7 @@ impl Node {
             }
         }
         self.track_write(id, pending);
+        Some(stamp)
     }
 
     pub(super) fn track_write(&mut self, id: u64, mut pending: PendingWrite) {

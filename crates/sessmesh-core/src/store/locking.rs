@@ -7,7 +7,33 @@ use super::*;
 /// The packed sessions of one partition, found by the key hash with its
 /// halves swapped (the low bits pick the partition, so they cannot also pick
 /// the slot).
-pub(super) type Table = HashTable<Box<[u8]>>;
+pub(super) type Table = HashTable<Slot>;
+
+/// One stored session: its packed bytes, and what the eviction policy
+/// knows of its use (see `access.rs`), which readers update under the
+/// partition's read lock.
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) packed: Box<[u8]>,
+    pub(super) access: AtomicU32,
+}
+
+impl Slot {
+    pub(super) fn new(packed: Box<[u8]>, access: u32) -> Slot {
+        Slot {
+            packed,
+            access: AtomicU32::new(access),
+        }
+    }
+}
+
+impl std::ops::Deref for Slot {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.packed
+    }
+}
 
 pub(super) fn slot_hash(key_hash: u64) -> u64 {
     key_hash.rotate_left(32)
@@ -17,10 +43,8 @@ pub(super) fn packed_slot_hash(packed: &[u8]) -> u64 {
     slot_hash(key_hash(packed::key_of(packed)))
 }
 
-pub(super) fn find<'t>(table: &'t Table, hash: u64, key: &[u8]) -> Option<&'t [u8]> {
-    table
-        .find(slot_hash(hash), |packed| packed::key_of(packed) == key)
-        .map(|b| &**b)
+pub(super) fn find<'t>(table: &'t Table, hash: u64, key: &[u8]) -> Option<&'t Slot> {
+    table.find(slot_hash(hash), |slot| packed::key_of(slot) == key)
 }
 
 /// Its own cache lines (128 bytes: two 64-byte lines, for CPUs that fetch
@@ -55,8 +79,10 @@ pub(super) struct Shared {
     /// What the stored entries take, bytes: each one's allocation
     /// ([`entry_bytes`]), the tables' slots not included.
     pub(super) bytes: AtomicUsize,
+    /// What the tables' slots take, bytes, kept as they grow.
+    pub(super) table_bytes: AtomicUsize,
     /// The node's memory bound, bytes (0: none), and what it holds besides
-    /// the entries (the tables' slots, hints, consensus state), as the node
+    /// the sessions and their tables (hints, consensus state), as the node
     /// last counted it: a write that adds is refused over the bound.
     pub(super) limit: AtomicUsize,
     pub(super) other: AtomicUsize,
@@ -65,6 +91,8 @@ pub(super) struct Shared {
     pub(super) changes: Mutex<Vec<KeyChange>>,
     /// The clears of key ranges kept (see `clears.rs`).
     pub(super) clears: Clears,
+    /// The clock and policy of the sessions' access words (`access.rs`).
+    pub(super) access: AccessClock,
 }
 
 /// What one stored entry of `packed_len` bytes takes from the allocator:
@@ -74,17 +102,39 @@ pub(super) fn entry_bytes(packed_len: usize) -> usize {
     ((packed_len + 8 + 15) & !15).max(32)
 }
 
-/// What one table slot takes: the boxed entry's pointer and length, and
-/// the table's control byte.
-pub(super) const SLOT_BYTES: usize = size_of::<Box<[u8]>>() + 1;
+/// What a table of `capacity` takes in slots: a table holds 7/8 of its
+/// slots (all but one, when it is tiny).
+pub(super) fn table_bytes(capacity: usize) -> usize {
+    let slots = match capacity {
+        0 => 0,
+        small @ 1..7 => small + 1,
+        capacity => capacity / 7 * 8,
+    };
+    slots * SLOT_BYTES
+}
+
+/// What one table slot takes: the boxed entry's pointer and length, its
+/// access word, and the table's control byte.
+pub(super) const SLOT_BYTES: usize = size_of::<Slot>() + 1;
 
 impl Shared {
     /// Whether the node is over its memory bound: what it uses and the
     /// bound, if so.
     pub(super) fn over_limit(&self) -> Option<(usize, usize)> {
         let limit = self.limit.load(Ordering::Relaxed);
-        let used = self.bytes.load(Ordering::Relaxed) + self.other.load(Ordering::Relaxed);
+        let used = self.bytes.load(Ordering::Relaxed)
+            + self.table_bytes.load(Ordering::Relaxed)
+            + self.other.load(Ordering::Relaxed);
         (limit > 0 && used > limit).then_some((used, limit))
+    }
+
+    /// Accounts a table grown (or dropped) from `before` slots of capacity
+    /// to `after`.
+    pub(super) fn table_resized(&self, before: usize, after: usize) {
+        self.table_bytes
+            .fetch_add(table_bytes(after), Ordering::Relaxed);
+        self.table_bytes
+            .fetch_sub(table_bytes(before), Ordering::Relaxed);
     }
 
     /// Accounts an entry of `len` bytes stored.
@@ -121,8 +171,13 @@ impl Shared {
         f: impl FnOnce(SessionRef<'_>) -> R,
     ) -> Option<R> {
         let partition = self.read(partition_of(hash, self.partition_count));
-        let packed = Packed::parse(find(&partition.table, hash, key)?);
-        packed.is_visible(now_ms).then(|| f(SessionRef { packed }))
+        let slot = find(&partition.table, hash, key)?;
+        let packed = Packed::parse(slot);
+        let visible = packed.is_visible(now_ms);
+        if visible {
+            self.access.used(slot, hash);
+        }
+        visible.then(|| f(SessionRef { packed }))
     }
 
     /// Calls `f` with what is stored under `key`, tombstones included.

@@ -3,7 +3,7 @@
 //! and the change it makes, in one table operation under the partition's
 //! write lock.
 
-use super::locking::{Partition, Shared, packed_slot_hash, slot_hash};
+use super::locking::{Partition, Shared, Slot, packed_slot_hash, slot_hash};
 use super::*;
 
 impl Shared {
@@ -34,7 +34,8 @@ impl Shared {
                 digest.remove(hash, old.fingerprint());
                 digest.add(hash, Packed::parse(&new).fingerprint());
                 self.resized(slot.get().len(), new.len());
-                *slot.get_mut() = new;
+                slot.get_mut().packed = new;
+                self.access.used(slot.get(), hash);
                 self.record(key, ChangeKind::Updated);
                 return true;
             }
@@ -72,6 +73,8 @@ impl Shared {
             && session.collectable_at_ms(self.tombstone_grace_ms) <= now_ms);
         let change = if session.is_visible(now_ms) {
             Some(ChangeKind::Updated)
+        } else if session.header().evicted {
+            old_live.then_some(ChangeKind::Evicted)
         } else {
             old_live.then_some(ChangeKind::Removed)
         };
@@ -85,22 +88,29 @@ impl Shared {
             }
             (Ok(mut slot), Some(old_fingerprint)) => {
                 let new = packed::encode(key, &session);
-                if new == *slot.get() {
+                if new == slot.get().packed {
                     return false;
                 }
                 digest.remove(hash, old_fingerprint);
                 digest.add(hash, Packed::parse(&new).fingerprint());
                 self.resized(slot.get().len(), new.len());
-                *slot.get_mut() = new;
+                slot.get_mut().packed = new;
+                if change == Some(ChangeKind::Updated) {
+                    self.access.used(slot.get(), hash);
+                }
                 true
             }
             (Err(vacant), _) if keep => {
                 let new = packed::encode(key, &session);
                 digest.add(hash, Packed::parse(&new).fingerprint());
                 self.added(new.len());
-                vacant
-                    .into_table()
-                    .insert_unique(slot_hash(hash), new, |p| packed_slot_hash(p));
+                let slot = Slot::new(new, self.access.fresh());
+                let table = vacant.into_table();
+                let before = table.capacity();
+                table.insert_unique(slot_hash(hash), slot, |s| packed_slot_hash(s));
+                if table.capacity() != before {
+                    self.table_resized(before, table.capacity());
+                }
                 self.len.fetch_add(1, Ordering::Relaxed);
                 true
             }

@@ -40,6 +40,7 @@ pub(super) fn kind(message: &Message) -> &'static str {
         Message::Clear { .. } => "Clear",
         Message::ClearAck { .. } => "ClearAck",
         Message::Clears { .. } => "Clears",
+        Message::ForgetEvicted { .. } => "ForgetEvicted",
     }
 }
 

@@ -91,8 +91,8 @@ impl KeyCommand {
             Op::Del | Op::Unlink => KeyCommand::Del {
                 keys: args.to_vec(),
             },
-            // `TOUCH` counts the keys that exist, as `EXISTS`; there is no
-            // access time to update.
+            // `TOUCH` counts the keys that exist, as `EXISTS`, whose read
+            // counts as a use for the eviction policy.
             Op::Exists | Op::Touch => KeyCommand::Exists {
                 keys: args.to_vec(),
             },

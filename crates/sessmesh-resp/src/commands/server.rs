@@ -119,8 +119,12 @@ impl ServerCommand {
                     Err(e) => failed(&e),
                 }
             }
-            // The one policy carried out, and the one in force.
-            ServerCommand::ConfigSet(Setting::MaxMemoryPolicy) => Reply::Ok,
+            ServerCommand::ConfigSet(Setting::MaxMemoryPolicy(policy)) => {
+                match handler.node.set_eviction_policy(policy).await {
+                    Ok(()) => Reply::Ok,
+                    Err(e) => failed(&e),
+                }
+            }
             ServerCommand::ConfigSet(Setting::NotifyKeyspaceEvents(flags)) => {
                 handler.set_notify_keyspace_events(flags);
                 Reply::Ok
@@ -139,16 +143,17 @@ impl ServerCommand {
 }
 
 /// `INFO`'s memory section: Redis's names for what the node counts
-/// (`used_memory`, `maxmemory`, `maxmemory_policy`, `evicted_keys`, 0
-/// while no policy evicts), then this node's own break-down.
+/// (`used_memory`, `maxmemory`, `maxmemory_policy`, `evicted_keys`: the
+/// evictions this node coordinated), then this node's own break-down.
 fn memory_lines(memory: &MemoryReport) -> String {
     format!(
-        "used_memory:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:{}\r\nevicted_keys:0\r\n\
+        "used_memory:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:{}\r\nevicted_keys:{}\r\n\
          sessmesh_memory_sessions:{}\r\nsessmesh_memory_tables:{}\r\n\
          sessmesh_memory_hints:{}\r\nsessmesh_memory_consensus:{}\r\n",
         memory.used(),
         memory.max,
         memory.policy,
+        memory.evicted_keys,
         memory.sessions.entries,
         memory.sessions.tables,
         memory.hints,
@@ -183,7 +188,7 @@ pub(super) enum Setting {
     /// `maxmemory`, bytes.
     MaxMemory(usize),
     /// `maxmemory-policy noeviction`, the one carried out.
-    MaxMemoryPolicy,
+    MaxMemoryPolicy(sessmesh::EvictionPolicy),
     /// `lua-time-limit`, ms: how long a script may run.
     LuaTimeLimit(u64),
 }
@@ -209,13 +214,7 @@ fn parse_config_set(args: &[Bytes]) -> Result<ServerCommand, Reply> {
         let policy: sessmesh::EvictionPolicy = String::from_utf8_lossy(value)
             .parse()
             .map_err(|why| failed("maxmemory-policy", why))?;
-        if !policy.supported() {
-            return Err(failed(
-                "maxmemory-policy",
-                format!("{policy} is not carried out by this node yet: only noeviction is"),
-            ));
-        }
-        return Ok(ServerCommand::ConfigSet(Setting::MaxMemoryPolicy));
+        return Ok(ServerCommand::ConfigSet(Setting::MaxMemoryPolicy(policy)));
     }
     if eq(name, "lua-time-limit") {
         return match int(value).and_then(|ms| u64::try_from(ms).ok()) {

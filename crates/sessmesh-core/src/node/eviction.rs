@@ -1,0 +1,266 @@
+//! Eviction: over its memory bound, under an eviction policy, a node picks
+//! sessions to evict as Redis does (sampling, with a pool of the best
+//! candidates kept between samplings) and removes each from every replica
+//! by a replicated [`Write::Evict`].
+//!
+//! An eviction leaves a tombstone, marked as an eviction, so that a replica
+//! that still holds the session cannot bring it back by anti-entropy, a
+//! handoff or a hint: the clear stamp hides it, as a delete's does. Unlike a
+//! delete's, that tombstone is not kept for the tombstone grace when
+//! nothing can still bring the session back, so that a stream of new
+//! sessions through a full node does not fill it with tombstones: the
+//! coordinator tells the replicas to forget it
+//! ([`Message::ForgetEvicted`]) some time after every replica acknowledged
+//! the eviction: a request timeout (for older writes still on their way),
+//! plus the membership's detection bound (so that a member cut off by then
+//! has been declared down), plus a hint replay period (so that hints of
+//! older writes to replicas that are up have been replayed); and only when
+//! - the cluster was whole when the eviction was acknowledged, and still
+//!   is: every member copies are counted against is up and not leaving, so
+//!   no member cut off or on its way out holds a copy the eviction missed;
+//! - and the partition's replicas have not changed for two anti-entropy
+//!   periods, so no handoff of an older copy is under way.
+//!
+//! Otherwise the tombstone stays for the grace, as a delete's, and hints
+//! and anti-entropy carry it to the replicas that missed it.
+
+use std::collections::VecDeque;
+
+use super::*;
+use crate::memory::EvictionPolicy;
+use crate::store::Candidate;
+
+/// Call ids with this bit are the node's own evictions: their outcomes
+/// stay inside the node.
+const EVICTION_CALLS: u64 = 1 << 63;
+/// Sessions looked at per sampling (Redis's `maxmemory-samples`).
+const SAMPLES: usize = 5;
+/// The best candidates kept between samplings (Redis's pool size).
+const POOL: usize = 16;
+/// Most sessions evicted to make room for one write: past it the write goes
+/// on and the next one evicts more.
+const MAX_PER_WRITE: usize = 32;
+
+/// What eviction keeps between calls.
+#[derive(Debug, Default)]
+pub(super) struct Eviction {
+    /// The sampling's random draws: a counter through a mixer.
+    draws: u64,
+    /// The best victims found so far, best last.
+    pool: Vec<Candidate>,
+    /// Evictions coordinated and not yet answered, by call id, and their
+    /// keys: a key being evicted is not picked again (its eviction may
+    /// wait for another replica before this node's copy takes it).
+    evicting: HashMap<u64, Bytes>,
+    evicting_keys: HashSet<Bytes>,
+    next_call: u64,
+    /// Evictions every replica acknowledged, to forget once the request
+    /// timeout has passed: the time they were acknowledged by (set at the
+    /// next sweep) and the tombstone.
+    forgetting: VecDeque<(Option<u64>, Bytes, Stamp)>,
+    /// When the replica sets last changed, wall-clock ms.
+    pub(super) placement_changed_ms: u64,
+}
+
+impl Eviction {
+    pub(super) fn new(seed: u64) -> Eviction {
+        Eviction {
+            draws: seed,
+            ..Eviction::default()
+        }
+    }
+
+    fn draw(&mut self) -> u64 {
+        self.draws = self.draws.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut x = self.draws;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+}
+
+impl Node {
+    /// Makes room for a write that adds: over the bound, evicts sessions by
+    /// the policy. Returns whether the write may go on: not under
+    /// `noeviction`, nor when nothing the policy may evict is left.
+    pub(super) fn make_room(&mut self, now_ms: u64) -> bool {
+        let policy = self.config.eviction_policy;
+        if self.store.over_limit().is_none() {
+            return true;
+        }
+        if policy == EvictionPolicy::NoEviction {
+            return false;
+        }
+        let mut evicted = 0;
+        while self.store.over_limit().is_some() && evicted < MAX_PER_WRITE {
+            let Some(victim) = self.next_victim(policy, now_ms) else {
+                break;
+            };
+            self.evict(victim, now_ms);
+            evicted += 1;
+        }
+        self.settle_evictions();
+        evicted > 0 || self.store.over_limit().is_none()
+    }
+
+    /// The next session to evict: for `allkeys-random` the first sampled;
+    /// for the others the best of the pool, after a new sampling and with
+    /// the pool's scores taken afresh (its sessions may have been used,
+    /// changed or removed since).
+    fn next_victim(&mut self, policy: EvictionPolicy, now_ms: u64) -> Option<Bytes> {
+        let draw = self.eviction.draw();
+        let mut sampled = self.store.sample_victims(policy, draw, SAMPLES, now_ms);
+        let evicting = &self.eviction.evicting_keys;
+        sampled.retain(|c| !evicting.contains(&c.key));
+        if policy == EvictionPolicy::AllKeysRandom {
+            return sampled.into_iter().next().map(|c| c.key);
+        }
+        let mut pool = std::mem::take(&mut self.eviction.pool);
+        pool.retain(|c| !sampled.iter().any(|s| s.key == c.key));
+        pool.retain_mut(|c| {
+            if self.eviction.evicting_keys.contains(&c.key) {
+                return false;
+            }
+            match self.store.victim_score(&c.key, policy, now_ms) {
+                Some(score) => {
+                    c.score = score;
+                    true
+                }
+                None => false,
+            }
+        });
+        pool.extend(sampled);
+        pool.sort_unstable_by_key(|c| c.score);
+        if pool.len() > POOL {
+            pool.drain(..pool.len() - POOL);
+        }
+        let victim = pool.pop().map(|c| c.key);
+        self.eviction.pool = pool;
+        victim
+    }
+
+    /// Evicts `key` from every replica.
+    fn evict(&mut self, key: Bytes, now_ms: u64) {
+        let id = self.eviction.next_call;
+        self.eviction.next_call += 1;
+        self.eviction.evicting.insert(id, key.clone());
+        self.eviction.evicting_keys.insert(key.clone());
+        self.stats.evicted_keys += 1;
+        let call = CallId(EVICTION_CALLS | id);
+        if let Some(stamp) =
+            self.write_now(call, key.clone(), Write::Evict, Level::All, None, now_ms)
+        {
+            self.effects
+                .push(Effect::Event(NodeEvent::Evicted { key, stamp }));
+        }
+    }
+
+    /// Takes the answers to this node's evictions out of the effects: an
+    /// eviction every copy acknowledged has its tombstone forgotten, at once
+    /// when this node is its only replica, otherwise a request timeout
+    /// later.
+    pub(super) fn settle_evictions(&mut self) {
+        if self.eviction.evicting.is_empty() {
+            return;
+        }
+        let mut settled = Vec::new();
+        self.effects.retain(|effect| match effect {
+            Effect::Done { call, outcome } if call.0 & EVICTION_CALLS != 0 => {
+                settled.push((call.0 & !EVICTION_CALLS, outcome.clone()));
+                false
+            }
+            _ => true,
+        });
+        for (id, outcome) in settled {
+            let Some(key) = self.eviction.evicting.remove(&id) else {
+                continue;
+            };
+            self.eviction.evicting_keys.remove(&key);
+            let Outcome::Written { stamp, .. } = outcome else {
+                // Short of copies: the tombstone stays for the grace.
+                continue;
+            };
+            if !self.whole() {
+                continue;
+            }
+            let partition = self.store.partition_of(&key);
+            if self.partitioner.replicas_for(partition).len() <= 1 {
+                self.store.forget_evicted(&key, stamp);
+            } else {
+                self.eviction.forgetting.push_back((None, key, stamp));
+            }
+        }
+    }
+
+    /// Whether every member copies are counted against is up and not
+    /// leaving: none holds a copy that writes cannot reach.
+    fn whole(&self) -> bool {
+        let owners = self.partitioner.members();
+        self.counted.iter().all(|name| owners.contains(name))
+    }
+
+    /// Each sweep: tells the replicas to forget the tombstones of
+    /// evictions acknowledged long enough ago (see the module docs).
+    pub(super) fn forget_evictions(&mut self, now_ms: u64) {
+        let due_by = now_ms
+            + self.config.request_timeout_ms
+            + self.membership.config().detection_bound_ms()
+            + Self::HINT_REPLAY_MS;
+        let mut due: BTreeMap<String, Vec<(Bytes, Stamp)>> = BTreeMap::new();
+        let me = self.membership.me().name.clone();
+        // Forgetting waits for the cluster to be whole and its placement
+        // to settle; what was acknowledged before that keeps its tombstone.
+        let settled_ms =
+            self.eviction.placement_changed_ms + 2 * self.config.anti_entropy_period_ms;
+        if !self.whole() || now_ms < settled_ms {
+            self.eviction.forgetting.clear();
+            return;
+        }
+        let forgetting = &mut self.eviction.forgetting;
+        for entry in forgetting.iter_mut() {
+            entry.0.get_or_insert(due_by);
+        }
+        while let Some((Some(at), _, _)) = forgetting.front()
+            && *at <= now_ms
+        {
+            let Some((_, key, stamp)) = forgetting.pop_front() else {
+                break;
+            };
+            let partition = self.store.partition_of(&key);
+            for replica in self.partitioner.replicas_for(partition) {
+                due.entry(replica.clone())
+                    .or_default()
+                    .push((key.clone(), stamp));
+            }
+        }
+        for (replica, evictions) in due {
+            if replica == me {
+                for (key, stamp) in &evictions {
+                    self.store.forget_evicted(key, *stamp);
+                }
+            } else if let Some(&to) = self.addrs.get(&replica) {
+                self.effects.push(Effect::Send {
+                    to,
+                    message: Message::ForgetEvicted { evictions },
+                });
+            }
+        }
+    }
+
+    /// A coordinator says every replica has these evictions.
+    pub(super) fn forget_evicted(&mut self, evictions: &[(Bytes, Stamp)]) {
+        for (key, stamp) in evictions {
+            self.store.forget_evicted(key, *stamp);
+        }
+    }
+
+    /// After a replicated change: a replica over its bound evicts too, so
+    /// the writes other nodes coordinate do not take it past the bound.
+    pub(super) fn evict_if_over(&mut self, now_ms: u64) {
+        if self.store.over_limit().is_some()
+            && self.config.eviction_policy != EvictionPolicy::NoEviction
+        {
+            self.make_room(now_ms);
+        }
+    }
+}
