@@ -116,6 +116,8 @@ pub struct MemoryReport {
     pub hints: usize,
     /// Consensus state kept per instance.
     pub consensus: usize,
+    /// Evictions whose tombstones wait to be forgotten.
+    pub evictions: usize,
     /// The bound, `maxmemory` (0: none).
     pub max: usize,
     /// What happens at the bound.
@@ -127,7 +129,7 @@ pub struct MemoryReport {
 impl MemoryReport {
     /// Everything counted.
     pub fn used(&self) -> usize {
-        self.sessions.total() + self.hints + self.consensus
+        self.sessions.total() + self.hints + self.consensus + self.evictions
     }
 }
 

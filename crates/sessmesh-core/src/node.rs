@@ -76,6 +76,7 @@ mod memory;
 mod placement;
 mod reads;
 mod replica;
+mod stats;
 mod sweep;
 mod writes;
 
@@ -85,6 +86,7 @@ use in_flight::{
     HandoffBatch, InFlight, Pending, PendingRead, PendingRound, PendingWrite, Phase, RoundOp,
 };
 use learning::{Answers, Standing};
+pub use stats::NodeStats;
 
 /// A timer a node asked for; hand it back through [`Node::handle_timer`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,45 +147,6 @@ pub enum NodeEvent {
         /// The eviction's stamp.
         stamp: Stamp,
     },
-}
-
-/// Counts of what a node's replication did since it started, for metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NodeStats {
-    /// Acknowledgements from replicas of writes this node coordinated.
-    pub replica_acks: u64,
-    /// Coordinated writes answered `TooFewAcks` because replicas did not
-    /// answer in time.
-    pub write_timeouts: u64,
-    /// Coordinated reads answered `TooFewAnswers` because replicas did not
-    /// answer in time.
-    pub read_timeouts: u64,
-    /// Coordinated writes answered `TooFewAcks` as soon as every replica up
-    /// had answered, because fewer are up than the level counts.
-    pub writes_short_of_copies: u64,
-    /// Coordinated reads answered `TooFewAnswers` for the same reason.
-    pub reads_short_of_copies: u64,
-    /// Hints kept for replicas that missed a write.
-    pub hints_queued: u64,
-    /// Hints replayed and acknowledged.
-    pub hints_replayed: u64,
-    /// Anti-entropy rounds started.
-    pub anti_entropy_rounds: u64,
-    /// Sessions changed by a merge from a peer (anti-entropy or read repair).
-    pub keys_repaired: u64,
-    /// Stamps refused for being too far ahead of this node's clock.
-    pub clock_drift_refused: u64,
-    /// Writes this node refused to stamp, or that every other replica
-    /// refused, because its own clock ran ahead of its peers'.
-    pub writes_refused_clock_ahead: u64,
-    /// Reads where a replica's fingerprint differed from this node's copy,
-    /// so its state was fetched.
-    pub digest_mismatches: u64,
-    /// Writes refused because the node was over its memory bound.
-    pub writes_refused_over_memory: u64,
-    /// Sessions this node evicted to stay under its memory bound (Redis's
-    /// `evicted_keys`): the evictions it coordinated.
-    pub evicted_keys: u64,
 }
 
 /// Something the runtime must do for a [`Node`].

@@ -257,7 +257,12 @@ impl Hints {
         mine.into()
     }
 
-    /// Hints waiting.
+    /// The key of every hint kept.
+    pub fn keys(&self) -> impl Iterator<Item = &Bytes> {
+        self.queue.iter().map(|h| &h.key)
+    }
+
+    /// The number of hints kept.
     pub fn len(&self) -> usize {
         self.queue.len()
     }

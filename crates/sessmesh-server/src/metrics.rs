@@ -145,6 +145,7 @@ pub(crate) struct Metrics {
     memory_max: Gauge,
     writes_refused_over_memory: Counter,
     evicted_keys: Counter,
+    evicted_tombstones_forced: Counter,
     last_anti_entropy: Gauge,
     replica_acks: Counter,
     write_timeouts: Counter,
@@ -352,6 +353,12 @@ impl Metrics {
             "Sessions this node evicted from every replica to stay under maxmemory",
             evicted_keys.clone(),
         );
+        let evicted_tombstones_forced = Counter::default();
+        registry.register(
+            "evicted_tombstones_forced",
+            "Eviction tombstones forgotten before every replica was known to have them, to stay under maxmemory",
+            evicted_tombstones_forced.clone(),
+        );
         let last_anti_entropy = Gauge::default();
         registry.register(
             "last_anti_entropy_timestamp_seconds",
@@ -408,6 +415,7 @@ impl Metrics {
             writes_refused_clock_ahead,
             writes_refused_over_memory,
             evicted_keys,
+            evicted_tombstones_forced,
             memory_used,
             memory_max,
             writes_short_of_copies,
@@ -486,6 +494,7 @@ impl Metrics {
                 r.writes_refused_over_memory,
             );
             sync(&self.evicted_keys, r.evicted_keys);
+            sync(&self.evicted_tombstones_forced, r.evicted_tombstones_forced);
             sync(&self.reads_short_of_copies, r.reads_short_of_copies);
             sync(&self.digest_mismatches, r.digest_mismatches);
             // Members gone drop out of the gauge.

@@ -389,6 +389,8 @@ async fn status_page(State((node, _)): State<(Node, Arc<Metrics>)>) -> impl Into
                 "tables": status.memory.sessions.tables,
                 "hints": status.memory.hints,
                 "consensus": status.memory.consensus,
+                "evictions": status.memory.evictions,
+                "evicted_keys": status.memory.evicted_keys,
             },
             "last_anti_entropy_seconds_ago": ago,
             "members": members,

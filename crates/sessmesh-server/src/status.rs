@@ -49,7 +49,8 @@ pub(crate) fn show(addr: &str, json: bool) -> Result {
         other => text(other),
     };
     println!(
-        "memory used {} bytes of maxmemory {} ({}): sessions {}, tables {}, hints {}, consensus {}",
+        "memory used {} bytes of maxmemory {} ({}): sessions {}, tables {}, hints {}, consensus {}, \
+         evictions {}; {} sessions evicted",
         text(&status["memory"]["used"]),
         max,
         text(&status["memory"]["policy"]),
@@ -57,6 +58,8 @@ pub(crate) fn show(addr: &str, json: bool) -> Result {
         text(&status["memory"]["tables"]),
         text(&status["memory"]["hints"]),
         text(&status["memory"]["consensus"]),
+        text(&status["memory"]["evictions"]),
+        text(&status["memory"]["evicted_keys"]),
     );
     println!();
     let rows: Vec<[String; 4]> = status["members"]

@@ -18,11 +18,20 @@
 //! - the cluster was whole when the eviction was acknowledged, and still
 //!   is: every member copies are counted against is up and not leaving, so
 //!   no member cut off or on its way out holds a copy the eviction missed;
-//! - and the partition's replicas have not changed for two anti-entropy
-//!   periods, so no handoff of an older copy is under way.
+//! - and the placement has not changed for an anti-entropy period, so no
+//!   handoff of an older copy is under way (until then they wait).
 //!
 //! Otherwise the tombstone stays for the grace, as a delete's, and hints
-//! and anti-entropy carry it to the replicas that missed it.
+//! and anti-entropy carry it to the replicas that missed it: it is
+//! forgotten once the cluster has been whole for two anti-entropy periods
+//! since the eviction. A valve bounds the acknowledged ones: when the
+//! evictions waiting to be forgotten take more than an eighth of
+//! `maxmemory`, the oldest acknowledged are forgotten before they are due
+//! (counted in [`NodeStats::evicted_tombstones_forced`]), trading the wait
+//! for older writes in flight for room. The others are never forced: a
+//! node that keeps evicting while a member is down fills with their
+//! tombstones (about 100 bytes each) and, with no session left to evict,
+//! refuses writes that add until the member is back or removed.
 
 use std::collections::VecDeque;
 
@@ -51,15 +60,40 @@ pub(super) struct Eviction {
     /// Evictions coordinated and not yet answered, by call id, and their
     /// keys: a key being evicted is not picked again (its eviction may
     /// wait for another replica before this node's copy takes it).
-    evicting: HashMap<u64, Bytes>,
+    evicting: HashMap<u64, (Bytes, Stamp)>,
     evicting_keys: HashSet<Bytes>,
     next_call: u64,
-    /// Evictions every replica acknowledged, to forget once the request
-    /// timeout has passed: the time they were acknowledged by (set at the
-    /// next sweep) and the tombstone.
-    forgetting: VecDeque<(Option<u64>, Bytes, Stamp)>,
+    /// Evictions every replica acknowledged while the cluster was whole,
+    /// in that order, to forget once due.
+    forgetting: VecDeque<Tombstone>,
+    /// The other evictions, in order: some replica may have missed them,
+    /// so they wait for anti-entropy to carry them to it.
+    unsure: VecDeque<Tombstone>,
+    /// What both take, bytes, as [`queued_bytes`] counts them.
+    bytes: usize,
+    /// Since when every member copies are counted against has been up.
+    whole_since_ms: Option<u64>,
+    /// Acknowledged evictions forgotten early by the valve, not yet counted.
+    forced: u64,
+    /// Hints and consensus state, bytes, as last counted (memory.rs).
+    pub(super) counted_elsewhere: usize,
     /// When the replica sets last changed, wall-clock ms.
     pub(super) placement_changed_ms: u64,
+}
+
+/// An eviction whose tombstone waits to be forgotten.
+#[derive(Debug)]
+struct Tombstone {
+    key: Bytes,
+    stamp: Stamp,
+    /// When it may be forgotten, ms: set at the first sweep after the
+    /// acknowledgements.
+    due_ms: Option<u64>,
+}
+
+/// What a waiting eviction takes here, bytes: its entry and key.
+fn queued_bytes(key: &Bytes) -> usize {
+    size_of::<Tombstone>() + key.len()
 }
 
 impl Eviction {
@@ -143,22 +177,23 @@ impl Node {
     fn evict(&mut self, key: Bytes, now_ms: u64) {
         let id = self.eviction.next_call;
         self.eviction.next_call += 1;
-        self.eviction.evicting.insert(id, key.clone());
-        self.eviction.evicting_keys.insert(key.clone());
         self.stats.evicted_keys += 1;
         let call = CallId(EVICTION_CALLS | id);
         if let Some(stamp) =
             self.write_now(call, key.clone(), Write::Evict, Level::All, None, now_ms)
         {
+            self.eviction.evicting.insert(id, (key.clone(), stamp));
+            self.eviction.evicting_keys.insert(key.clone());
             self.effects
                 .push(Effect::Event(NodeEvent::Evicted { key, stamp }));
         }
     }
 
-    /// Takes the answers to this node's evictions out of the effects: an
-    /// eviction every copy acknowledged has its tombstone forgotten, at once
-    /// when this node is its only replica, otherwise a request timeout
-    /// later.
+    /// Takes the answers to this node's evictions out of the effects. An
+    /// eviction every copy acknowledged while the cluster was whole waits
+    /// to be forgotten (at once when this node is its only replica); the
+    /// others wait for anti-entropy to repair the replicas that missed them
+    /// (see [`forget_evictions`](Self::forget_evictions)).
     pub(super) fn settle_evictions(&mut self) {
         if self.eviction.evicting.is_empty() {
             return;
@@ -172,24 +207,29 @@ impl Node {
             _ => true,
         });
         for (id, outcome) in settled {
-            let Some(key) = self.eviction.evicting.remove(&id) else {
+            let Some((key, stamp)) = self.eviction.evicting.remove(&id) else {
                 continue;
             };
             self.eviction.evicting_keys.remove(&key);
-            let Outcome::Written { stamp, .. } = outcome else {
-                // Short of copies: the tombstone stays for the grace.
-                continue;
-            };
-            if !self.whole() {
-                continue;
-            }
             let partition = self.store.partition_of(&key);
-            if self.partitioner.replicas_for(partition).len() <= 1 {
+            let acknowledged = matches!(outcome, Outcome::Written { .. }) && self.whole();
+            if acknowledged && self.partitioner.replicas_for(partition).len() <= 1 {
                 self.store.forget_evicted(&key, stamp);
-            } else {
-                self.eviction.forgetting.push_back((None, key, stamp));
+                continue;
             }
+            let queue = if acknowledged {
+                &mut self.eviction.forgetting
+            } else {
+                &mut self.eviction.unsure
+            };
+            self.eviction.bytes += queued_bytes(&key);
+            queue.push_back(Tombstone {
+                key,
+                stamp,
+                due_ms: None,
+            });
         }
+        self.sync_other_memory();
     }
 
     /// Whether every member copies are counted against is up and not
@@ -200,32 +240,71 @@ impl Node {
     }
 
     /// Each sweep: tells the replicas to forget the tombstones of
-    /// evictions acknowledged long enough ago (see the module docs).
+    /// evictions acknowledged long enough ago, when the cluster is whole
+    /// and its placement settled; of the others once the cluster has been
+    /// whole for two anti-entropy periods since (see the module docs); and,
+    /// past the valve, of the oldest acknowledged ones.
     pub(super) fn forget_evictions(&mut self, now_ms: u64) {
         let due_by = now_ms
             + self.config.request_timeout_ms
             + self.membership.config().detection_bound_ms()
             + Self::HINT_REPLAY_MS;
-        let mut due: BTreeMap<String, Vec<(Bytes, Stamp)>> = BTreeMap::new();
-        let me = self.membership.me().name.clone();
-        // Forgetting waits for the cluster to be whole and its placement
-        // to settle; what was acknowledged before that keeps its tombstone.
-        let settled_ms =
-            self.eviction.placement_changed_ms + 2 * self.config.anti_entropy_period_ms;
-        if !self.whole() || now_ms < settled_ms {
-            self.eviction.forgetting.clear();
-            return;
+        let period = self.config.anti_entropy_period_ms;
+        let whole = self.whole();
+        let safe = whole && now_ms >= self.eviction.placement_changed_ms + period;
+        let whole_since = match (whole, self.eviction.whole_since_ms) {
+            (false, _) => None,
+            (true, since) => Some(since.unwrap_or(now_ms)),
+        };
+        self.eviction.whole_since_ms = whole_since;
+        let grace_ms = self.config.tombstone_grace_ms;
+        let valve = self.config.max_memory_bytes / 8;
+        let mut forget = Vec::new();
+        // A hint this node still holds for the key may be an older write:
+        // its tombstone waits for the hint to go.
+        let hinted: HashSet<&Bytes> = self.hints.keys().collect();
+        let eviction = &mut self.eviction;
+        for entry in &mut eviction.forgetting {
+            entry.due_ms.get_or_insert(due_by);
         }
-        let forgetting = &mut self.eviction.forgetting;
-        for entry in forgetting.iter_mut() {
-            entry.0.get_or_insert(due_by);
-        }
-        while let Some((Some(at), _, _)) = forgetting.front()
-            && *at <= now_ms
-        {
-            let Some((_, key, stamp)) = forgetting.pop_front() else {
+        // The sweep collects a tombstone at the grace anyway.
+        let old = |t: &Tombstone| t.stamp.wall_ms().saturating_add(grace_ms) <= now_ms;
+        loop {
+            let over = eviction.bytes > valve;
+            let acknowledged = eviction.forgetting.front().filter(|t| {
+                let hinted = hinted.contains(&t.key);
+                let due = safe && t.due_ms.is_some_and(|d| d <= now_ms) && !hinted;
+                let forced = over && !due && !hinted && !old(t);
+                eviction.forced += u64::from(forced);
+                due || forced || old(t)
+            });
+            // Anti-entropy has had two periods of a whole cluster to
+            // bring the tombstone to any replica that missed it.
+            let repaired = eviction.unsure.front().filter(|t| {
+                let since = whole_since.map(|s| s.max(t.stamp.wall_ms()));
+                (safe
+                    && since.is_some_and(|s| s + 2 * period <= now_ms)
+                    && !hinted.contains(&t.key))
+                    || old(t)
+            });
+            let queue = if acknowledged.is_some() {
+                &mut eviction.forgetting
+            } else if repaired.is_some() {
+                &mut eviction.unsure
+            } else {
                 break;
             };
+            let Some(tombstone) = queue.pop_front() else {
+                break;
+            };
+            eviction.bytes -= queued_bytes(&tombstone.key);
+            forget.push(tombstone);
+        }
+        self.stats.evicted_tombstones_forced += std::mem::take(&mut self.eviction.forced);
+        self.sync_other_memory();
+        let mut due: BTreeMap<String, Vec<(Bytes, Stamp)>> = BTreeMap::new();
+        let me = self.membership.me().name.clone();
+        for Tombstone { key, stamp, .. } in forget {
             let partition = self.store.partition_of(&key);
             for replica in self.partitioner.replicas_for(partition) {
                 due.entry(replica.clone())
@@ -247,6 +326,11 @@ impl Node {
         }
     }
 
+    /// What the evictions waiting to be forgotten take, bytes.
+    pub(super) fn eviction_memory(&self) -> usize {
+        self.eviction.bytes
+    }
+
     /// A coordinator says every replica has these evictions.
     pub(super) fn forget_evicted(&mut self, evictions: &[(Bytes, Stamp)]) {
         for (key, stamp) in evictions {
@@ -257,6 +341,9 @@ impl Node {
     /// After a replicated change: a replica over its bound evicts too, so
     /// the writes other nodes coordinate do not take it past the bound.
     pub(super) fn evict_if_over(&mut self, now_ms: u64) {
+        // Evictions answered by this input wait to be forgotten, which
+        // counts: take them first.
+        self.settle_evictions();
         if self.store.over_limit().is_some()
             && self.config.eviction_policy != EvictionPolicy::NoEviction
         {

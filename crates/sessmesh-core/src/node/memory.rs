@@ -11,6 +11,7 @@ impl Node {
             sessions: self.store.memory(),
             hints: self.hints.bytes(),
             consensus: self.acceptors.memory(),
+            evictions: self.eviction_memory(),
             max: self.config.max_memory_bytes,
             policy: self.config.eviction_policy,
             evicted_keys: self.stats.evicted_keys,
@@ -45,8 +46,16 @@ impl Node {
     /// period).
     pub(super) fn count_memory(&mut self) {
         let memory = self.memory();
+        self.eviction.counted_elsewhere = memory.hints + memory.consensus;
+        self.sync_other_memory();
+    }
+
+    /// Tells the store what the node holds besides its sessions: hints and
+    /// consensus state as last counted, and the evictions waiting to be
+    /// forgotten as they are now.
+    pub(super) fn sync_other_memory(&self) {
         self.store
-            .set_other_memory(memory.used() - memory.sessions.total());
+            .set_other_memory(self.eviction.counted_elsewhere + self.eviction_memory());
     }
 
     /// Refuses `call`, a write that adds, when the node is over its bound

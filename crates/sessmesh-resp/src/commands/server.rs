@@ -149,7 +149,8 @@ fn memory_lines(memory: &MemoryReport) -> String {
     format!(
         "used_memory:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:{}\r\nevicted_keys:{}\r\n\
          sessmesh_memory_sessions:{}\r\nsessmesh_memory_tables:{}\r\n\
-         sessmesh_memory_hints:{}\r\nsessmesh_memory_consensus:{}\r\n",
+         sessmesh_memory_hints:{}\r\nsessmesh_memory_consensus:{}\r\n\
+         sessmesh_memory_evictions:{}\r\n",
         memory.used(),
         memory.max,
         memory.policy,
@@ -158,6 +159,7 @@ fn memory_lines(memory: &MemoryReport) -> String {
         memory.sessions.tables,
         memory.hints,
         memory.consensus,
+        memory.evictions,
     )
 }
 
