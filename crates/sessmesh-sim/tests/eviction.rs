@@ -13,6 +13,10 @@
 //! - and no node forced the forgetting of a tombstone (the valve, which
 //!   trades the first check for room, stayed shut).
 //!
+//! A second test writes small sessions fast, so that the valve opens: each
+//! node stays under its bound, with what waits to be forgotten under an
+//! eighth of it.
+//!
 //! 300 seeds by default; `SIM_SEEDS=n` runs more; `SIM_SEED=s` replays one.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -287,4 +291,43 @@ fn evicted_sessions_stay_evicted_and_replicas_agree_after_a_heal() {
         }
     }
     println!("{} seeds pass; the last: {last}", seeds.len());
+}
+
+/// Small sessions written fast: the evictions waiting to be forgotten
+/// would pass an eighth of the bound before they are due, so the valve
+/// forgets the oldest early and each node stays under its bound.
+#[test]
+fn the_valve_forgets_acknowledged_tombstones_early_to_bound_their_memory() {
+    const BOUND: usize = 128 * 1024;
+    let seed = sessmesh_sim::seed_from_env(7);
+    let data = Config {
+        max_memory_bytes: BOUND,
+        eviction_policy: EvictionPolicy::AllKeysLru,
+        ..Config::default()
+    };
+    let mut sim = Sim::with_data_config(NODES, MembershipConfig::lan(4), data, seed);
+    let everyone: Vec<usize> = (0..NODES).collect();
+    if let Err(failure) = Scenario::new("start")
+        .start(everyone.iter().copied(), &everyone)
+        .expect_within(Check::Converged, 30_000)
+        .run(&mut sim)
+    {
+        panic!("seed {seed}: {failure}");
+    }
+    for i in 0..1_500 {
+        sim.put(i % NODES, &key(i), &format!("{i:0>400}"), Level::Quorum);
+        sim.run_for(5);
+    }
+    sim.run_for(1_000);
+    let mut forced = 0;
+    for node in 0..NODES {
+        let core = sim.core(node).expect("every node is up");
+        forced += core.stats().evicted_tombstones_forced;
+        let memory = core.memory();
+        assert!(
+            memory.used() <= BOUND && memory.evictions <= BOUND / 8,
+            "seed {seed}: node-{node} holds {memory:?}"
+        );
+    }
+    assert!(forced > 0, "seed {seed}: the valve never opened");
 }
