@@ -104,12 +104,11 @@ impl Eviction {
         }
     }
 
+    /// The next draw: a step of the counter, which the store's sampling
+    /// mixes ([`Store::sample_victims`]).
     fn draw(&mut self) -> u64 {
         self.draws = self.draws.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut x = self.draws;
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^ (x >> 31)
+        self.draws
     }
 }
 
@@ -262,7 +261,12 @@ impl Node {
         let mut forget = Vec::new();
         // A hint this node still holds for the key may be an older write:
         // its tombstone waits for the hint to go.
-        let hinted: HashSet<&Bytes> = self.hints.keys().collect();
+        let waiting = !(self.eviction.forgetting.is_empty() && self.eviction.unsure.is_empty());
+        let hinted: HashSet<&Bytes> = if waiting {
+            self.hints.keys().collect()
+        } else {
+            HashSet::new()
+        };
         let eviction = &mut self.eviction;
         for entry in &mut eviction.forgetting {
             entry.due_ms.get_or_insert(due_by);
