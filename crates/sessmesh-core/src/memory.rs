@@ -118,6 +118,12 @@ pub struct MemoryReport {
     pub consensus: usize,
     /// Evictions whose tombstones wait to be forgotten.
     pub evictions: usize,
+    /// The rest of what the process took since the node started, as its
+    /// host measured it last ([`Node::set_other_memory`](crate::Node::set_other_memory)):
+    /// messages queued and in flight, timers, buffers; 0 when the host
+    /// measures nothing. Reported, not evicted for (Redis's
+    /// `mem_not_counted_for_evict`).
+    pub other: usize,
     /// The bound, `maxmemory` (0: none).
     pub max: usize,
     /// What happens at the bound.
@@ -127,8 +133,14 @@ pub struct MemoryReport {
 }
 
 impl MemoryReport {
-    /// Everything counted.
+    /// Everything counted (Redis's `used_memory`).
     pub fn used(&self) -> usize {
+        self.evicted_for() + self.other
+    }
+
+    /// What the bound applies to: everything counted but
+    /// [`other`](Self::other).
+    pub fn evicted_for(&self) -> usize {
         self.sessions.total() + self.hints + self.consensus + self.evictions
     }
 }

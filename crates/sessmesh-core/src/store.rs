@@ -40,6 +40,7 @@ mod views;
 
 use access::AccessClock;
 use clears::Clears;
+pub(crate) use locking::entry_bytes as allocation_bytes;
 use locking::{CacheLine, Partition, Shared, slot_hash};
 
 pub use access::Candidate;

@@ -117,10 +117,10 @@ fn run(seed: u64) -> Result<String, String> {
             return Err(format!("node-{node} forced the forgetting of tombstones"));
         }
         let memory = core.memory();
-        if memory.used() > MAX_MEMORY {
+        if memory.evicted_for() > MAX_MEMORY {
             return Err(format!(
                 "node-{node} holds {} bytes, over its bound of {MAX_MEMORY}",
-                memory.used()
+                memory.evicted_for()
             ));
         }
     }
@@ -325,7 +325,7 @@ fn the_valve_forgets_acknowledged_tombstones_early_to_bound_their_memory() {
         forced += core.stats().evicted_tombstones_forced;
         let memory = core.memory();
         assert!(
-            memory.used() <= BOUND && memory.evictions <= BOUND / 8,
+            memory.evicted_for() <= BOUND && memory.evictions <= BOUND / 8,
             "seed {seed}: node-{node} holds {memory:?}"
         );
     }

@@ -37,7 +37,7 @@ use std::collections::VecDeque;
 
 use super::*;
 use crate::memory::EvictionPolicy;
-use crate::store::Candidate;
+use crate::store::{Candidate, allocation_bytes};
 
 /// Call ids with this bit are the node's own evictions: their outcomes
 /// stay inside the node.
@@ -49,6 +49,8 @@ const POOL: usize = 16;
 /// Most sessions evicted to make room for one write: past it the write goes
 /// on and the next one evicts more.
 const MAX_PER_WRITE: usize = 32;
+/// Room the queues and tables of evictions keep when they shrink, entries.
+const KEPT_ROOM: usize = 64;
 
 /// What eviction keeps between calls.
 #[derive(Debug, Default)]
@@ -69,7 +71,7 @@ pub(super) struct Eviction {
     /// The other evictions, in order: some replica may have missed them,
     /// so they wait for anti-entropy to carry them to it.
     unsure: VecDeque<Tombstone>,
-    /// What both take, bytes, as [`queued_bytes`] counts them.
+    /// What their keys take, bytes, as [`queued_bytes`] counts them.
     bytes: usize,
     /// Since when every member copies are counted against has been up.
     whole_since_ms: Option<u64>,
@@ -77,6 +79,8 @@ pub(super) struct Eviction {
     forced: u64,
     /// Hints and consensus state, bytes, as last counted (memory.rs).
     pub(super) counted_elsewhere: usize,
+    /// The rest, bytes, as the host last measured it (memory.rs).
+    pub(super) other: usize,
     /// When the replica sets last changed, wall-clock ms.
     pub(super) placement_changed_ms: u64,
 }
@@ -91,16 +95,41 @@ struct Tombstone {
     due_ms: Option<u64>,
 }
 
-/// What a waiting eviction takes here, bytes: its entry and key.
+/// What a waiting eviction's key takes here, bytes: its own allocation
+/// (sampling copies it out of the store), and the header its shared copies
+/// keep. Its entry in the queues is counted apart.
 fn queued_bytes(key: &Bytes) -> usize {
-    size_of::<Tombstone>() + key.len()
+    allocation_bytes(key.len()) + allocation_bytes(SHARED_HEADER)
 }
+
+/// What a shared `Bytes` keeps beside its buffer: the buffer's pointer and
+/// capacity, and the count of its copies.
+const SHARED_HEADER: usize = 3 * size_of::<usize>();
 
 impl Eviction {
     pub(super) fn new(seed: u64) -> Eviction {
         Eviction {
             draws: seed,
             ..Eviction::default()
+        }
+    }
+
+    /// Gives back the room a burst of evictions grew the queues and tables
+    /// to, once they hold less than a quarter of it.
+    fn shrink(&mut self) {
+        fn drained(len: usize, capacity: usize) -> Option<usize> {
+            (capacity > KEPT_ROOM && len * 4 < capacity).then(|| KEPT_ROOM.max(len * 2))
+        }
+        for queue in [&mut self.forgetting, &mut self.unsure] {
+            if let Some(room) = drained(queue.len(), queue.capacity()) {
+                queue.shrink_to(room);
+            }
+        }
+        if let Some(room) = drained(self.evicting.len(), self.evicting.capacity()) {
+            self.evicting.shrink_to(room);
+        }
+        if let Some(room) = drained(self.evicting_keys.len(), self.evicting_keys.capacity()) {
+            self.evicting_keys.shrink_to(room);
         }
     }
 
@@ -133,6 +162,11 @@ impl Node {
             evicted += 1;
         }
         self.settle_evictions();
+        if evicted == 0 && self.store.over_limit().is_some() {
+            // Nothing left to evict but what waits to be forgotten: the
+            // valve need not wait for the sweep.
+            self.forget_evictions(now_ms);
+        }
         evicted > 0 || self.store.over_limit().is_none()
     }
 
@@ -274,7 +308,8 @@ impl Node {
         // The sweep collects a tombstone at the grace anyway.
         let old = |t: &Tombstone| t.stamp.wall_ms().saturating_add(grace_ms) <= now_ms;
         loop {
-            let over = eviction.bytes > valve;
+            let waiting = eviction.forgetting.len() + eviction.unsure.len();
+            let over = eviction.bytes + waiting * size_of::<Tombstone>() > valve;
             let acknowledged = eviction.forgetting.front().filter(|t| {
                 let hinted = hinted.contains(&t.key);
                 let due = safe && t.due_ms.is_some_and(|d| d <= now_ms) && !hinted;
@@ -305,6 +340,7 @@ impl Node {
             forget.push(tombstone);
         }
         self.stats.evicted_tombstones_forced += std::mem::take(&mut self.eviction.forced);
+        self.eviction.shrink();
         self.sync_other_memory();
         let mut due: BTreeMap<String, Vec<(Bytes, Stamp)>> = BTreeMap::new();
         let me = self.membership.me().name.clone();
@@ -330,9 +366,16 @@ impl Node {
         }
     }
 
-    /// What the evictions waiting to be forgotten take, bytes.
+    /// What the evictions waiting to be forgotten or answered take, bytes:
+    /// their keys, and their entries in the queues and tables (the room
+    /// those keep beyond a quarter full is given back each sweep).
     pub(super) fn eviction_memory(&self) -> usize {
-        self.eviction.bytes
+        let eviction = &self.eviction;
+        let queued = eviction.forgetting.len() + eviction.unsure.len();
+        eviction.bytes
+            + queued * size_of::<Tombstone>()
+            + eviction.evicting.len() * (size_of::<(u64, (Bytes, Stamp))>() + 1)
+            + eviction.evicting_keys.len() * (size_of::<Bytes>() + 1)
     }
 
     /// A coordinator says every replica has these evictions.

@@ -12,6 +12,7 @@ impl Node {
             hints: self.hints.bytes(),
             consensus: self.acceptors.memory(),
             evictions: self.eviction_memory(),
+            other: self.eviction.other,
             max: self.config.max_memory_bytes,
             policy: self.config.eviction_policy,
             evicted_keys: self.stats.evicted_keys,
@@ -41,6 +42,20 @@ impl Node {
         self.count_memory();
     }
 
+    /// Sets what the process holds for this node beyond what the node
+    /// counts itself, bytes, as the host measures it (its allocator's
+    /// figure less the node's count, over what it was at the start): the
+    /// messages queued and in flight, the timers, the transport's buffers.
+    /// It is reported from now on as [`MemoryReport::other`], and not
+    /// evicted for: it is mostly messages and requests in flight, which
+    /// evicting adds to (each eviction is a replicated write), so evicting
+    /// for it would feed itself. Redis leaves its replicas' output buffers
+    /// out of the figure it evicts by for the same reason. Hosts that
+    /// measure nothing leave it at 0.
+    pub fn set_other_memory(&mut self, bytes: usize) {
+        self.eviction.other = bytes;
+    }
+
     /// Counts again what the node holds besides the stored entries, which
     /// the store weighs against the bound on every write (each sweep
     /// period).
@@ -50,9 +65,9 @@ impl Node {
         self.sync_other_memory();
     }
 
-    /// Tells the store what the node holds besides its sessions: hints and
-    /// consensus state as last counted, and the evictions waiting to be
-    /// forgotten as they are now.
+    /// Tells the store what the node holds besides its sessions and counts
+    /// against the bound: hints and consensus state as last counted, and
+    /// the evictions waiting as they are now.
     pub(super) fn sync_other_memory(&self) {
         self.store
             .set_other_memory(self.eviction.counted_elsewhere + self.eviction_memory());

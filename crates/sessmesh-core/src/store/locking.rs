@@ -98,7 +98,7 @@ pub(super) struct Shared {
 /// What one stored entry of `packed_len` bytes takes from the allocator:
 /// its bytes and the allocator's header, rounded to its 16-byte chunks (at
 /// least 32), as glibc's malloc and most others allocate.
-pub(super) fn entry_bytes(packed_len: usize) -> usize {
+pub(crate) fn entry_bytes(packed_len: usize) -> usize {
     ((packed_len + 8 + 15) & !15).max(32)
 }
 
