@@ -12,6 +12,7 @@ use sessmesh_net::{
 use tracing::warn;
 
 use crate::Error;
+use crate::memory_probe::MemoryProbe;
 use crate::node::{Node, Options, spawn_with};
 
 /// The UDP port peers listen on unless told otherwise.
@@ -54,6 +55,7 @@ pub struct NodeBuilder {
     shutdown_timeout: Duration,
     join_timeout: Duration,
     transport: TransportConfig,
+    memory_probe: Option<MemoryProbe>,
 }
 
 impl Default for NodeBuilder {
@@ -73,6 +75,7 @@ impl Default for NodeBuilder {
             shutdown_timeout: options.shutdown_timeout,
             join_timeout: Duration::from_secs(10),
             transport: TransportConfig::default(),
+            memory_probe: None,
         }
     }
 }
@@ -191,6 +194,20 @@ impl NodeBuilder {
     /// Redis's `maxmemory-policy`).
     pub fn eviction_policy(mut self, policy: EvictionPolicy) -> Self {
         self.config.eviction_policy = policy;
+        self
+    }
+
+    /// How to ask the process's allocator what it has handed out (default:
+    /// not at all). With it the peer counts against its memory bound, as
+    /// [`MemoryReport::other`](crate::MemoryReport::other), what the
+    /// process took since the peer started beyond what the peer counts
+    /// itself: messages queued and in flight, timers, the transport's
+    /// buffers. Redis's `used_memory` is its allocator's figure too. For a
+    /// process that runs nothing but the peer, as the `sessmesh` server
+    /// does: in an application that embeds a peer, the application's own
+    /// allocations would count against the peer's bound.
+    pub fn memory_probe(mut self, probe: MemoryProbe) -> Self {
+        self.memory_probe = Some(probe);
         self
     }
 
@@ -359,6 +376,7 @@ impl NodeBuilder {
             #[cfg(feature = "test-support")]
             faults: Some(transport.shared_faults()),
             transport: Some(transport.observer()),
+            memory_probe: self.memory_probe,
         };
         let seeds = self.seeds.clone();
         let node = spawn_with(core, transport, incoming, self.seeds, options);

@@ -1,7 +1,6 @@
 //! The task that owns a core node.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use sessmesh_core::{
     CallId, Cas, Effect, EvictionPolicy, GroupCas, KeyChange, KeyRange, Level, Member, MemberEvent,
-    MemberState, Message, NodeEvent, Outcome, PartitionId, Session, Timer, Write,
+    MemberState, Message, NodeEvent, Outcome, PartitionId, Session, Write,
 };
 use sessmesh_net::{Incoming, Transport};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -18,7 +17,9 @@ use tracing::{info, warn};
 
 use crate::Error;
 use crate::local_writes::{LocalWrites, Queued};
+use crate::memory_probe::{MemoryProbe, Readings};
 use crate::status::{MemberStatus, Status};
+use crate::timers::Timers;
 pub(crate) use crate::wall_clock::now_ms;
 
 /// The most queued calls or peer messages the task takes in one turn before
@@ -60,10 +61,13 @@ pub(crate) fn start<T: Transport>(
     incoming: mpsc::Receiver<Incoming>,
     seeds: Vec<SocketAddr>,
     local: Arc<LocalWrites>,
+    memory_probe: Option<MemoryProbe>,
 ) -> Channels {
     let (commands, rx) = mpsc::channel(256);
     let (events, _) = broadcast::channel(1024);
     let (changes, _) = broadcast::channel(4096);
+    let memory =
+        memory_probe.map(|probe| Readings::new(probe, Instant::now(), node.memory().evicted_for()));
     let driver = Driver {
         node,
         transport,
@@ -77,118 +81,10 @@ pub(crate) fn start<T: Transport>(
         superseded: HashSet::new(),
         local,
         clock_watch: (Instant::now(), now_ms()),
+        memory,
     };
     tokio::spawn(driver.run(incoming, rx, seeds));
     Channels { commands, events }
-}
-
-/// Timers in deadline order; ties in the order they were set.
-///
-/// Each request sets timers with one of a few fixed delays (its deadline, its
-/// speculative retry), so those are due in the order they were set: each
-/// delay keeps a queue of its own, one push and one pop per timer. Others go
-/// to a heap.
-#[derive(Default)]
-struct Timers {
-    due: BinaryHeap<Reverse<Due>>,
-    /// Per fixed delay, its timers in the order they were set.
-    lanes: Vec<(Duration, VecDeque<Due>)>,
-    next: u64,
-}
-
-/// Where the earliest timer is.
-enum Source {
-    Heap,
-    Lane(usize),
-}
-
-/// A timer in the heap, ordered by deadline and then by when it was set.
-struct Due {
-    at: Instant,
-    seq: u64,
-    timer: Timer,
-}
-
-impl PartialEq for Due {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-
-impl Eq for Due {}
-
-impl PartialOrd for Due {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Due {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
-impl Timers {
-    /// Fixed delays that get a queue of their own, at most.
-    const MAX_LANES: usize = 4;
-
-    /// Sets `timer` to fire `after` from `now`.
-    fn set(&mut self, now: Instant, after: Duration, timer: Timer) {
-        self.next += 1;
-        let due = Due {
-            at: now + after,
-            seq: self.next,
-            timer,
-        };
-        if matches!(due.timer, Timer::Request(_) | Timer::Speculate(_)) {
-            let lane = match self.lanes.iter().position(|(d, _)| *d == after) {
-                Some(lane) => Some(lane),
-                None if self.lanes.len() < Self::MAX_LANES => {
-                    self.lanes.push((after, VecDeque::new()));
-                    Some(self.lanes.len() - 1)
-                }
-                None => None,
-            };
-            // `now` never goes back, so a lane stays in deadline order.
-            if let Some(lane) = lane
-                && self.lanes[lane]
-                    .1
-                    .back()
-                    .is_none_or(|last| last.at <= due.at)
-            {
-                self.lanes[lane].1.push_back(due);
-                return;
-            }
-        }
-        self.due.push(Reverse(due));
-    }
-
-    /// The earliest timer and where it is.
-    fn earliest(&self) -> Option<(&Due, Source)> {
-        let heap = self.due.peek().map(|Reverse(due)| (due, Source::Heap));
-        self.lanes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (_, queue))| queue.front().map(|due| (due, Source::Lane(i))))
-            .chain(heap)
-            .min_by(|(a, _), (b, _)| a.cmp(b))
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.earliest().map(|(due, _)| due.at)
-    }
-
-    fn pop_due(&mut self, now: Instant) -> Option<Timer> {
-        let (due, source) = self.earliest()?;
-        if due.at > now {
-            return None;
-        }
-        match source {
-            Source::Heap => self.due.pop().map(|Reverse(due)| due.timer),
-            Source::Lane(i) => self.lanes[i].1.pop_front().map(|due| due.timer),
-        }
-    }
 }
 
 /// A graceful shutdown under way.
@@ -240,6 +136,8 @@ struct Driver<T> {
     /// The wall clock and the monotonic clock as last read together: a
     /// wall clock that moved unlike the monotonic one stepped.
     clock_watch: (Instant, u64),
+    /// The allocator's readings, when the host gave a way to take them.
+    memory: Option<Readings>,
 }
 
 impl<T: Transport> Driver<T> {
@@ -312,6 +210,7 @@ impl<T: Transport> Driver<T> {
                 }
             }
             self.apply();
+            self.read_memory();
             if let Some(state) = leaving.take() {
                 match self.leave_progress(&state) {
                     None => leaving = Some(state),
@@ -519,6 +418,19 @@ impl<T: Transport> Driver<T> {
         call
     }
 
+    /// When a reading is due, tells the node what the allocator says the
+    /// process holds for it beyond its own count.
+    fn read_memory(&mut self) {
+        let now = Instant::now();
+        let Some(readings) = self.memory.as_mut().filter(|r| r.due(now)) else {
+            return;
+        };
+        let memory = self.node.memory();
+        if let Some(other) = readings.read(now, memory.evicted_for()) {
+            self.node.set_other_memory(other);
+        }
+    }
+
     fn apply(&mut self) {
         // Messages go out per peer, in order, once the rest is done: a turn's
         // messages to one peer are queued together.
@@ -632,63 +544,5 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timers_pop_by_deadline_then_in_the_order_they_were_set() {
-        let mut timers = Timers::default();
-        let now = Instant::now();
-        let later = now + Duration::from_millis(10);
-        timers.set(now, Duration::from_millis(10), Timer::Sweep);
-        timers.set(now, Duration::ZERO, Timer::AntiEntropy);
-        timers.set(now, Duration::ZERO, Timer::ReplayHints);
-        assert_eq!(timers.next_deadline(), Some(now));
-        assert_eq!(timers.pop_due(now), Some(Timer::AntiEntropy));
-        assert_eq!(timers.pop_due(now), Some(Timer::ReplayHints));
-        assert_eq!(timers.pop_due(now), None, "not due yet");
-        assert_eq!(timers.pop_due(later), Some(Timer::Sweep));
-        assert_eq!(timers.next_deadline(), None);
-    }
-
-    #[test]
-    fn request_timers_in_their_queues_and_others_in_the_heap_pop_in_one_order() {
-        let mut timers = Timers::default();
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        timers.set(t0, ms(2_000), Timer::Request(1));
-        timers.set(t0, ms(20), Timer::Speculate(1));
-        timers.set(t0, ms(10), Timer::Sweep);
-        timers.set(t0 + ms(5), ms(2_000), Timer::Request(2));
-        // Past the queues' number: these go to the heap.
-        for (i, after) in [1, 2, 3, 4, 5].into_iter().enumerate() {
-            timers.set(t0, ms(after * 1_000), Timer::Request(10 + i as u64));
-        }
-        // Same deadline as Request(1), set later.
-        timers.set(t0 + ms(1_000), ms(1_000), Timer::Request(3));
-        assert!(timers.lanes.len() <= Timers::MAX_LANES);
-        let mut order = Vec::new();
-        while let Some(at) = timers.next_deadline() {
-            order.push((at - t0, timers.pop_due(at).unwrap()));
-        }
-        assert_eq!(
-            order,
-            [
-                (ms(10), Timer::Sweep),
-                (ms(20), Timer::Speculate(1)),
-                (ms(1_000), Timer::Request(10)),
-                (ms(2_000), Timer::Request(1)),
-                (ms(2_000), Timer::Request(11)),
-                (ms(2_000), Timer::Request(3)),
-                (ms(2_005), Timer::Request(2)),
-                (ms(3_000), Timer::Request(12)),
-                (ms(4_000), Timer::Request(13)),
-                (ms(5_000), Timer::Request(14)),
-            ]
-        );
     }
 }

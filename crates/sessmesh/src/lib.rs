@@ -46,8 +46,10 @@ mod builder;
 mod driver;
 mod error;
 mod local_writes;
+mod memory_probe;
 mod node;
 mod status;
+mod timers;
 mod wall_clock;
 
 #[doc(hidden)]
@@ -55,6 +57,7 @@ pub use wall_clock::simulate_on_this_thread;
 
 pub use builder::{DEFAULT_PORT, NodeBuilder};
 pub use error::Error;
+pub use memory_probe::MemoryProbe;
 pub use node::{At, Lease, Node, Submitted, spawn};
 pub use sessmesh_core::{
     Cas, CasError, ChangeKind, Computation, Condition, Decision, EvictionPolicy, Expiry, GroupCas,

@@ -18,6 +18,7 @@ use crate::Error;
 use crate::builder::NodeBuilder;
 use crate::driver::{self, Command, now_ms};
 use crate::local_writes::LocalWrites;
+use crate::memory_probe::MemoryProbe;
 
 mod at;
 mod atomic;
@@ -99,6 +100,7 @@ pub(crate) struct Options {
     #[cfg(feature = "test-support")]
     pub(crate) faults: Option<Arc<LinkFaults>>,
     pub(crate) transport: Option<TransportObserver>,
+    pub(crate) memory_probe: Option<MemoryProbe>,
 }
 
 impl Default for Options {
@@ -110,6 +112,7 @@ impl Default for Options {
             #[cfg(feature = "test-support")]
             faults: None,
             transport: None,
+            memory_probe: None,
         }
     }
 }
@@ -136,7 +139,14 @@ pub(crate) fn spawn_with<T: Transport>(
 ) -> Node {
     let local = LocalWrites::new(node.store().reader(), node.clock());
     let me = node.me().clone();
-    let channels = driver::start(node, transport, incoming, seeds, Arc::clone(&local));
+    let channels = driver::start(
+        node,
+        transport,
+        incoming,
+        seeds,
+        Arc::clone(&local),
+        options.memory_probe,
+    );
     Node {
         inner: Arc::new(Inner {
             commands: channels.commands,

@@ -576,7 +576,7 @@ async fn peers_with_a_memory_bound_evict_from_every_replica_and_say_so() {
     let mut coordinated = 0;
     for peer in &peers {
         wait_for("the peer to be under its bound", || async {
-            peer.status().await.unwrap().memory.used() <= BOUND
+            peer.status().await.unwrap().memory.evicted_for() <= BOUND
         })
         .await;
         coordinated += peer.status().await.unwrap().memory.evicted_keys;
@@ -587,4 +587,33 @@ async fn peers_with_a_memory_bound_evict_from_every_replica_and_say_so() {
         let newest = peer.get("s:799").await.unwrap().unwrap();
         assert_eq!(newest.field(b"f"), Some(value.as_bytes()));
     }
+}
+
+/// What the fake allocator of the probe test says it holds.
+static ALLOCATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1 << 20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_memory_probe_measures_is_reported_and_not_evicted_for() {
+    use std::sync::atomic::Ordering;
+    const BOUND: usize = 1 << 20;
+    let peer = builder("probed")
+        .max_memory(BOUND)
+        .memory_probe(|| Some(ALLOCATED.load(Ordering::Relaxed)))
+        .start()
+        .await
+        .unwrap();
+    peer.put_field("s:0", "f", "v").await.unwrap();
+    // The process grows by 8 MiB the peer does not count: queued messages,
+    // say.
+    ALLOCATED.fetch_add(8 << 20, Ordering::Relaxed);
+    wait_for("the peer to report what the probe measured", || async {
+        peer.status().await.unwrap().memory.other >= 7 << 20
+    })
+    .await;
+    let memory = peer.status().await.unwrap().memory;
+    assert!(memory.used() > BOUND, "{memory:?}");
+    assert!(memory.evicted_for() < BOUND, "{memory:?}");
+    // Under noeviction, writes that add go on: the bound is on the count.
+    peer.put_field("s:1", "f", "v").await.unwrap();
+    assert_eq!(peer.status().await.unwrap().memory.evicted_keys, 0);
 }
