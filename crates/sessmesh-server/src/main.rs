@@ -8,6 +8,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod allocator;
 mod certs;
 mod config;
 mod metrics;

@@ -332,7 +332,7 @@ impl Metrics {
         let memory_used = Gauge::default();
         registry.register(
             "memory_used_bytes",
-            "What this node holds, as it counts it against maxmemory: sessions, tables, hints and consensus state",
+            "What this node holds, as it counts it against maxmemory: sessions, tables, hints, consensus state, evictions waiting to be forgotten, and the rest of what its allocator handed out since it started",
             memory_used.clone(),
         );
         let memory_max = Gauge::default();

@@ -37,8 +37,10 @@ pub(crate) fn run(overrides: Overrides) -> Result {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let settings = Settings::load(overrides)?;
+    crate::allocator::without_thread_cache();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_start(crate::allocator::without_thread_cache)
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let shards = Shards::start(settings.worker_threads - 1)?;
@@ -65,8 +67,10 @@ impl Shards {
             std::thread::Builder::new()
                 .name(format!("sessmesh-clients-{}", i + 1))
                 .spawn(move || {
+                    crate::allocator::without_thread_cache();
                     let runtime = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
+                        .on_thread_start(crate::allocator::without_thread_cache)
                         .build()
                     {
                         Ok(runtime) => runtime,
@@ -135,7 +139,8 @@ async fn start_node(settings: &Settings) -> Result<Node> {
         .membership(settings.membership.clone())
         .read_level(settings.read_level)
         .write_level(settings.write_level)
-        .shutdown_timeout(settings.shutdown_timeout());
+        .shutdown_timeout(settings.shutdown_timeout())
+        .memory_probe(crate::allocator::allocated);
     if let Some(addr) = settings.peer_advertise {
         builder = builder.advertise(addr);
     }
@@ -390,6 +395,7 @@ async fn status_page(State((node, _)): State<(Node, Arc<Metrics>)>) -> impl Into
                 "hints": status.memory.hints,
                 "consensus": status.memory.consensus,
                 "evictions": status.memory.evictions,
+                "other": status.memory.other,
                 "evicted_keys": status.memory.evicted_keys,
             },
             "last_anti_entropy_seconds_ago": ago,

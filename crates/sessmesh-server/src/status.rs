@@ -50,7 +50,7 @@ pub(crate) fn show(addr: &str, json: bool) -> Result {
     };
     println!(
         "memory used {} bytes of maxmemory {} ({}): sessions {}, tables {}, hints {}, consensus {}, \
-         evictions {}; {} sessions evicted",
+         evictions {}, other {}; {} sessions evicted",
         text(&status["memory"]["used"]),
         max,
         text(&status["memory"]["policy"]),
@@ -59,6 +59,7 @@ pub(crate) fn show(addr: &str, json: bool) -> Result {
         text(&status["memory"]["hints"]),
         text(&status["memory"]["consensus"]),
         text(&status["memory"]["evictions"]),
+        text(&status["memory"]["other"]),
         text(&status["memory"]["evicted_keys"]),
     );
     println!();

@@ -143,15 +143,19 @@ impl ServerCommand {
 }
 
 /// `INFO`'s memory section: Redis's names for what the node counts
-/// (`used_memory`, `maxmemory`, `maxmemory_policy`, `evicted_keys`: the
-/// evictions this node coordinated), then this node's own break-down.
+/// (`used_memory`; `mem_not_counted_for_evict`, what the allocator holds
+/// beyond the node's own count, which the bound leaves out; `maxmemory`,
+/// `maxmemory_policy`, `evicted_keys`: the evictions this node
+/// coordinated), then this node's own break-down.
 fn memory_lines(memory: &MemoryReport) -> String {
     format!(
-        "used_memory:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:{}\r\nevicted_keys:{}\r\n\
+        "used_memory:{}\r\nmem_not_counted_for_evict:{}\r\nmaxmemory:{}\r\n\
+         maxmemory_policy:{}\r\nevicted_keys:{}\r\n\
          sessmesh_memory_sessions:{}\r\nsessmesh_memory_tables:{}\r\n\
          sessmesh_memory_hints:{}\r\nsessmesh_memory_consensus:{}\r\n\
          sessmesh_memory_evictions:{}\r\n",
         memory.used(),
+        memory.other,
         memory.max,
         memory.policy,
         memory.evicted_keys,
