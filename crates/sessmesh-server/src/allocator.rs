@@ -1,6 +1,6 @@
 //! The node's allocator: jemalloc, whose figure of what it has handed out
-//! the node counts against `maxmemory` beyond its own count (messages
-//! queued and in flight, timers, buffers), as Redis's `used_memory` is its
+//! the node reports beyond its own count (messages queued and in flight,
+//! timers, buffers) inside `used_memory`, as Redis's `used_memory` is its
 //! allocator's figure. See docs/architecture.md#memory.
 
 use std::sync::OnceLock;

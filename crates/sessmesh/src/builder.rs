@@ -198,14 +198,16 @@ impl NodeBuilder {
     }
 
     /// How to ask the process's allocator what it has handed out (default:
-    /// not at all). With it the peer counts against its memory bound, as
-    /// [`MemoryReport::other`](crate::MemoryReport::other), what the
-    /// process took since the peer started beyond what the peer counts
-    /// itself: messages queued and in flight, timers, the transport's
-    /// buffers. Redis's `used_memory` is its allocator's figure too. For a
-    /// process that runs nothing but the peer, as the `sessmesh` server
-    /// does: in an application that embeds a peer, the application's own
-    /// allocations would count against the peer's bound.
+    /// not at all). With it the peer reports, as
+    /// [`MemoryReport::other`](crate::MemoryReport::other) and inside
+    /// [`MemoryReport::used`](crate::MemoryReport::used), what the process
+    /// took since the peer started beyond what the peer counts itself:
+    /// messages queued and in flight, timers, the transport's buffers.
+    /// Redis's `used_memory` is its allocator's figure too. It is not
+    /// evicted for (Redis's `mem_not_counted_for_evict`). For a process
+    /// that runs nothing but the peer, as the `sessmesh` server does: in an
+    /// application that embeds a peer, the application's own allocations
+    /// would show as the peer's.
     pub fn memory_probe(mut self, probe: MemoryProbe) -> Self {
         self.memory_probe = Some(probe);
         self

@@ -421,10 +421,13 @@ impl<T: Transport> Driver<T> {
     /// When a reading is due, tells the node what the allocator says the
     /// process holds for it beyond its own count.
     fn read_memory(&mut self) {
-        let now = Instant::now();
-        let Some(readings) = self.memory.as_mut().filter(|r| r.due(now)) else {
+        let Some(readings) = self.memory.as_mut() else {
             return;
         };
+        let now = Instant::now();
+        if !readings.due(now) {
+            return;
+        }
         let memory = self.node.memory();
         if let Some(other) = readings.read(now, memory.evicted_for()) {
             self.node.set_other_memory(other);
