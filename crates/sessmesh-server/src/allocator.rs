@@ -39,12 +39,16 @@ mod tests {
 
     #[test]
     fn the_figure_follows_what_is_allocated() {
+        // Other tests of this binary allocate on other threads meanwhile:
+        // a block far larger than theirs, and a margin for them.
+        const BLOCK: usize = 64 << 20;
+        const MARGIN: usize = 8 << 20;
         let before = allocated().expect("jemalloc's statistics");
-        let held = vec![1u8; 8 << 20];
+        let held = vec![1u8; BLOCK];
         let during = allocated().expect("jemalloc's statistics");
-        assert!(during >= before + (8 << 20), "{before} then {during}");
+        assert!(during >= before + BLOCK - MARGIN, "{before} then {during}");
         drop(held);
         let after = allocated().expect("jemalloc's statistics");
-        assert!(after < during - (4 << 20), "{during} then {after}");
+        assert!(after <= during - BLOCK + MARGIN, "{during} then {after}");
     }
 }
