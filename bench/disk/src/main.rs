@@ -19,13 +19,20 @@ fn main() {
     let rounds: usize = env("ROUNDS", 2);
     let dir = std::env::args().nth(1).expect("usage: disk-candidates DIR");
     let dir = Path::new(&dir);
-    println!("{keys} sessions of 64-byte keys and {VALUE}-byte states, each written {rounds} times, durable every second");
+    println!(
+        "{keys} sessions of 64-byte keys and {VALUE}-byte states, each written {rounds} times, durable every second"
+    );
     println!();
-    println!("| candidate | writes/s | CPU µs per write | load s | sessions loaded | disk bytes per session |");
+    println!(
+        "| candidate | writes/s | CPU µs per write | load s | sessions loaded | disk bytes per session |"
+    );
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     type Candidate = fn(&Path, usize, usize) -> (Duration, Duration, u64);
-    let candidates: [(&str, Candidate); 3] =
-        [("sessmesh-disk log", own_log), ("fjall 3.1", fjall), ("redb 4.6", redb)];
+    let candidates: [(&str, Candidate); 3] = [
+        ("sessmesh-disk log", own_log),
+        ("fjall 3.1", fjall),
+        ("redb 4.6", redb),
+    ];
     for (name, run) in candidates {
         let path = dir.join(name.split(' ').next().unwrap_or(name));
         std::fs::create_dir_all(&path).unwrap();
@@ -51,7 +58,10 @@ fn main() {
 }
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn key(i: usize) -> Vec<u8> {
@@ -67,7 +77,12 @@ fn value(i: usize, round: usize) -> Vec<u8> {
 /// This process's CPU time so far (user and system), from /proc.
 fn cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     Duration::from_millis(ticks * 10)
 }
@@ -78,7 +93,11 @@ fn disk_bytes(path: &Path) -> u64 {
         .map(|e| {
             let e = e.unwrap();
             let meta = e.metadata().unwrap();
-            if meta.is_dir() { disk_bytes(&e.path()) } else { meta.len() }
+            if meta.is_dir() {
+                disk_bytes(&e.path())
+            } else {
+                meta.len()
+            }
         })
         .sum()
 }
