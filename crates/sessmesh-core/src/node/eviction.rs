@@ -302,8 +302,13 @@ impl Node {
             HashSet::new()
         };
         let eviction = &mut self.eviction;
-        for entry in &mut eviction.forgetting {
-            entry.due_ms.get_or_insert(due_by);
+        // The ones acknowledged since the last sweep are at the back: date
+        // them, and stop at the first one already dated.
+        for entry in eviction.forgetting.iter_mut().rev() {
+            if entry.due_ms.is_some() {
+                break;
+            }
+            entry.due_ms = Some(due_by);
         }
         // The sweep collects a tombstone at the grace anyway.
         let old = |t: &Tombstone| t.stamp.wall_ms().saturating_add(grace_ms) <= now_ms;
